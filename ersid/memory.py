@@ -1,0 +1,123 @@
+"""
+L{DictStorage}: the embedded default backend, a dict in the daemon's memory
+made durable by snapshots (see L{ersid.snapshot}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+from sortedcontainers import SortedList
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from ersid.storage import (
+    DEFAULT_CONTENT_TYPE,
+    IStorage,
+    Page,
+    Precondition,
+    PreconditionFailed,
+    Record,
+    StorageUnavailable,
+    WriteResult,
+)
+
+__all__ = ["DictStorage"]
+
+
+@attrs.define
+class _ScanCursor:
+    keys: list[str]
+    position: int = 0
+
+
+@implementer(IStorage)
+class DictStorage:
+    """
+    Keep every record in a dict, with a sorted index of the keys for
+    listing by prefix.
+    """
+
+    name = "dict"
+
+    def __init__(
+        self, records: Iterable[tuple[str, Record]] = (), revision: int = 0
+    ) -> None:
+        self._records: dict[str, Record] = dict(records)
+        self._sorted_keys = SortedList(self._records)
+        self._revision = max(
+            [revision, *(record.version for record in self._records.values())]
+        )
+        self._closed = False
+
+    def get(self, key: str) -> Deferred[Record | None]:
+        return succeed(self._records.get(key))
+
+    def set(
+        self,
+        key: str,
+        value: bytes,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        precondition: Precondition | None = None,
+    ) -> Deferred[WriteResult]:
+        if self._closed:
+            return fail(StorageUnavailable("the server is shutting down"))
+        current = self._records.get(key)
+        if precondition is not None and not precondition.holds(current):
+            return fail(PreconditionFailed(key, current))
+        self._revision += 1
+        self._records[key] = Record(value, content_type, self._revision)
+        if current is None:
+            self._sorted_keys.add(key)
+        return succeed(WriteResult(self._revision, created=current is None))
+
+    def delete(
+        self, key: str, precondition: Precondition | None = None
+    ) -> Deferred[bool]:
+        if self._closed:
+            return fail(StorageUnavailable("the server is shutting down"))
+        current = self._records.get(key)
+        if precondition is not None and not precondition.holds(current):
+            return fail(PreconditionFailed(key, current))
+        if current is None:
+            return succeed(False)
+        self._revision += 1
+        del self._records[key]
+        self._sorted_keys.remove(key)
+        return succeed(True)
+
+    def keys(
+        self, prefix: str = "", after: str | None = None, limit: int = 100
+    ) -> Deferred[list[str]]:
+        start = prefix if after is None or after < prefix else after
+        matching: list[str] = []
+        for key in self._sorted_keys.irange(minimum=start):
+            if len(matching) == limit or not key.startswith(prefix):
+                break
+            if key != after:
+                matching.append(key)
+        return succeed(matching)
+
+    def stats(self) -> Deferred[tuple[int, int]]:
+        return succeed((len(self._records), self._revision))
+
+    def scan(self, cursor: object | None = None, limit: int = 1000) -> Deferred[Page]:
+        if cursor is None:
+            cursor = _ScanCursor(list(self._records))
+        assert isinstance(cursor, _ScanCursor)
+        end = cursor.position + limit
+        batch = cursor.keys[cursor.position : end]
+        cursor.position = end
+        records = self._records
+        items = [(key, records[key]) for key in batch if key in records]
+        more = end < len(cursor.keys)
+        return succeed(Page(items, cursor if more else None))
+
+    def close(self) -> Deferred[None]:
+        """
+        Refuse further writes; reads and scans go on working, so that a last
+        snapshot can still be taken.
+        """
+        self._closed = True
+        return succeed(None)

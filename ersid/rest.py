@@ -1,0 +1,430 @@
+"""
+The HTTP API: a Klein application over an L{IStorage}.
+
+Keys live at C{/<key>}; paths whose first segment starts with C{_} belong
+to the API itself (C{/_keys}, C{/_health}). Every error is a JSON object
+C{{"error": code, "message": text}} with a 4xx or 5xx status.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, NoReturn
+from urllib.parse import unquote_to_bytes
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from ersid.storage import (
+    DEFAULT_CONTENT_TYPE,
+    IStorage,
+    Precondition,
+    PreconditionFailed,
+    Record,
+    StorageUnavailable,
+)
+
+__all__ = [
+    "DEFAULT_LIST_LIMIT",
+    "DEFAULT_MAX_VALUE_SIZE",
+    "MAX_KEY_BYTES",
+    "MAX_LIST_LIMIT",
+    "Service",
+    "makeSite",
+]
+
+DEFAULT_MAX_VALUE_SIZE = 1024 * 1024
+MAX_KEY_BYTES = 255
+DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 1000
+_MAX_CONTENT_TYPE_BYTES = 255
+
+_log = Logger()
+
+
+class ApiError(Exception):
+    """
+    An error the client caused or must be told about, rendered as JSON.
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _json_body(request: IRequest, status: int, document: dict[str, Any]) -> bytes:
+    body = json.dumps(document).encode("utf-8") + b"\n"
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", b"%d" % (len(body),))
+    return body
+
+
+def _empty(request: IRequest, status: int) -> bytes:
+    request.setResponseCode(status)
+    if status not in (204, 304):
+        request.setHeader(b"Content-Length", b"0")
+    return b""
+
+
+def _error_body(request: IRequest, error: ApiError) -> bytes:
+    return _json_body(
+        request, error.status, {"error": error.code, "message": error.message}
+    )
+
+
+def _decode_key(raw_path: bytes) -> str:
+    """
+    Turn the raw request path into a key: strip the leading slash,
+    percent-decode, and insist on UTF-8 within the size limit.
+    """
+    encoded = unquote_to_bytes(raw_path[1:])
+    if not encoded:
+        raise ApiError(400, "bad_key", "the key must not be empty")
+    if len(encoded) > MAX_KEY_BYTES:
+        raise ApiError(
+            414, "key_too_long", f"keys are at most {MAX_KEY_BYTES} bytes of UTF-8"
+        )
+    try:
+        return encoded.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_key", "the key is not valid UTF-8") from None
+
+
+def _key_of(request: IRequest) -> str:
+    key = _decode_key(request.path)
+    if key.startswith("_"):
+        raise ApiError(
+            400,
+            "reserved_key",
+            "keys starting with '_' are reserved for the API's own endpoints",
+        )
+    return key
+
+
+def _etag(version: int) -> bytes:
+    return b'"%d"' % (version,)
+
+
+def _entity_tags(header: bytes) -> list[bytes]:
+    return [tag.strip() for tag in header.split(b",") if tag.strip()]
+
+
+def _version_of(tag: bytes) -> int | None:
+    """The version a strong ETag names, or C{None} for any other tag."""
+    if len(tag) > 2 and tag[:1] == tag[-1:] == b'"' and tag[1:-1].isdigit():
+        return int(tag[1:-1])
+    return None
+
+
+def _write_precondition(request: IRequest) -> Precondition | None:
+    """
+    Read C{If-Match} and C{If-None-Match} of a write into a L{Precondition}.
+    """
+    if_match = request.getHeader(b"If-Match")
+    if_none_match = request.getHeader(b"If-None-Match")
+    if if_match is not None and if_none_match is not None:
+        raise ApiError(
+            400, "bad_precondition", "send If-Match or If-None-Match, not both"
+        )
+    if if_none_match is not None:
+        if if_none_match.strip() != b"*":
+            raise ApiError(
+                400,
+                "bad_precondition",
+                "on writes, If-None-Match supports only '*' (create if absent)",
+            )
+        return Precondition.if_absent()
+    if if_match is not None:
+        tags = _entity_tags(if_match)
+        if tags == [b"*"]:
+            return Precondition(exists=True)
+        versions = (_version_of(tag) for tag in tags)
+        return Precondition.if_version(v for v in versions if v is not None)
+    return None
+
+
+def _not_modified(request: IRequest, record: Record) -> bool:
+    header = request.getHeader(b"If-None-Match")
+    if header is None:
+        return False
+    tags = _entity_tags(header)
+    return b"*" in tags or any(
+        _version_of(tag.removeprefix(b"W/")) == record.version for tag in tags
+    )
+
+
+def _content_type_of(request: IRequest) -> str:
+    raw = request.getHeader(b"Content-Type")
+    if raw is None:
+        return DEFAULT_CONTENT_TYPE
+    if len(raw) > _MAX_CONTENT_TYPE_BYTES or not raw.isascii() or not raw.strip():
+        raise ApiError(
+            400, "bad_content_type", "Content-Type must be short, printable ASCII"
+        )
+    return raw.decode("ascii").strip()
+
+
+def _query_text(request: IRequest, name: str) -> str | None:
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(
+            400, "bad_query", f"query parameter {name!r} is not UTF-8"
+        ) from None
+
+
+def _list_limit(request: IRequest) -> int:
+    text = _query_text(request, "limit")
+    if text is None:
+        return DEFAULT_LIST_LIMIT
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LIST_LIMIT:
+        raise ApiError(
+            400, "bad_query", f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}"
+        )
+    return int(text)
+
+
+def _read_body(request: IRequest, limit: int) -> bytes:
+    request.content.seek(0)
+    body = request.content.read(limit + 1)
+    if len(body) > limit:
+        raise _too_large(limit)
+    return body
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "value_too_large", f"values are at most {limit} bytes")
+
+
+class Service:
+    """
+    The REST service: one Klein app whose routes define the whole API.
+
+    @ivar storage: the live L{IStorage}.
+    @ivar health: extra facts for C{/_health}, such as the last snapshot.
+    """
+
+    app = Klein()
+
+    def __init__(
+        self,
+        storage: IStorage,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+        health: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
+        self.storage = storage
+        self.max_value_size = max_value_size
+        self._health = health
+
+    def resource(self) -> IResource:
+        """
+        The API as a web resource, guarded so that even paths Klein cannot
+        decode get a JSON answer.
+        """
+        return _PathGuard(self.app.resource())
+
+    @app.handle_errors(ApiError)
+    def _api_error(self, request: IRequest, failure: Failure) -> bytes:
+        return _error_body(request, failure.value)
+
+    @app.handle_errors(PreconditionFailed)
+    def _precondition_failed(self, request: IRequest, failure: Failure) -> bytes:
+        current = failure.value.current
+        if current is not None:
+            request.setHeader(b"ETag", _etag(current.version))
+        return _error_body(
+            request,
+            ApiError(
+                412,
+                "precondition_failed",
+                "the key's current state does not match the request's condition",
+            ),
+        )
+
+    @app.handle_errors(StorageUnavailable)
+    def _unavailable(self, request: IRequest, failure: Failure) -> bytes:
+        request.setHeader(b"Retry-After", b"1")
+        message = f"storage unavailable: {failure.getErrorMessage()}"
+        return _error_body(request, ApiError(503, "unavailable", message))
+
+    @app.handle_errors(NotFound)
+    def _no_route(self, request: IRequest, failure: Failure) -> bytes:
+        return _error_body(request, ApiError(404, "not_found", "no such endpoint"))
+
+    @app.handle_errors(MethodNotAllowed)
+    def _bad_method(self, request: IRequest, failure: Failure) -> bytes:
+        allowed = ", ".join(failure.value.valid_methods or ())
+        request.setHeader(b"Allow", allowed.encode("ascii"))
+        message = f"method not allowed here; allowed: {allowed}"
+        return _error_body(request, ApiError(405, "method_not_allowed", message))
+
+    @app.handle_errors(Exception)
+    def _internal(self, request: IRequest, failure: Failure) -> bytes:
+        _log.failure("Unexpected error serving {uri}", failure, uri=request.uri)
+        return _error_body(
+            request, ApiError(500, "internal", "internal error; see the server log")
+        )
+
+    @app.route("/_health", methods=["GET"])
+    async def health(self, request: IRequest) -> bytes:
+        """Report whether the daemon is serving and how its storage is."""
+        document: dict[str, Any] = {"status": "ok", "storage": self.storage.name}
+        status = 200
+        try:
+            document["keys"], document["revision"] = await self.storage.stats()
+        except StorageUnavailable as e:
+            document.update(status="unavailable", error=str(e))
+            status = 503
+        document.update(self._health())
+        snapshot = document.get("snapshot") or {}
+        if status == 200 and snapshot.get("ok") is False:
+            document["status"] = "degraded"
+        return _json_body(request, status, document)
+
+    @app.route("/_keys", methods=["GET"])
+    async def list_keys(self, request: IRequest) -> bytes:
+        """List keys in order, by prefix, a page at a time."""
+        prefix = _query_text(request, "prefix") or ""
+        after = _query_text(request, "after")
+        limit = _list_limit(request)
+        keys = await self.storage.keys(prefix, after, limit + 1)
+        next_cursor = keys[limit - 1] if len(keys) > limit else None
+        return _json_body(request, 200, {"keys": keys[:limit], "next": next_cursor})
+
+    @app.route("/", methods=["GET", "HEAD", "PUT", "POST", "DELETE"])
+    def root(self, request: IRequest) -> NoReturn:
+        """There is no empty key."""
+        raise ApiError(400, "bad_key", "the key must not be empty")
+
+    @app.route("/<path:_>", methods=["GET", "HEAD"])
+    async def get_key(self, request: IRequest, _: str) -> bytes:
+        """Return a value byte for byte, with its content type and ETag."""
+        key = _key_of(request)
+        record = await self.storage.get(key)
+        if record is None:
+            raise ApiError(404, "not_found", f"no such key: {key!r}")
+        request.setHeader(b"ETag", _etag(record.version))
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        if _not_modified(request, record):
+            return _empty(request, 304)
+        request.setHeader(b"Content-Type", record.content_type.encode("ascii"))
+        request.setHeader(b"Content-Length", b"%d" % (len(record.value),))
+        return b"" if request.method == b"HEAD" else record.value
+
+    @app.route("/<path:_>", methods=["PUT", "POST"])
+    async def set_key(self, request: IRequest, _: str) -> bytes:
+        """Store the body: 201 for a new key, 204 for a replaced one."""
+        key = _key_of(request)
+        precondition = _write_precondition(request)
+        content_type = _content_type_of(request)
+        value = _read_body(request, self.max_value_size)
+        result = await self.storage.set(key, value, content_type, precondition)
+        request.setHeader(b"ETag", _etag(result.version))
+        return _empty(request, 201 if result.created else 204)
+
+    @app.route("/<path:_>", methods=["DELETE"])
+    async def delete_key(self, request: IRequest, _: str) -> bytes:
+        """Remove a key: 204, or 404 if there was none."""
+        key = _key_of(request)
+        precondition = _write_precondition(request)
+        if precondition is not None and precondition.exists is False:
+            raise ApiError(400, "bad_precondition", "If-None-Match makes no sense here")
+        if not await self.storage.delete(key, precondition):
+            raise ApiError(404, "not_found", f"no such key: {key!r}")
+        return _empty(request, 204)
+
+
+class _PathGuard(Resource):
+    """
+    Answer paths that are not UTF-8 with a JSON 400 before Klein, which
+    would answer them in plain text, sees them.
+    """
+
+    isLeaf = True
+
+    def __init__(self, api: IResource) -> None:
+        super().__init__()
+        self._api = api
+
+    def render(self, request: IRequest) -> bytes | int:
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            return _error_body(
+                request, ApiError(400, "bad_key", "the path is not valid UTF-8")
+            )
+        return self._api.render(request)
+
+
+class _BoundedRequest(Request):
+    """
+    A request that refuses a body larger than its site's C{max_body_size}
+    as soon as the size is known, before buffering it.
+    """
+
+    _parsePOSTFormSubmission = False
+    defaultContentType = None
+    _refused = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.channel.site.max_body_size:
+            self._refuse()
+        else:
+            super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self.channel.site.max_body_size:
+            self._refuse()
+        else:
+            super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self) -> None:
+        """
+        Answer 413 on the raw connection and close it: this request has not
+        been parsed far enough to respond through the usual machinery.
+        """
+        self._refused = True
+        self.content = None
+        # No "100 Continue": the client should not send the body at all.
+        self.requestHeaders.removeHeader(b"Expect")
+        error = _too_large(self.channel.site.max_body_size)
+        body = json.dumps({"error": error.code, "message": error.message}).encode()
+        head = (
+            b"HTTP/1.1 413 Content Too Large\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % (len(body),)
+        )
+        self.channel.transport.write(head + body)
+        self.channel.transport.loseConnection()
+
+
+def makeSite(service: Service) -> Site:
+    """
+    The web site serving C{service}, with request bodies capped at the
+    service's maximum value size.
+    """
+    site = Site(service.resource(), requestFactory=_BoundedRequest)
+    site.max_body_size = service.max_value_size
+    site.displayTracebacks = False
+    return site

@@ -1,0 +1,335 @@
+"""
+Snapshots: the whole store as one JSON document, written atomically and
+cooperatively, and loaded at startup so that a restart keeps the data.
+
+The document is one JSON object laid out a page to a line, so that it can
+be written and read a page at a time::
+
+    {"ersid_snapshot": 1, "revision": 7, "pages": [
+    [["mykey", 7, "text/plain", "myvalue"], ["raw", 3, "x/y", {"base64": "AP8="}]]
+    ], "count": 2}
+
+Each entry is C{[key, version, content_type, value]}; a value that is not
+UTF-8 is written as C{{"base64": ...}}.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from ersid.storage import IStorage, Record
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SnapshotError",
+    "SnapshotOutcome",
+    "SnapshotService",
+    "Snapshotter",
+    "load_snapshot",
+    "remove_stale_temporaries",
+]
+
+FORMAT_VERSION = 1
+_PAGE_SIZE = 1000
+_WRITE_CHUNK = 1024 * 1024
+_TEMP_PREFIX = ".ersid-snapshot-"
+
+_log = Logger()
+_T = TypeVar("_T")
+
+
+class SnapshotError(Exception):
+    """
+    A snapshot file exists but cannot be read or makes no sense; the message
+    names the file.
+    """
+
+
+@attrs.frozen
+class SnapshotOutcome:
+    """
+    What the last snapshot attempt did, for logs and C{/_health}.
+    """
+
+    path: str
+    finished_at: float
+    ok: bool
+    keys: int = 0
+    size: int = 0
+    revision: int = 0
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.finished_at)),
+            "ok": self.ok,
+            "keys": self.keys,
+            "bytes": self.size,
+            "revision": self.revision,
+            "error": self.error,
+        }
+
+
+def _encode_entry(key: str, record: Record) -> list[Any]:
+    try:
+        value: Any = record.value.decode("utf-8")
+    except UnicodeDecodeError:
+        value = {"base64": base64.b64encode(record.value).decode("ascii")}
+    return [key, record.version, record.content_type, value]
+
+
+def _decode_entry(entry: list[Any]) -> tuple[str, Record]:
+    key, version, content_type, value = entry
+    if isinstance(value, dict):
+        data = base64.b64decode(value["base64"], validate=True)
+    else:
+        data = value.encode("utf-8")
+    if not (isinstance(key, str) and isinstance(version, int)):
+        raise ValueError(f"bad entry for key {key!r}")
+    return key, Record(data, content_type, version)
+
+
+def _header(revision: int) -> bytes:
+    return b'{"ersid_snapshot": %d, "revision": %d, "pages": [\n' % (
+        FORMAT_VERSION,
+        revision,
+    )
+
+
+def _footer(count: int) -> bytes:
+    return b'], "count": %d}\n' % (count,)
+
+
+class _AtomicFile:
+    """
+    A file written under a temporary name in its final directory and renamed
+    over the final name only once it is safely on disk. Blocking: call its
+    methods from a thread.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.directory = os.path.dirname(os.path.abspath(path))
+        fd, self.temporary = tempfile.mkstemp(dir=self.directory, prefix=_TEMP_PREFIX)
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def commit(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.temporary, self.path)
+        directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def abort(self) -> None:
+        self._file.close()
+        try:
+            os.unlink(self.temporary)
+        except FileNotFoundError:
+            pass
+
+
+class Snapshotter:
+    """
+    Writes snapshots of a store to one path, one at a time, never failing:
+    the outcome of each attempt is logged and kept in L{last}.
+
+    Serialising happens on the reactor thread a page at a time, yielding to
+    the reactor between pages; file I/O happens in the reactor's thread pool.
+    """
+
+    def __init__(
+        self,
+        storage: IStorage,
+        path: str,
+        reactor: IReactorTime & IReactorThreads,
+        written_revision: int | None = None,
+    ) -> None:
+        self.storage = storage
+        self.path = path
+        self.last: SnapshotOutcome | None = None
+        self._reactor = reactor
+        self._written_revision = written_revision
+        self._running: Deferred[SnapshotOutcome] | None = None
+        self._waiting: list[Deferred[SnapshotOutcome]] = []
+
+    def snapshot(self, force: bool = False) -> Deferred[SnapshotOutcome | None]:
+        """
+        Write a snapshot unless nothing changed since the last one written
+        (or C{force}); if one is being written, wait for it instead.
+
+        @return: Deferred firing with the L{SnapshotOutcome}, or C{None} if
+            nothing needed writing; it never fails.
+        """
+        if self._running is not None:
+            waiter: Deferred[SnapshotOutcome] = Deferred()
+            self._waiting.append(waiter)
+            return waiter
+        running = self._running = Deferred.fromCoroutine(self._attempt(force))
+        return running.addBoth(self._finished)
+
+    def _finished(self, outcome: SnapshotOutcome | None) -> SnapshotOutcome | None:
+        self._running = None
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(outcome)
+        return outcome
+
+    async def _attempt(self, force: bool) -> SnapshotOutcome | None:
+        try:
+            keys, revision = await self.storage.stats()
+            if not force and revision == self._written_revision:
+                return None
+            keys, size = await self._write(revision)
+        except Exception as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            _log.error(
+                "Snapshot to {path} failed: {reason}", path=self.path, reason=reason
+            )
+            self.last = SnapshotOutcome(
+                self.path, self._reactor.seconds(), ok=False, error=reason
+            )
+            return self.last
+        self._written_revision = revision
+        _log.info(
+            "Dumping {keys} keys in {size} bytes to {path}",
+            keys=keys,
+            size=size,
+            path=self.path,
+        )
+        self.last = SnapshotOutcome(
+            self.path, self._reactor.seconds(), True, keys, size, revision
+        )
+        return self.last
+
+    def _in_thread(self, f: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        pool = self._reactor.getThreadPool()
+        return deferToThreadPool(self._reactor, pool, f, *args)
+
+    async def _write(self, revision: int) -> tuple[int, int]:
+        target = await self._in_thread(_AtomicFile, self.path)
+        try:
+            pending = [_header(revision)]
+            pending_size = len(pending[0])
+            count = size = 0
+            page = await self.storage.scan(None, _PAGE_SIZE)
+            while True:
+                if page.items:
+                    line = json.dumps(
+                        [_encode_entry(key, record) for key, record in page.items],
+                        ensure_ascii=False,
+                    ).encode("utf-8")
+                    pending.append((b",\n" if count else b"") + line)
+                    pending_size += len(pending[-1])
+                    count += len(page.items)
+                if page.cursor is None:
+                    break
+                if pending_size >= _WRITE_CHUNK:
+                    await self._in_thread(target.write, b"".join(pending))
+                    size += pending_size
+                    pending, pending_size = [], 0
+                else:
+                    await deferLater(self._reactor, 0, lambda: None)
+                page = await self.storage.scan(page.cursor, _PAGE_SIZE)
+            pending.append(b"\n" + _footer(count) if count else _footer(count))
+            pending_size += len(pending[-1])
+            await self._in_thread(target.write, b"".join(pending))
+            await self._in_thread(target.commit)
+        except BaseException:
+            await self._in_thread(target.abort)
+            raise
+        return count, size + pending_size
+
+
+class SnapshotService(TimerService):
+    """
+    Snapshot every C{interval} seconds, and once more on shutdown after the
+    storage stops taking writes, so that nothing acknowledged is left out.
+    A failed snapshot never stops the timer: L{Snapshotter} does not fail.
+    """
+
+    def __init__(self, interval: float, snapshotter: Snapshotter) -> None:
+        super().__init__(interval, snapshotter.snapshot)
+        self.snapshotter = snapshotter
+
+    def stopService(self) -> Deferred[None]:
+        stopped = super().stopService()
+
+        async def final() -> None:
+            await stopped
+            await self.snapshotter.storage.close()
+            await self.snapshotter.snapshot()
+
+        return Deferred.fromCoroutine(final())
+
+
+def load_snapshot(path: str) -> tuple[list[tuple[str, Record]], int] | None:
+    """
+    Read the snapshot at C{path}, blocking: call it before the reactor runs.
+
+    @return: the entries and the revision, or C{None} if there is no file.
+    @raise SnapshotError: if the file cannot be read or is not a complete
+        Ersid snapshot.
+    """
+    try:
+        snapshot = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise SnapshotError(f"cannot read snapshot {path}: {e.strerror}") from None
+    with snapshot:
+        try:
+            header = json.loads(snapshot.readline() + b"]}")
+            if header.get("ersid_snapshot") != FORMAT_VERSION:
+                raise ValueError(
+                    f"unknown snapshot format {header.get('ersid_snapshot')!r}"
+                )
+            entries = []
+            for line in snapshot:
+                if line.startswith(b"]"):
+                    count = json.loads(b"{" + line[2:])["count"]
+                    break
+                entries.extend(map(_decode_entry, json.loads(line.rstrip(b",\n"))))
+            else:
+                raise ValueError("the file ends before the snapshot does")
+            if count != len(entries):
+                raise ValueError(f"it holds {len(entries)} entries, not {count}")
+        except OSError as e:
+            raise SnapshotError(f"cannot read snapshot {path}: {e.strerror}") from None
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise SnapshotError(
+                f"snapshot {path} is corrupt: {e}; move it aside to start "
+                "empty, or restore it from a backup"
+            ) from None
+    return entries, header["revision"]
+
+
+def remove_stale_temporaries(path: str) -> None:
+    """
+    Remove temporary files left by snapshots that a crash interrupted.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    for name in os.listdir(directory):
+        if name.startswith(_TEMP_PREFIX):
+            os.unlink(os.path.join(directory, name))

@@ -1,0 +1,181 @@
+"""
+The storage contract: every backend provides L{IStorage}, whose methods all
+return Deferreds, and speaks in L{Record}s and L{Precondition}s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+from zope.interface import Attribute, Interface
+
+__all__ = [
+    "DEFAULT_CONTENT_TYPE",
+    "IStorage",
+    "Page",
+    "Precondition",
+    "PreconditionFailed",
+    "Record",
+    "StorageUnavailable",
+    "WriteResult",
+]
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+@attrs.frozen
+class Record:
+    """
+    A stored value with its content type and the store revision that last
+    wrote it (etcd's modifiedIndex); the version is what an ETag is made of.
+    """
+
+    value: bytes
+    content_type: str = DEFAULT_CONTENT_TYPE
+    version: int = 0
+
+
+@attrs.frozen
+class WriteResult:
+    """
+    The outcome of a successful write: the new version and whether the key
+    was created rather than replaced.
+    """
+
+    version: int
+    created: bool
+
+
+@attrs.frozen
+class Page:
+    """
+    One page of a full scan of the store, in no promised order; C{cursor} is
+    opaque and C{None} on the last page.
+    """
+
+    items: list[tuple[str, Record]]
+    cursor: object | None
+
+
+@attrs.frozen
+class Precondition:
+    """
+    A condition on the current state of a key that a write or delete
+    requires, checked atomically with it (a compare-and-set).
+
+    @ivar exists: C{True} if the key must exist, C{False} if it must not,
+        C{None} if either will do.
+    @ivar versions: if not C{None}, the key's current version must be one of
+        these (HTTP's C{If-Match} with ETags).
+    """
+
+    exists: bool | None = None
+    versions: frozenset[int] | None = attrs.field(
+        default=None,
+        converter=attrs.converters.optional(frozenset),
+    )
+
+    @classmethod
+    def if_absent(cls) -> Precondition:
+        return cls(exists=False)
+
+    @classmethod
+    def if_version(cls, versions: Iterable[int]) -> Precondition:
+        return cls(exists=True, versions=frozenset(versions))
+
+    def holds(self, current: Record | None) -> bool:
+        """
+        Does this condition accept C{current}, the key's record or C{None}?
+        """
+        if self.exists is not None and self.exists != (current is not None):
+            return False
+        if self.versions is not None:
+            return current is not None and current.version in self.versions
+        return True
+
+
+class PreconditionFailed(Exception):
+    """
+    A conditional write or delete did not apply because its L{Precondition}
+    does not hold for the key's current state.
+    """
+
+    def __init__(self, key: str, current: Record | None) -> None:
+        super().__init__(key)
+        self.key = key
+        self.current = current
+
+
+class StorageUnavailable(Exception):
+    """
+    The backend cannot serve requests right now (database down, journal
+    disk full); the operation did not take effect and may be retried.
+    """
+
+
+class IStorage(Interface):
+    """
+    A key-value store whose every operation returns a Deferred.
+
+    Keys are non-empty text; values are bytes. Every successful change
+    (set or delete) takes the next store-wide revision, a strictly
+    increasing integer, and a set record's version is that revision.
+    """
+
+    name = Attribute("Short name of the backend, shown by /_health.")
+
+    def get(key: str):
+        """
+        @return: Deferred firing with the L{Record} of C{key}, or C{None}.
+        """
+
+    def set(
+        key: str,
+        value: bytes,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        precondition: Precondition | None = None,
+    ):
+        """
+        Store C{value} under C{key}.
+
+        @return: Deferred firing with a L{WriteResult}, or failing with
+            L{PreconditionFailed} and then changing nothing.
+        """
+
+    def delete(key: str, precondition: Precondition | None = None):
+        """
+        Remove C{key}.
+
+        @return: Deferred firing with C{True} if the key existed and is now
+            gone, C{False} if there was no such key; or failing with
+            L{PreconditionFailed} and then changing nothing.
+        """
+
+    def keys(prefix: str = "", after: str | None = None, limit: int = 100):
+        """
+        @return: Deferred firing with at most C{limit} keys that start with
+            C{prefix} and sort after C{after}, in ascending code point order.
+        """
+
+    def stats():
+        """
+        @return: Deferred firing with C{(key_count, revision)}.
+        """
+
+    def scan(cursor: object | None = None, limit: int = 1000):
+        """
+        Read the whole store in pages, for snapshots. Start with C{None} and
+        pass each L{Page}'s cursor back until it is C{None}. Changes made
+        during a scan may or may not be seen; everything up to the revision
+        current when the scan began is.
+
+        @return: Deferred firing with a L{Page}.
+        """
+
+    def close():
+        """
+        Release the backend's resources.
+
+        @return: Deferred firing when done.
+        """

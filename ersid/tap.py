@@ -1,0 +1,207 @@
+"""
+C{twistd ersid}: the command-line options and the composition of the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet import endpoints, reactor
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ersid import rest
+from ersid.memory import DictStorage
+from ersid.snapshot import (
+    SnapshotError,
+    SnapshotService,
+    Snapshotter,
+    load_snapshot,
+    remove_stale_temporaries,
+)
+from ersid.storage import IStorage
+
+__all__ = ["Options", "default_data_dir", "makeService"]
+
+_log = Logger()
+
+
+def default_data_dir() -> str:
+    """
+    Where Ersid keeps its files unless told otherwise: C{$ERSID_DATA_DIR},
+    else C{$XDG_DATA_HOME/ersid}, else C{~/.local/share/ersid}.
+    """
+    if os.environ.get("ERSID_DATA_DIR"):
+        return os.environ["ERSID_DATA_DIR"]
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(xdg, "ersid")
+
+
+def _endpoint_description(value: str) -> str:
+    """
+    A plain port number means TCP on the loopback interface only; anything
+    else is a Twisted endpoint description, checked here.
+    """
+    if value.isdigit():
+        if not 0 <= int(value) <= 65535:
+            raise usage.UsageError(f"port {value} is out of range")
+        return f"tcp:{value}:interface=127.0.0.1"
+    try:
+        endpoints.serverFromString(reactor, value)
+    except (ValueError, KeyError, TypeError) as e:
+        raise usage.UsageError(f"bad endpoint description {value!r}: {e}") from None
+    return value
+
+
+def _positive(kind: type) -> Any:
+    def convert(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number") from None
+        if number <= 0:
+            raise ValueError(f"{value!r} must be greater than zero")
+        return number
+
+    convert.coerceDoc = "Must be greater than zero."  # type: ignore[attr-defined]
+    return convert
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd ersid}; ports take a number (TCP on 127.0.0.1) or
+    an endpoint description such as C{tcp:8080:interface=0.0.0.0}.
+    """
+
+    optParameters = [
+        ["rest-port", "p", "8080", "Port or endpoint of the REST API."],
+        [
+            "dump-interval",
+            "i",
+            10,
+            "Seconds between snapshots of the store.",
+            _positive(float),
+        ],
+        [
+            "dump-file",
+            "f",
+            None,
+            "Snapshot file, loaded at startup. [default: DATA_DIR/snapshot.json]",
+        ],
+        [
+            "data-dir",
+            "d",
+            default_data_dir(),
+            "Directory for Ersid's own files, created mode 0700. "
+            "($ERSID_DATA_DIR overrides the default.)",
+        ],
+        ["storage", "s", "dict", "Storage backend: dict."],
+        [
+            "max-value-size",
+            None,
+            rest.DEFAULT_MAX_VALUE_SIZE,
+            "Largest value accepted, in bytes; larger writes get 413.",
+            _positive(int),
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        self["rest-port"] = _endpoint_description(self["rest-port"])
+        if self["storage"] not in _BACKENDS:
+            known = ", ".join(sorted(_BACKENDS))
+            raise usage.UsageError(
+                f"unknown storage {self['storage']!r}; choose one of: {known}"
+            )
+        if self["dump-file"] is None:
+            self["dump-file"] = os.path.join(self["data-dir"], "snapshot.json")
+
+
+def _open_dict_storage(options: Options) -> tuple[IStorage, int | None]:
+    """
+    Load the snapshot, if there is one, into a L{DictStorage}.
+    """
+    path = options["dump-file"]
+    loaded = load_snapshot(path)
+    if loaded is None:
+        _log.info("No snapshot at {path}: starting empty", path=path)
+        return DictStorage(), None
+    entries, revision = loaded
+    _log.info(
+        "Loaded {count} keys at revision {revision} from {path}",
+        count=len(entries),
+        revision=revision,
+        path=path,
+    )
+    return DictStorage(entries, revision), revision
+
+
+_BACKENDS = {"dict": _open_dict_storage}
+
+
+def _prepare_data_dir(options: Options) -> None:
+    os.makedirs(options["data-dir"], mode=0o700, exist_ok=True)
+    dump_directory = os.path.dirname(os.path.abspath(options["dump-file"]))
+    os.makedirs(dump_directory, mode=0o700, exist_ok=True)
+    remove_stale_temporaries(options["dump-file"])
+
+
+class _Listener(StreamServerEndpointService):
+    """
+    Listen on an endpoint description, log where, and turn a port that
+    cannot be had into a clean exit rather than a traceback.
+    """
+
+    def __init__(self, what: str, description: str, factory: IProtocolFactory):
+        super().__init__(endpoints.serverFromString(reactor, description), factory)
+        self.what = what
+        self.description = description
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise SystemExit(
+                f"ersid: cannot listen for the {self.what} on "
+                f"{self.description}: {e.socketError}"
+            ) from None
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port: Any) -> Any:
+        _log.info(
+            "{what} listening on {address}", what=self.what, address=port.getHost()
+        )
+        return port
+
+
+def makeService(options: Options) -> IService:
+    """
+    Compose the daemon: the storage, loaded from its snapshot; the REST API;
+    the periodic snapshots.
+    """
+    try:
+        _prepare_data_dir(options)
+        storage, written_revision = _BACKENDS[options["storage"]](options)
+    except (OSError, SnapshotError) as e:
+        sys.exit(f"ersid: {e}")
+    snapshotter = Snapshotter(storage, options["dump-file"], reactor, written_revision)
+    api = rest.Service(
+        storage,
+        options["max-value-size"],
+        health=lambda: {
+            "snapshot": snapshotter.last.as_json() if snapshotter.last else None
+        },
+    )
+
+    daemon = MultiService()
+    _Listener("REST API", options["rest-port"], rest.makeSite(api)).setServiceParent(
+        daemon
+    )
+    SnapshotService(options["dump-interval"], snapshotter).setServiceParent(daemon)
+    return daemon

@@ -1,0 +1,18 @@
+"""
+Ersid as a .tac file: twistd -ny service.tac
+
+Options as for twistd ersid may be given in $ERSID_OPTIONS.
+"""
+
+import os
+import shlex
+
+from twisted.application.service import Application
+
+from ersid.tap import Options, makeService
+
+options = Options()
+options.parseOptions(shlex.split(os.environ.get("ERSID_OPTIONS", "")))
+
+application = Application("Ersid application")
+makeService(options).setServiceParent(application)

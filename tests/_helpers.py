@@ -1,0 +1,152 @@
+"""
+Helpers shared by the tests: raw HTTP over loopback, and waiting for a
+child process to say something.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SkipTest
+from twisted.web.client import Agent, HTTPConnectionPool
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def http() -> HTTPClient:
+    """A treq client that keeps no connection open after a request."""
+    return HTTPClient(
+        Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+    )
+
+
+def require(condition: bool, reason: str) -> None:
+    """
+    Skip the calling test with C{reason} unless C{condition}; under CI
+    (C{CI} set in the environment) a missing requirement fails instead,
+    so that a skip is never counted as a pass there.
+    """
+    if condition:
+        return
+    if os.environ.get("CI"):
+        raise AssertionError(f"required under CI: {reason}")
+    raise SkipTest(reason)
+
+
+class _Collector(Protocol):
+    def __init__(self, payload: bytes, finished: Deferred[bytes]) -> None:
+        self.payload = payload
+        self.received = b""
+        self.finished = finished
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.payload)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.finished.callback(self.received)
+
+
+async def raw_exchange(port: int, *chunks: bytes) -> bytes:
+    """
+    Send C{chunks} to a loopback port, one after another, and return
+    everything received until the server closes the connection.
+    """
+    finished: Deferred[bytes] = Deferred()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    protocol = await connectProtocol(endpoint, _Collector(chunks[0], finished))
+    for chunk in chunks[1:]:
+        protocol.transport.write(chunk)
+    return await finished
+
+
+class _Child(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[int] = Deferred()
+        self._waiters: list[tuple[re.Pattern[bytes], Deferred[re.Match[bytes]]]] = []
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        for waiter in list(self._waiters):
+            match = waiter[0].search(self.output)
+            if match:
+                self._waiters.remove(waiter)
+                waiter[1].callback(match)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        for _, waiting in self._waiters:
+            waiting.errback(AssertionError(f"exited before saying it:\n{self.output}"))
+        self._waiters = []
+        status = reason.value
+        # Like subprocess: the exit code, or minus the signal that ended it.
+        self.ended.callback(
+            status.exitCode if status.exitCode is not None else -status.signal
+        )
+
+
+class Daemon:
+    """
+    A child process (usually C{twistd}) run from the checkout, with helpers
+    to wait for what it logs and to stop it.
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self._child = _Child()
+        environment = {**os.environ, "PYTHONPATH": CHECKOUT, **(env or {})}
+        self.process = reactor.spawnProcess(
+            self._child, args[0], args, env=environment, path=CHECKOUT
+        )
+        self.ended = self._child.ended
+
+    @classmethod
+    def twistd(cls, *args: str, env: dict[str, str] | None = None) -> Daemon:
+        run = "from twisted.scripts.twistd import run; run()"
+        return cls([sys.executable, "-c", run, *args], env)
+
+    @property
+    def output(self) -> str:
+        return self._child.output.decode("utf-8", "replace")
+
+    def said(self, pattern: bytes) -> Deferred[re.Match[bytes]]:
+        match = re.search(pattern, self._child.output)
+        if match:
+            return succeed(match)
+        if self.ended.called:
+            return fail(AssertionError(f"exited before saying it:\n{self.output}"))
+        waiting: Deferred[re.Match[bytes]] = Deferred()
+        self._child._waiters.append((re.compile(pattern), waiting))
+        return waiting
+
+    async def rest_url(self) -> str:
+        match = await self.said(rb"REST API listening on .*host='([\d.]+)', port=(\d+)")
+        return f"http://{match[1].decode()}:{match[2].decode()}"
+
+    async def stop(self, signal: str = "TERM") -> int:
+        try:
+            self.process.signalProcess(signal)
+        except ProcessExitedAlready:
+            pass
+        return await self.ended
+
+
+def free_port_holder() -> tuple[socket.socket, int]:
+    """A listening socket on a loopback port chosen by the OS."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    return holder, holder.getsockname()[1]

@@ -1,0 +1,151 @@
+"""
+The daemon as a user runs it: real C{twistd} processes from the checkout,
+spoken to over loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from ._helpers import CHECKOUT, Daemon, free_port_holder, http
+
+LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
+
+
+class DaemonTests(TestCase):
+    def setUp(self):
+        self.data_dir = os.path.abspath(self.mktemp())
+        self.http = http()
+
+    def run_async(self, coroutine) -> Deferred:
+        return Deferred.fromCoroutine(coroutine)
+
+    def start(self, *args: str, env=None) -> Daemon:
+        daemon = Daemon.twistd(
+            "-n", "--pidfile=", "ersid", "--data-dir", self.data_dir, *args, env=env
+        )
+        self.addCleanup(daemon.stop, "KILL")
+        return daemon
+
+    def test_help_lists_options_with_defaults(self):
+        async def check():
+            daemon = Daemon.twistd("ersid", "--help")
+            self.assertEqual(await daemon.ended, 0)
+            output = " ".join(daemon.output.split())
+            for option in [
+                "--rest-port=",
+                "--dump-interval=",
+                "--dump-file=",
+                "--data-dir=",
+                "--storage=",
+                "--max-value-size=",
+                "[default: 8080]",
+                "[default: 10]",
+            ]:
+                self.assertIn(option, output)
+
+        return self.run_async(check())
+
+    def test_data_survives_restart(self):
+        async def check():
+            daemon = self.start("-p", LOOPBACK_ANY_PORT, "--dump-interval", "3600")
+            url = await daemon.rest_url()
+            response = await self.http.post(f"{url}/mykey", data=b"myvalue")
+            self.assertEqual(response.code, 201)
+            await self.http.put(f"{url}/bin", data=b"\x00\xff")
+            self.assertEqual(await daemon.stop("TERM"), -signal.SIGTERM)
+            self.assertIn("Dumping 2 keys in", daemon.output)
+
+            again = self.start("-p", LOOPBACK_ANY_PORT)
+            url = await again.rest_url()
+            self.assertEqual(
+                await (await self.http.get(f"{url}/mykey")).content(), b"myvalue"
+            )
+            self.assertEqual(
+                await (await self.http.get(f"{url}/bin")).content(), b"\x00\xff"
+            )
+            health = json.loads(await (await self.http.get(f"{url}/_health")).content())
+            self.assertEqual((health["keys"], health["revision"]), (2, 2))
+            self.assertEqual(await again.stop("INT"), -signal.SIGINT)
+
+        return self.run_async(check())
+
+    def test_port_in_use_is_a_clean_error(self):
+        holder, port = free_port_holder()
+        self.addCleanup(holder.close)
+
+        async def check():
+            daemon = self.start("-p", str(port))
+            self.assertEqual(await daemon.ended, 1)
+            self.assertIn(
+                f"ersid: cannot listen for the REST API on tcp:{port}:"
+                "interface=127.0.0.1: [Errno 98] Address already in use",
+                daemon.output,
+            )
+            self.assertNotIn("Traceback", daemon.output)
+
+        return self.run_async(check())
+
+    def test_unknown_storage_is_a_clean_error(self):
+        async def check():
+            daemon = self.start("--storage", "floppy")
+            self.assertEqual(await daemon.ended, 1)
+            self.assertIn("unknown storage 'floppy'", daemon.output)
+            self.assertNotIn("Traceback", daemon.output)
+
+        return self.run_async(check())
+
+    def test_corrupt_snapshot_refuses_to_start(self):
+        os.makedirs(self.data_dir)
+        path = os.path.join(self.data_dir, "snapshot.json")
+        with open(path, "w") as f:
+            f.write('{"ersid_snapshot": 1, "revision": 3, "pages": [\n[["k", 1')
+
+        async def check():
+            daemon = self.start("-p", LOOPBACK_ANY_PORT)
+            self.assertEqual(await daemon.ended, 1)
+            self.assertIn(f"ersid: snapshot {path} is corrupt", daemon.output)
+            self.assertNotIn("Traceback", daemon.output)
+            with open(path) as f:
+                self.assertTrue(f.read().endswith('[["k", 1'))
+
+        return self.run_async(check())
+
+    def test_tac_file(self):
+        """twistd -ny service.tac runs the same daemon."""
+
+        async def check():
+            daemon = Daemon.twistd(
+                "-ny",
+                "service.tac",
+                "--pidfile=",
+                env={"ERSID_OPTIONS": f"-p {LOOPBACK_ANY_PORT} -d {self.data_dir}"},
+            )
+            self.addCleanup(daemon.stop, "KILL")
+            url = await daemon.rest_url()
+            await self.http.put(f"{url}/k", data=b"tac")
+            self.assertEqual(await (await self.http.get(f"{url}/k")).content(), b"tac")
+            self.assertEqual(await daemon.stop(), -signal.SIGTERM)
+
+        return self.run_async(check())
+
+    def test_bin_service(self):
+        async def check():
+            script = os.path.join(CHECKOUT, "bin", "service")
+            daemon = Daemon(
+                [sys.executable, script, "-p", LOOPBACK_ANY_PORT, "-d", self.data_dir]
+            )
+            self.addCleanup(daemon.stop, "KILL")
+            url = await daemon.rest_url()
+            response = await self.http.get(f"{url}/another_key")
+            self.assertEqual(response.code, 404)
+            await response.content()
+            self.assertEqual(await daemon.stop(), -signal.SIGTERM)
+
+        return self.run_async(check())

@@ -1,0 +1,408 @@
+"""
+The REST API, driven in memory through L{StubTreq}.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail
+from twisted.trial.unittest import TestCase
+
+from ersid.memory import DictStorage
+from ersid.rest import MAX_KEY_BYTES, Service
+from ersid.storage import Record
+
+BASE = "http://ersid.test"
+
+
+class _BrokenStorage(DictStorage):
+    def get(self, key):
+        return fail(ZeroDivisionError("a bug"))
+
+
+class RestTests(TestCase):
+    def setUp(self):
+        self.storage = DictStorage()
+        self.service = Service(
+            self.storage, max_value_size=64, health=lambda: {"snapshot": None}
+        )
+        self.http = StubTreq(self.service.resource())
+
+    def run_async(self, coroutine) -> Deferred:
+        return Deferred.fromCoroutine(coroutine)
+
+    async def request(self, method, path, body=b"", headers=None):
+        response = await self.http.request(
+            method, BASE + path, data=body, headers=headers or {}
+        )
+        content = await response.content()
+        return response, content
+
+    async def expect_error(self, method, path, status, code, **kw):
+        response, content = await self.request(method, path, **kw)
+        self.assertEqual(response.code, status, content)
+        self.assertEqual(
+            response.headers.getRawHeaders("content-type"), ["application/json"]
+        )
+        self.assertEqual(json.loads(content)["error"], code)
+        return response
+
+    def test_lab_round_trip(self):
+        async def check():
+            response, _ = await self.request("POST", "/mykey", b"myvalue")
+            self.assertEqual(response.code, 201)
+            response, content = await self.request("GET", "/mykey")
+            self.assertEqual((response.code, content), (200, b"myvalue"))
+
+        return self.run_async(check())
+
+    def test_put_created_then_replaced_with_etags(self):
+        async def check():
+            created, _ = await self.request("PUT", "/k", b"1")
+            replaced, _ = await self.request("PUT", "/k", b"2")
+            self.assertEqual(created.code, 201)
+            self.assertEqual(replaced.code, 204)
+            first = created.headers.getRawHeaders("etag")[0]
+            second = replaced.headers.getRawHeaders("etag")[0]
+            self.assertNotEqual(first, second)
+            got, _ = await self.request("GET", "/k")
+            self.assertEqual(got.headers.getRawHeaders("etag"), [second])
+
+        return self.run_async(check())
+
+    def test_binary_value_and_content_type(self):
+        value = b"\x00\xff\x00binary\r\n\x00"
+
+        async def check():
+            await self.request(
+                "PUT", "/bin", value, headers={"Content-Type": ["image/png"]}
+            )
+            response, content = await self.request("GET", "/bin")
+            self.assertEqual(content, value)
+            headers = response.headers
+            self.assertEqual(headers.getRawHeaders("content-type"), ["image/png"])
+            self.assertEqual(response.length, len(value))
+            self.assertEqual(
+                headers.getRawHeaders("x-content-type-options"), ["nosniff"]
+            )
+
+        return self.run_async(check())
+
+    def test_default_content_type(self):
+        async def check():
+            await self.request("PUT", "/k", b"v")
+            response, _ = await self.request("GET", "/k")
+            self.assertEqual(
+                response.headers.getRawHeaders("content-type"),
+                ["application/octet-stream"],
+            )
+
+        return self.run_async(check())
+
+    def test_head(self):
+        async def check():
+            await self.request("PUT", "/k", b"12345")
+            response, content = await self.request("HEAD", "/k")
+            self.assertEqual((response.code, content), (200, b""))
+            self.assertTrue(response.headers.getRawHeaders("etag"))
+            missing, _ = await self.request("HEAD", "/missing")
+            self.assertEqual(missing.code, 404)
+
+        return self.run_async(check())
+
+    def test_missing_key(self):
+        return self.run_async(
+            self.expect_error("GET", "/another_key", 404, "not_found")
+        )
+
+    def test_delete(self):
+        async def check():
+            await self.request("PUT", "/k", b"v")
+            response, _ = await self.request("DELETE", "/k")
+            self.assertEqual(response.code, 204)
+            await self.expect_error("GET", "/k", 404, "not_found")
+            await self.expect_error("DELETE", "/k", 404, "not_found")
+
+        return self.run_async(check())
+
+    def test_hierarchical_and_percent_decoded_keys(self):
+        async def check():
+            await self.request("PUT", "/a/b/c", b"1")
+            await self.request("PUT", "/" + quote("clé ü/x", safe=""), b"2")
+            self.assertEqual(
+                self.successResultOf(self.storage.get("a/b/c")).value, b"1"
+            )
+            self.assertEqual(
+                self.successResultOf(self.storage.get("clé ü/x")).value, b"2"
+            )
+            _, content = await self.request("GET", "/a%2Fb%2Fc")
+            self.assertEqual(content, b"1")
+
+        return self.run_async(check())
+
+    def test_bad_keys(self):
+        async def check():
+            await self.expect_error("PUT", "/%FF", 400, "bad_key", body=b"x")
+            await self.expect_error("GET", "/%C3", 400, "bad_key")
+            await self.expect_error("PUT", "/", 400, "bad_key", body=b"x")
+            await self.expect_error("PUT", "/_mine", 400, "reserved_key", body=b"x")
+            await self.expect_error("POST", "/_keys", 400, "reserved_key")
+            await self.expect_error("GET", "/_nothing", 400, "reserved_key")
+            self.assertEqual(self.successResultOf(self.storage.stats()), (0, 0))
+
+        return self.run_async(check())
+
+    def test_key_length_limit(self):
+        async def check():
+            longest = "k" * MAX_KEY_BYTES
+            response, _ = await self.request("PUT", "/" + longest, b"x")
+            self.assertEqual(response.code, 201)
+            await self.expect_error("PUT", "/" + longest + "k", 414, "key_too_long")
+            # Counted in bytes of UTF-8, not characters.
+            await self.expect_error("PUT", "/" + "é" * 128, 414, "key_too_long")
+
+        return self.run_async(check())
+
+    def test_value_too_large_changes_nothing(self):
+        async def check():
+            await self.request("PUT", "/k", b"small")
+            await self.expect_error("PUT", "/k", 413, "value_too_large", body=b"x" * 65)
+            _, content = await self.request("GET", "/k")
+            self.assertEqual(content, b"small")
+            response, _ = await self.request("PUT", "/k", b"x" * 64)
+            self.assertEqual(response.code, 204)
+
+        return self.run_async(check())
+
+    def test_bad_content_type(self):
+        return self.run_async(
+            self.expect_error(
+                "PUT",
+                "/k",
+                400,
+                "bad_content_type",
+                body=b"x",
+                headers={"Content-Type": ["x" * 300]},
+            )
+        )
+
+    def test_if_match_is_compare_and_set(self):
+        async def check():
+            created, _ = await self.request("PUT", "/k", b"1")
+            etag = created.headers.getRawHeaders("etag")[0]
+            ok, _ = await self.request("PUT", "/k", b"2", headers={"If-Match": [etag]})
+            self.assertEqual(ok.code, 204)
+            stale = await self.expect_error(
+                "PUT",
+                "/k",
+                412,
+                "precondition_failed",
+                body=b"3",
+                headers={"If-Match": [etag]},
+            )
+            self.assertEqual(
+                stale.headers.getRawHeaders("etag"), ok.headers.getRawHeaders("etag")
+            )
+            _, content = await self.request("GET", "/k")
+            self.assertEqual(content, b"2")
+            await self.expect_error(
+                "PUT",
+                "/k",
+                412,
+                "precondition_failed",
+                body=b"3",
+                headers={"If-Match": ["W/" + ok.headers.getRawHeaders("etag")[0]]},
+            )
+            await self.expect_error(
+                "PUT",
+                "/other",
+                412,
+                "precondition_failed",
+                body=b"3",
+                headers={"If-Match": ["*"]},
+            )
+            self.assertIsNone(self.successResultOf(self.storage.get("other")))
+
+        return self.run_async(check())
+
+    def test_if_none_match_star_creates_only(self):
+        async def check():
+            headers = {"If-None-Match": ["*"]}
+            created, _ = await self.request("PUT", "/k", b"1", headers=headers)
+            self.assertEqual(created.code, 201)
+            await self.expect_error(
+                "PUT", "/k", 412, "precondition_failed", body=b"2", headers=headers
+            )
+            _, content = await self.request("GET", "/k")
+            self.assertEqual(content, b"1")
+            await self.expect_error(
+                "PUT",
+                "/k",
+                400,
+                "bad_precondition",
+                body=b"2",
+                headers={"If-None-Match": ['"1"']},
+            )
+
+        return self.run_async(check())
+
+    def test_conditional_delete(self):
+        async def check():
+            created, _ = await self.request("PUT", "/k", b"1")
+            await self.expect_error(
+                "DELETE",
+                "/k",
+                412,
+                "precondition_failed",
+                headers={"If-Match": ['"999"']},
+            )
+            etag = created.headers.getRawHeaders("etag")
+            response, _ = await self.request("DELETE", "/k", headers={"If-Match": etag})
+            self.assertEqual(response.code, 204)
+
+        return self.run_async(check())
+
+    def test_get_if_none_match_not_modified(self):
+        async def check():
+            created, _ = await self.request("PUT", "/k", b"1")
+            etag = created.headers.getRawHeaders("etag")[0]
+            response, content = await self.request(
+                "GET", "/k", headers={"If-None-Match": [etag]}
+            )
+            self.assertEqual((response.code, content), (304, b""))
+            response, content = await self.request(
+                "GET", "/k", headers={"If-None-Match": ['"0", W/' + etag]}
+            )
+            self.assertEqual(response.code, 304)
+            response, content = await self.request(
+                "GET", "/k", headers={"If-None-Match": ['"0"']}
+            )
+            self.assertEqual((response.code, content), (200, b"1"))
+
+        return self.run_async(check())
+
+    def test_list_keys(self):
+        async def check():
+            for key in ["app/b", "app/a", "app/c", "other"]:
+                await self.request("PUT", "/" + key, b"x")
+            response, content = await self.request("GET", "/_keys?prefix=app/&limit=2")
+            self.assertEqual(response.code, 200)
+            page = json.loads(content)
+            self.assertEqual(page, {"keys": ["app/a", "app/b"], "next": "app/b"})
+            _, content = await self.request(
+                "GET", "/_keys?prefix=app/&limit=2&after=app/b"
+            )
+            self.assertEqual(json.loads(content), {"keys": ["app/c"], "next": None})
+            _, content = await self.request("GET", "/_keys")
+            self.assertEqual(len(json.loads(content)["keys"]), 4)
+
+        return self.run_async(check())
+
+    def test_list_keys_bad_query(self):
+        async def check():
+            for query in ["limit=0", "limit=1001", "limit=x", "limit=-1", "prefix=%FF"]:
+                await self.expect_error("GET", "/_keys?" + query, 400, "bad_query")
+
+        return self.run_async(check())
+
+    def test_health(self):
+        async def check():
+            await self.request("PUT", "/k", b"v")
+            response, content = await self.request("GET", "/_health")
+            self.assertEqual(response.code, 200)
+            self.assertEqual(
+                json.loads(content),
+                {
+                    "status": "ok",
+                    "storage": "dict",
+                    "keys": 1,
+                    "revision": 1,
+                    "snapshot": None,
+                },
+            )
+
+        return self.run_async(check())
+
+    def test_health_degraded_when_snapshot_failed(self):
+        self.service = Service(
+            self.storage, health=lambda: {"snapshot": {"ok": False, "error": "full"}}
+        )
+        self.http = StubTreq(self.service.resource())
+
+        async def check():
+            _, content = await self.request("GET", "/_health")
+            self.assertEqual(json.loads(content)["status"], "degraded")
+
+        return self.run_async(check())
+
+    def test_method_not_allowed(self):
+        async def check():
+            response = await self.expect_error("PATCH", "/k", 405, "method_not_allowed")
+            self.assertIn("PUT", response.headers.getRawHeaders("allow")[0])
+
+        return self.run_async(check())
+
+    def test_unavailable_storage_is_503(self):
+        async def check():
+            await self.request("PUT", "/k", b"v")
+            self.storage.close()
+            response = await self.expect_error(
+                "PUT", "/k", 503, "unavailable", body=b"new"
+            )
+            self.assertEqual(response.headers.getRawHeaders("retry-after"), ["1"])
+            _, content = await self.request("GET", "/k")
+            self.assertEqual(content, b"v")
+
+        return self.run_async(check())
+
+    def test_unexpected_error_is_json_without_traceback(self):
+        self.http = StubTreq(Service(_BrokenStorage()).resource())
+
+        async def check():
+            response, content = await self.request("GET", "/k")
+            self.assertEqual(response.code, 500)
+            self.assertEqual(json.loads(content)["error"], "internal")
+            self.assertNotIn(b"Traceback", content)
+            self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+        return self.run_async(check())
+
+    def test_odd_paths_never_give_server_errors(self):
+        paths = [
+            "//x",
+            "/a//b",
+            "/a/",
+            "/%00",
+            "/%",
+            "/%zz",
+            "/a/../b",
+            "/./x",
+            "/" + "%FF" * 300,
+            "/%E2%82",
+            "/_keys/x",
+            "/_health/",
+            "/?x=1",
+        ]
+
+        async def check():
+            for method in ["GET", "PUT", "DELETE", "HEAD", "POST", "OPTIONS"]:
+                for path in paths:
+                    response, content = await self.request(method, path, b"v")
+                    self.assertLess(response.code, 500, (method, path, content))
+
+        return self.run_async(check())
+
+    def test_stored_record_seen_by_api(self):
+        """A record written straight to storage is served at once."""
+        self.storage = DictStorage([("k", Record(b"direct", "text/plain", 5))], 5)
+        self.http = StubTreq(Service(self.storage).resource())
+
+        async def check():
+            response, content = await self.request("GET", "/k")
+            self.assertEqual(content, b"direct")
+            self.assertEqual(response.headers.getRawHeaders("etag"), ['"5"'])
+
+        return self.run_async(check())
