@@ -51,6 +51,9 @@ class DictStorage:
         )
         self._closed = False
 
+    def __repr__(self) -> str:
+        return f"<DictStorage: {len(self._records)} keys, revision {self._revision}>"
+
     def get(self, key: str) -> Deferred[Record | None]:
         return succeed(self._records.get(key))
 

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ersid import rest
+from ersid import manhole, rest
 from ersid.memory import DictStorage
 from ersid.snapshot import (
     SnapshotError,
@@ -59,6 +59,10 @@ def _endpoint_description(value: str) -> str:
     return value
 
 
+def _optional_endpoint_description(value: str) -> str | None:
+    return None if value == "none" else _endpoint_description(value)
+
+
 def _positive(kind: type) -> Any:
     def convert(value: str) -> Any:
         try:
@@ -81,6 +85,25 @@ class Options(usage.Options):
 
     optParameters = [
         ["rest-port", "p", "8080", "Port or endpoint of the REST API."],
+        [
+            "manhole-port",
+            "m",
+            "8022",
+            "Port or endpoint of the SSH manhole, or 'none' to turn it off.",
+        ],
+        [
+            "manhole-authorized-keys",
+            None,
+            os.path.expanduser("~/.ssh/authorized_keys"),
+            "OpenSSH authorized_keys file of the operators allowed in.",
+        ],
+        [
+            "manhole-passwd",
+            None,
+            None,
+            "File of 'user:hash' lines (bcrypt or crypt hashes, mode 0600) "
+            "also allowed in.",
+        ],
         [
             "dump-interval",
             "i",
@@ -113,6 +136,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self["rest-port"] = _endpoint_description(self["rest-port"])
+        self["manhole-port"] = _optional_endpoint_description(self["manhole-port"])
         if self["storage"] not in _BACKENDS:
             known = ", ".join(sorted(_BACKENDS))
             raise usage.UsageError(
@@ -161,6 +185,7 @@ class _Listener(StreamServerEndpointService):
         super().__init__(endpoints.serverFromString(reactor, description), factory)
         self.what = what
         self.description = description
+        self.address: Any = None
         self._raiseSynchronously = True
 
     def privilegedStartService(self) -> None:
@@ -174,16 +199,44 @@ class _Listener(StreamServerEndpointService):
         self._waitingForPort.addCallback(self._listening)
 
     def _listening(self, port: Any) -> Any:
+        self.address = port.getHost()
         _log.info(
             "{what} listening on {address}", what=self.what, address=port.getHost()
         )
         return port
 
 
+def _manhole_factory(options: Options, namespace: dict[str, Any]) -> Any:
+    """
+    The manhole's SSH factory, or C{None} (saying why) when it is turned
+    off or nobody could log in.
+    """
+    if options["manhole-port"] is None:
+        return None
+    authorized = manhole.read_authorized_keys(options["manhole-authorized-keys"])
+    passwords = {}
+    if options["manhole-passwd"]:
+        passwords = manhole.read_password_file(options["manhole-passwd"])
+    if not authorized and not passwords:
+        _log.warn(
+            "SSH manhole off: no keys in {keys} and no --manhole-passwd; add an "
+            "operator's public key there, or pass --manhole-authorized-keys "
+            "or --manhole-passwd, to turn it on",
+            keys=options["manhole-authorized-keys"],
+        )
+        return None
+    host_key = manhole.load_or_create_host_key(options["data-dir"])
+    _log.info(
+        "SSH manhole host key fingerprint: {fingerprint}",
+        fingerprint=manhole.fingerprint(host_key),
+    )
+    return manhole.makeFactory(namespace, host_key, authorized, passwords)
+
+
 def makeService(options: Options) -> IService:
     """
     Compose the daemon: the storage, loaded from its snapshot; the REST API;
-    the periodic snapshots.
+    the SSH manhole; the periodic snapshots.
     """
     try:
         _prepare_data_dir(options)
@@ -203,5 +256,12 @@ def makeService(options: Options) -> IService:
     _Listener("REST API", options["rest-port"], rest.makeSite(api)).setServiceParent(
         daemon
     )
+    namespace = {"service": api, "storage": storage, "reactor": reactor}
+    try:
+        ssh = _manhole_factory(options, namespace)
+    except (OSError, manhole.ManholeError) as e:
+        sys.exit(f"ersid: {e}")
+    if ssh is not None:
+        _Listener("SSH manhole", options["manhole-port"], ssh).setServiceParent(daemon)
     SnapshotService(options["dump-interval"], snapshotter).setServiceParent(daemon)
     return daemon

@@ -1,0 +1,293 @@
+"""
+An SSH manhole: a colored Python prompt inside the running daemon, for
+operators who hold an authorized SSH key or a hashed password.
+
+There is no built-in password. Credentials come from an OpenSSH
+C{authorized_keys} file and, optionally, a file of C{user:hash} lines
+(bcrypt or crypt(3) hashes); the host key is generated once, private to the
+user running Ersid.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import stat
+import warnings
+from typing import Any
+
+import bcrypt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from twisted.conch import error as conch_error
+from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker
+from twisted.conch.insults import insults
+from twisted.conch.interfaces import IConchUser
+from twisted.conch.manhole import ColoredManhole
+from twisted.conch.manhole_ssh import ConchFactory, TerminalRealm, TerminalSession
+from twisted.conch.ssh import keys
+from twisted.conch.ssh.connection import SSHConnection
+from twisted.conch.ssh.userauth import SSHUserAuthServer
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet import threads
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ProcessDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        import crypt as _crypt
+    except ImportError:  # Python 3.13 and later
+        _crypt = None
+
+__all__ = [
+    "AuthorizedKeys",
+    "HashedPasswordChecker",
+    "ManholeError",
+    "fingerprint",
+    "load_or_create_host_key",
+    "makeFactory",
+    "read_authorized_keys",
+    "read_password_file",
+]
+
+HOST_KEY_NAME = "ssh_host_ed25519_key"
+
+_log = Logger()
+
+
+class ManholeError(Exception):
+    """The manhole cannot start as configured; the message says why."""
+
+
+def _refuse_if_exposed(path: str, what: str) -> None:
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise ManholeError(
+            f"{what} {path} is readable or writable by others (mode {mode:04o}); "
+            f"run: chmod 600 {path}"
+        )
+
+
+def load_or_create_host_key(data_dir: str) -> keys.Key:
+    """
+    The manhole's SSH host key from C{data_dir}, created (ed25519, mode
+    0600, in a directory of mode 0700) on first use and reused afterwards so
+    that its fingerprint never changes. Blocking: call before the reactor.
+    """
+    path = os.path.join(data_dir, HOST_KEY_NAME)
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        _refuse_if_exposed(path, "SSH host key")
+        try:
+            return keys.Key.fromFile(path)
+        except (keys.BadKeyError, ValueError) as e:
+            raise ManholeError(f"cannot read SSH host key {path}: {e}") from None
+    private = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    with os.fdopen(descriptor, "wb") as f:
+        f.write(private)
+    _log.info("Generated SSH host key {path}", path=path)
+    return keys.Key.fromString(private)
+
+
+def fingerprint(key: keys.Key) -> str:
+    """The key's fingerprint as OpenSSH prints it: C{SHA256:...}."""
+    digest = key.fingerprint(keys.FingerprintFormats.SHA256_BASE64)
+    return "SHA256:" + digest.rstrip("=")
+
+
+def read_authorized_keys(path: str) -> list[keys.Key]:
+    """
+    The public keys in an OpenSSH C{authorized_keys} file; a missing file
+    holds none. Lines with options (C{from=...}, C{command=...}) are skipped
+    with a warning, since honouring them only partly would grant too much.
+    """
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return []
+    found = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        try:
+            found.append(keys.Key.fromString(line))
+        except (keys.BadKeyError, ValueError, IndexError):
+            _log.warn(
+                "Skipping line {number} of {path}: not a plain public key "
+                "(key options are not supported)",
+                number=number,
+                path=path,
+            )
+    return found
+
+
+def read_password_file(path: str) -> dict[bytes, bytes]:
+    """
+    Read C{user:hash} lines, where each hash is bcrypt (C{$2b$...}) or
+    crypt(3) (C{$6$...}); plain-text passwords are refused, and so is a file
+    that others may read.
+    """
+    _refuse_if_exposed(path, "manhole password file")
+    hashes = {}
+    with open(path, "rb") as f:
+        for number, line in enumerate(f.read().splitlines(), 1):
+            if not line.strip() or line.startswith(b"#"):
+                continue
+            user, separator, hashed = line.strip().partition(b":")
+            if not separator or not hashed.startswith(b"$"):
+                raise ManholeError(
+                    f"line {number} of {path} is not 'user:hash' with a bcrypt or "
+                    "crypt hash; plain-text passwords are not accepted"
+                )
+            hashes[user] = hashed
+    return hashes
+
+
+@implementer(IAuthorizedKeysDB)
+class AuthorizedKeys:
+    """The operator's public keys, valid whatever user name they log in as."""
+
+    def __init__(self, authorized: list[keys.Key]) -> None:
+        self._keys = authorized
+
+    def getAuthorizedKeys(self, username: bytes) -> list[keys.Key]:
+        return self._keys
+
+
+def _password_matches(password: bytes, hashed: bytes) -> bool:
+    if hashed.startswith((b"$2a$", b"$2b$", b"$2y$")):
+        return bcrypt.checkpw(password, hashed)
+    if _crypt is None:
+        return False
+    computed = _crypt.crypt(password.decode("utf-8", "replace"), hashed.decode())
+    return computed is not None and hmac.compare_digest(computed.encode(), hashed)
+
+
+@implementer(ICredentialsChecker)
+class HashedPasswordChecker:
+    """
+    Check passwords against bcrypt or crypt(3) hashes, in a thread: a bcrypt
+    check costs a good fraction of a second of CPU.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, hashes: dict[bytes, bytes]) -> None:
+        self._hashes = hashes
+
+    def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[bytes]:
+        hashed = self._hashes.get(credentials.username)
+        if hashed is None:
+            return fail(UnauthorizedLogin("unknown user"))
+
+        def checked(matches: bool) -> bytes:
+            if not matches:
+                raise UnauthorizedLogin("wrong password")
+            return credentials.username
+
+        matching = threads.deferToThread(
+            _password_matches, credentials.password, hashed
+        )
+        return matching.addCallback(checked)
+
+
+class _Session(TerminalSession):
+    """
+    A terminal session that survives what Conch's own leaves unimplemented
+    (the client closing its input, resizing its window) and that ends with
+    exit status 0, as a shell would, when the operator leaves.
+    """
+
+    _terminal: Any = None
+
+    def openShell(self, proto: Any) -> None:
+        self._terminal = self.transportFactory(
+            proto,
+            self.chainedProtocolFactory(),
+            IConchUser(self.original),
+            self.width,
+            self.height,
+        )
+        self._terminal.chainedProtocol.transport.loseConnection = lambda: (
+            proto.processEnded(Failure(ProcessDone(0)))
+        )
+
+    def windowChanged(self, newWindowSize: tuple[int, ...]) -> None:
+        if self._terminal is not None:
+            height, width = newWindowSize[:2]
+            self._terminal.chainedProtocol.terminalProtocol.terminalSize(width, height)
+
+    def eofReceived(self) -> None:
+        if self._terminal is not None:
+            self._terminal.chainedProtocol.loseConnection()
+
+
+class _AuditedUserAuth(SSHUserAuthServer):
+    """User authentication that logs every login and every refusal."""
+
+    def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> Deferred[Any]:
+        attempt = super().tryAuth(kind, user, data)
+        if kind == b"none":
+            return attempt
+        peer = self.transport.transport.getPeer()
+        fields = {"user": user.decode("utf-8", "replace"), "peer": peer.host}
+        fields["method"] = kind.decode("ascii", "replace")
+
+        def succeeded(result: Any) -> Any:
+            _log.info("Manhole login by {user} from {peer} ({method})", **fields)
+            return result
+
+        def failed(reason: Failure) -> Failure:
+            if not reason.check(conch_error.IgnoreAuthentication):
+                _log.warn(
+                    "Manhole login refused for {user} from {peer} ({method})",
+                    **fields,
+                )
+            return reason
+
+        return attempt.addCallbacks(succeeded, failed)
+
+
+def makeFactory(
+    namespace: dict[str, Any],
+    host_key: keys.Key,
+    authorized: list[keys.Key],
+    password_hashes: dict[bytes, bytes],
+) -> ConchFactory:
+    """
+    An SSH server factory giving each authenticated operator a
+    L{ColoredManhole} over C{namespace}.
+    """
+    realm = TerminalRealm()
+    realm.sessionFactory = _Session
+    realm.chainedProtocolFactory = lambda: insults.ServerProtocol(
+        ColoredManhole, namespace
+    )
+    checkers: list[ICredentialsChecker] = []
+    if authorized:
+        checkers.append(SSHPublicKeyChecker(AuthorizedKeys(authorized)))
+    if password_hashes:
+        checkers.append(HashedPasswordChecker(password_hashes))
+    factory = ConchFactory(Portal(realm, checkers))
+    factory.publicKeys = {host_key.sshType(): host_key.public()}
+    factory.privateKeys = {host_key.sshType(): host_key}
+    factory.services = {
+        b"ssh-userauth": _AuditedUserAuth,
+        b"ssh-connection": SSHConnection,
+    }
+    return factory
