@@ -54,6 +54,17 @@ class DictStorage:
     def __repr__(self) -> str:
         return f"<DictStorage: {len(self._records)} keys, revision {self._revision}>"
 
+    def _writable(self, key: str, precondition: Precondition | None) -> Record | None:
+        """
+        The key's current record, once sure that a write to it may proceed.
+        """
+        if self._closed:
+            raise StorageUnavailable("the server is shutting down")
+        current = self._records.get(key)
+        if precondition is not None and not precondition.holds(current):
+            raise PreconditionFailed(key, current)
+        return current
+
     def get(self, key: str) -> Deferred[Record | None]:
         return succeed(self._records.get(key))
 
@@ -64,11 +75,10 @@ class DictStorage:
         content_type: str = DEFAULT_CONTENT_TYPE,
         precondition: Precondition | None = None,
     ) -> Deferred[WriteResult]:
-        if self._closed:
-            return fail(StorageUnavailable("the server is shutting down"))
-        current = self._records.get(key)
-        if precondition is not None and not precondition.holds(current):
-            return fail(PreconditionFailed(key, current))
+        try:
+            current = self._writable(key, precondition)
+        except (StorageUnavailable, PreconditionFailed):
+            return fail()
         self._revision += 1
         self._records[key] = Record(value, content_type, self._revision)
         if current is None:
@@ -78,11 +88,10 @@ class DictStorage:
     def delete(
         self, key: str, precondition: Precondition | None = None
     ) -> Deferred[bool]:
-        if self._closed:
-            return fail(StorageUnavailable("the server is shutting down"))
-        current = self._records.get(key)
-        if precondition is not None and not precondition.holds(current):
-            return fail(PreconditionFailed(key, current))
+        try:
+            current = self._writable(key, precondition)
+        except (StorageUnavailable, PreconditionFailed):
+            return fail()
         if current is None:
             return succeed(False)
         self._revision += 1

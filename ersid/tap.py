@@ -124,7 +124,23 @@ class Options(usage.Options):
             "Directory for Ersid's own files, created mode 0700. "
             "($ERSID_DATA_DIR overrides the default.)",
         ],
-        ["storage", "s", "dict", "Storage backend: dict."],
+        ["storage", "s", "dict", "Storage backend: dict or mysql."],
+        [
+            "mysql-url",
+            None,
+            None,
+            "With --storage mysql: mysql://USER@HOST[:PORT]/DATABASE"
+            "[?unix_socket=PATH], without the password.",
+        ],
+        [
+            "mysql-password-file",
+            None,
+            None,
+            "File (mode 0600) holding the MySQL password; else "
+            "$ERSID_MYSQL_PASSWORD is used.",
+        ],
+        ["mysql-pool-min", None, 3, "Fewest MySQL connections kept.", _positive(int)],
+        ["mysql-pool-max", None, 10, "Most MySQL connections open.", _positive(int)],
         [
             "max-value-size",
             None,
@@ -142,8 +158,14 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"unknown storage {self['storage']!r}; choose one of: {known}"
             )
+        if self["storage"] == "mysql" and not self["mysql-url"]:
+            raise usage.UsageError("--storage mysql needs --mysql-url")
         if self["dump-file"] is None:
             self["dump-file"] = os.path.join(self["data-dir"], "snapshot.json")
+
+
+class _StartupError(Exception):
+    """The daemon cannot start as configured; the message says why."""
 
 
 def _open_dict_storage(options: Options) -> tuple[IStorage, int | None]:
@@ -165,7 +187,48 @@ def _open_dict_storage(options: Options) -> tuple[IStorage, int | None]:
     return DictStorage(entries, revision), revision
 
 
-_BACKENDS = {"dict": _open_dict_storage}
+def _open_mysql_storage(options: Options) -> tuple[IStorage, int | None]:
+    """
+    Connect to the database and check its schema; a server that cannot be
+    reached yet is not fatal (requests get 503 until it can), a missing
+    schema or refused credentials are.
+    """
+    try:
+        import MySQLdb
+
+        from ersid import mysql
+    except ImportError:
+        raise _StartupError(
+            "--storage mysql needs mysqlclient: pip install 'ersid[mysql]' "
+            "(which needs: apt-get install libmariadb-dev pkg-config)"
+        ) from None
+    if options["mysql-password-file"]:
+        password = mysql.read_password_file(options["mysql-password-file"])
+    else:
+        password = os.environ.get("ERSID_MYSQL_PASSWORD", "")
+    settings = mysql.MySQLSettings.from_url(options["mysql-url"], password)
+    try:
+        mysql.check_schema(settings)
+    except mysql.SchemaError as e:
+        raise _StartupError(str(e)) from None
+    except MySQLdb.OperationalError as e:
+        code, message = e.args[0], e.args[-1]
+        if code not in (2002, 2003, 2005, 2006, 2013):
+            raise _StartupError(f"database {settings.describe()}: {message}") from None
+        _log.warn(
+            "Database {database} unreachable ({message}); serving 503 until it is",
+            database=settings.describe(),
+            message=message,
+        )
+    else:
+        _log.info("Using database {database}", database=settings.describe())
+    storage = mysql.MySQLStorage(
+        settings, options["mysql-pool-min"], options["mysql-pool-max"]
+    )
+    return storage, None
+
+
+_BACKENDS = {"dict": _open_dict_storage, "mysql": _open_mysql_storage}
 
 
 def _prepare_data_dir(options: Options) -> None:
@@ -241,7 +304,7 @@ def makeService(options: Options) -> IService:
     try:
         _prepare_data_dir(options)
         storage, written_revision = _BACKENDS[options["storage"]](options)
-    except (OSError, SnapshotError) as e:
+    except (OSError, ValueError, SnapshotError, _StartupError) as e:
         sys.exit(f"ersid: {e}")
     snapshotter = Snapshotter(storage, options["dump-file"], reactor, written_revision)
     api = rest.Service(

@@ -150,3 +150,18 @@ def free_port_holder() -> tuple[socket.socket, int]:
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     return holder, holder.getsockname()[1]
+
+
+async def serve(test, service) -> str:
+    """
+    Serve C{service} (an L{ersid.rest.Service}) on a loopback port chosen by
+    the OS for the duration of C{test}; return its base URL.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    from ersid.rest import makeSite
+
+    endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+    port = await endpoint.listen(makeSite(service))
+    test.addCleanup(port.stopListening)
+    return f"http://127.0.0.1:{port.getHost().port}"

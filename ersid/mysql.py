@@ -1,0 +1,423 @@
+"""
+L{MySQLStorage}: records in a MySQL or MariaDB table through
+C{twisted.enterprise.adbapi} and C{mysqlclient}, so that any number of Ersid
+nodes can share one database as stateless peers.
+
+Every write is one transaction that first takes the next store revision
+from a one-row counter table, which orders all writes of all nodes; a
+conditional write reads the key's row under that lock before deciding.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import attrs
+import MySQLdb
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from ersid.storage import (
+    DEFAULT_CONTENT_TYPE,
+    IStorage,
+    Page,
+    Precondition,
+    PreconditionFailed,
+    Record,
+    StorageUnavailable,
+    WriteResult,
+)
+
+__all__ = ["MySQLSettings", "MySQLStorage", "SchemaError", "check_schema"]
+
+_T = TypeVar("_T")
+
+# Errors after which the connection is dead but the statement did not commit.
+_DEAD_CONNECTION = {1053, 1927, 2006, 2013, 2055, 4031}
+# Errors after which the transaction was rolled back and may simply run again.
+_RETRY_TRANSACTION = {1205, 1213}
+
+_EXPECTED_COLUMNS = {
+    "ersid_data": {"ersid_key", "ersid_value", "content_type", "version"},
+    "ersid_revision": {"id", "revision"},
+}
+
+
+class SchemaError(Exception):
+    """The database lacks Ersid's tables; the message says how to make them."""
+
+
+@attrs.frozen
+class MySQLSettings:
+    """
+    Where and how to connect, from a C{mysql://USER@HOST:PORT/DB} URL (with
+    C{?unix_socket=/path} for a local socket) and a password kept out of it.
+    """
+
+    database: str
+    user: str
+    host: str = "localhost"
+    port: int = 3306
+    unix_socket: str | None = None
+    password: str = attrs.field(default="", repr=False)
+
+    @classmethod
+    def from_url(cls, url: str, password: str = "") -> MySQLSettings:
+        parts = urlsplit(url)
+        if parts.scheme != "mysql" or not parts.username or not parts.path[1:]:
+            raise ValueError(f"expected mysql://USER@HOST[:PORT]/DATABASE, not {url!r}")
+        if parts.password is not None:
+            raise ValueError(
+                "do not put the password in the URL, where the process list "
+                "shows it: use --mysql-password-file or $ERSID_MYSQL_PASSWORD"
+            )
+        query = parse_qs(parts.query)
+        return cls(
+            database=unquote(parts.path[1:]),
+            user=unquote(parts.username),
+            host=parts.hostname or "localhost",
+            port=parts.port or 3306,
+            unix_socket=query.get("unix_socket", [None])[0],
+            password=password,
+        )
+
+    def connect_arguments(self) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "db": self.database,
+            "user": self.user,
+            "passwd": self.password,
+            "host": self.host,
+            "port": self.port,
+            "charset": "utf8mb4",
+            "connect_timeout": 3,
+            "read_timeout": 5,
+            "write_timeout": 5,
+            "init_command": "SET SESSION innodb_lock_wait_timeout = 3",
+        }
+        if self.unix_socket:
+            arguments["unix_socket"] = self.unix_socket
+        return arguments
+
+    def describe(self) -> str:
+        where = self.unix_socket or f"{self.host}:{self.port}"
+        return f"{self.user}@{where}/{self.database}"
+
+    def schema_command(self) -> str:
+        target = (
+            f"--socket={self.unix_socket}"
+            if self.unix_socket
+            else f"-h {self.host} -P {self.port}"
+        )
+        return f"mysql {target} -u {self.user} -p < mysql_schema.sql"
+
+
+def read_password_file(path: str) -> str:
+    """The password in C{path}, which only its owner may read."""
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise ValueError(
+            f"password file {path} is readable by others (mode {mode:04o}); "
+            f"run: chmod 600 {path}"
+        )
+    with open(path) as f:
+        return f.read().rstrip("\r\n")
+
+
+def check_schema(settings: MySQLSettings) -> None:
+    """
+    Check, blocking, that the database holds Ersid's tables.
+
+    @raise SchemaError: naming what is missing and the command to create it.
+    @raise MySQLdb.OperationalError: if the server cannot be reached.
+    """
+    connection = MySQLdb.connect(**settings.connect_arguments())
+    try:
+        cursor = connection.cursor()
+        cursor.execute(
+            "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE()"
+        )
+        found: dict[str, set[str]] = {}
+        for table, column in cursor.fetchall():
+            found.setdefault(table, set()).add(column)
+        missing = [
+            f"table {table}"
+            if table not in found
+            else f"columns {', '.join(sorted(columns - found[table]))} of {table}"
+            for table, columns in _EXPECTED_COLUMNS.items()
+            if not columns <= found.get(table, set())
+        ]
+        if not missing:
+            cursor.execute("SELECT COUNT(*) FROM ersid_revision WHERE id = 1")
+            if cursor.fetchone()[0] != 1:
+                missing.append("the row of ersid_revision")
+    finally:
+        connection.close()
+    if missing:
+        raise SchemaError(
+            f"database {settings.database} lacks {'; '.join(missing)}; "
+            f"create them with: {settings.schema_command()}"
+        )
+
+
+class _Connection(adbapi.Connection):
+    """
+    A pooled connection whose failed rollback quietly drops the connection
+    (adbapi would log a traceback for each); the original error still
+    reaches the caller, who decides whether to retry.
+    """
+
+    def rollback(self) -> None:
+        try:
+            self._connection.rollback()
+        except MySQLdb.Error:
+            self._pool.disconnect(self._connection)
+
+
+class _Attempt:
+    """Whether a transaction got as far as its commit, for retry decisions."""
+
+    committing = False
+
+
+def _error_code(error: Exception) -> int | None:
+    if isinstance(error, MySQLdb.Error) and error.args:
+        code = error.args[0]
+        return code if isinstance(code, int) else None
+    return None
+
+
+@implementer(IStorage)
+class MySQLStorage:
+    """
+    Records in the C{ersid_data} table of a MySQL-protocol database.
+    """
+
+    name = "mysql"
+
+    def __init__(
+        self,
+        settings: MySQLSettings,
+        min_connections: int = 3,
+        max_connections: int = 10,
+    ) -> None:
+        self.settings = settings
+        self._max_connections = max_connections
+        self._closed = False
+        self._pool = adbapi.ConnectionPool(
+            "MySQLdb",
+            cp_min=min_connections,
+            cp_max=max_connections,
+            cp_noisy=False,
+            cp_openfun=None,
+            **settings.connect_arguments(),
+        )
+        self._pool.connectionFactory = _Connection
+
+    def __repr__(self) -> str:
+        return f"<MySQLStorage {self.settings.describe()}>"
+
+    async def _run(self, work: Callable[..., _T], *args: Any, idempotent: bool) -> _T:
+        """
+        Run C{work(cursor, *args)} in a pooled connection, as one
+        transaction. A connection that turns out dead (the server restarted)
+        is dropped and the work tried again on another, as long as it had not
+        reached its commit; a write that may or may not have committed is
+        reported as unavailable, never retried.
+        """
+
+        def transaction(connection: Any) -> _T:
+            cursor = connection.cursor()
+            result = work(cursor, *args)
+            attempt.committing = True
+            connection.commit()
+            return result
+
+        if not self._pool.running:
+            # adbapi starts its threads when the reactor starts; a storage
+            # made while the reactor is already running starts them here.
+            self._pool.start()
+        for remaining in range(self._max_connections, -1, -1):
+            attempt = _Attempt()
+            try:
+                return await self._pool.runWithConnection(transaction)
+            except (MySQLdb.OperationalError, MySQLdb.InterfaceError) as e:
+                code = _error_code(e)
+                retry = code in _RETRY_TRANSACTION or (
+                    code in _DEAD_CONNECTION and (idempotent or not attempt.committing)
+                )
+                if not retry or not remaining:
+                    raise StorageUnavailable(
+                        f"database {self.settings.describe()}: {e.args[-1]}"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def _write(self, work: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        if self._closed:
+            return Deferred.fromCoroutine(_refused())
+        return Deferred.fromCoroutine(self._run(work, *args, idempotent=False))
+
+    def _read(self, work: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        return Deferred.fromCoroutine(self._run(work, *args, idempotent=True))
+
+    def get(self, key: str) -> Deferred[Record | None]:
+        return self._read(_select_record, key.encode("utf-8"))
+
+    def set(
+        self,
+        key: str,
+        value: bytes,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        precondition: Precondition | None = None,
+    ) -> Deferred[WriteResult]:
+        return self._write(_upsert, key, value, content_type, precondition)
+
+    def delete(
+        self, key: str, precondition: Precondition | None = None
+    ) -> Deferred[bool]:
+        return self._write(_delete, key, precondition)
+
+    def keys(
+        self, prefix: str = "", after: str | None = None, limit: int = 100
+    ) -> Deferred[list[str]]:
+        return self._read(_select_keys, prefix, after, limit)
+
+    def stats(self) -> Deferred[tuple[int, int]]:
+        return self._read(_select_stats)
+
+    def scan(self, cursor: object | None = None, limit: int = 1000) -> Deferred[Page]:
+        return self._read(_select_page, cursor, limit)
+
+    def close(self) -> Deferred[None]:
+        """
+        Refuse further writes; reads and scans go on until the reactor
+        stops, when adbapi closes the pool (or L{disconnect} does).
+        """
+        self._closed = True
+        return Deferred.fromCoroutine(_nothing())
+
+    def disconnect(self) -> None:
+        """Close the connection pool now."""
+        self._closed = True
+        self._pool.close()
+
+
+async def _refused() -> Any:
+    raise StorageUnavailable("the server is shutting down")
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _select_record(cursor: Any, key: bytes) -> Record | None:
+    cursor.execute(
+        "SELECT ersid_value, content_type, version FROM ersid_data "
+        "WHERE ersid_key = %s",
+        (key,),
+    )
+    row = cursor.fetchone()
+    return None if row is None else Record(bytes(row[0]), row[1], int(row[2]))
+
+
+def _next_revision(cursor: Any) -> int:
+    cursor.execute(
+        "UPDATE ersid_revision SET revision = LAST_INSERT_ID(revision + 1) WHERE id = 1"
+    )
+    return int(cursor.lastrowid)
+
+
+def _check(
+    cursor: Any, key: str, encoded: bytes, precondition: Precondition | None
+) -> None:
+    if precondition is None:
+        return
+    cursor.execute(
+        "SELECT ersid_value, content_type, version FROM ersid_data "
+        "WHERE ersid_key = %s FOR UPDATE",
+        (encoded,),
+    )
+    row = cursor.fetchone()
+    current = None if row is None else Record(bytes(row[0]), row[1], int(row[2]))
+    if not precondition.holds(current):
+        raise PreconditionFailed(key, current)
+
+
+def _upsert(
+    cursor: Any,
+    key: str,
+    value: bytes,
+    content_type: str,
+    precondition: Precondition | None,
+) -> WriteResult:
+    encoded = key.encode("utf-8")
+    revision = _next_revision(cursor)
+    _check(cursor, key, encoded, precondition)
+    cursor.execute(
+        "INSERT INTO ersid_data (ersid_key, ersid_value, content_type, version) "
+        "VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
+        "ersid_value = VALUES(ersid_value), content_type = VALUES(content_type), "
+        "version = VALUES(version)",
+        (encoded, value, content_type, revision),
+    )
+    # MySQL counts 1 affected row for an insert, 2 for an update.
+    return WriteResult(revision, created=cursor.rowcount == 1)
+
+
+def _delete(cursor: Any, key: str, precondition: Precondition | None) -> bool:
+    encoded = key.encode("utf-8")
+    _next_revision(cursor)
+    _check(cursor, key, encoded, precondition)
+    cursor.execute("DELETE FROM ersid_data WHERE ersid_key = %s", (encoded,))
+    if cursor.rowcount == 0:
+        cursor.connection.rollback()
+        return False
+    return True
+
+
+def _like_prefix(prefix: bytes) -> bytes:
+    escaped = prefix.replace(b"\\", b"\\\\").replace(b"%", b"\\%").replace(b"_", b"\\_")
+    return escaped + b"%"
+
+
+def _select_keys(cursor: Any, prefix: str, after: str | None, limit: int) -> list[str]:
+    encoded_prefix = prefix.encode("utf-8")
+    start = encoded_prefix
+    inclusive = True
+    if after is not None and after.encode("utf-8") >= encoded_prefix:
+        start, inclusive = after.encode("utf-8"), False
+    cursor.execute(
+        "SELECT ersid_key FROM ersid_data WHERE ersid_key "
+        + (">=" if inclusive else ">")
+        + " %s AND ersid_key LIKE %s ORDER BY ersid_key LIMIT %s",
+        (start, _like_prefix(encoded_prefix), limit),
+    )
+    return [bytes(row[0]).decode("utf-8") for row in cursor.fetchall()]
+
+
+def _select_stats(cursor: Any) -> tuple[int, int]:
+    cursor.execute("SELECT COUNT(*) FROM ersid_data")
+    (count,) = cursor.fetchone()
+    cursor.execute("SELECT revision FROM ersid_revision WHERE id = 1")
+    (revision,) = cursor.fetchone()
+    return int(count), int(revision)
+
+
+def _select_page(cursor: Any, after: object | None, limit: int) -> Page:
+    cursor.execute(
+        "SELECT ersid_key, ersid_value, content_type, version FROM ersid_data "
+        "WHERE ersid_key > %s ORDER BY ersid_key LIMIT %s",
+        (after or b"", limit),
+    )
+    rows = cursor.fetchall()
+    items = [
+        (bytes(key).decode("utf-8"), Record(bytes(value), content_type, int(version)))
+        for key, value, content_type, version in rows
+    ]
+    last = bytes(rows[-1][0]) if len(rows) == limit else None
+    return Page(items, last)
