@@ -17,9 +17,16 @@ setup(
         "zope.interface>=6",
         "sortedcontainers>=2.4",
     ],
+    entry_points={
+        "console_scripts": [
+            "ersid = ersid._cli:main",
+            "ersid-bench = ersid.bench:main",
+        ]
+    },
     extras_require={
         "mysql": ["mysqlclient>=2.2"],
         "cli": [],
+        "bench": ["matplotlib>=3.8"],
         "test": ["hypothesis>=6.100", "ruff>=0.6"],
     },
 )

@@ -6,12 +6,14 @@ made durable by snapshots (see L{ersid.snapshot}).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
 
 import attrs
 from sortedcontainers import SortedList
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
+from ersid.journal import Journal, JournalEntry
 from ersid.storage import (
     DEFAULT_CONTENT_TYPE,
     IStorage,
@@ -24,6 +26,8 @@ from ersid.storage import (
 )
 
 __all__ = ["DictStorage"]
+
+_T = TypeVar("_T")
 
 
 @attrs.define
@@ -42,8 +46,12 @@ class DictStorage:
     name = "dict"
 
     def __init__(
-        self, records: Iterable[tuple[str, Record]] = (), revision: int = 0
+        self,
+        records: Iterable[tuple[str, Record]] = (),
+        revision: int = 0,
+        journal: Journal | None = None,
     ) -> None:
+        self.journal = journal
         self._records: dict[str, Record] = dict(records)
         self._sorted_keys = SortedList(self._records)
         self._revision = max(
@@ -65,6 +73,30 @@ class DictStorage:
             raise PreconditionFailed(key, current)
         return current
 
+    def _journaled(
+        self, key: str, record: Record | None, previous: Record | None, result: _T
+    ) -> Deferred[_T]:
+        """
+        C{result} once the change just made is in the journal, if there is
+        one; if it cannot be written, the change is undone.
+        """
+        if self.journal is None:
+            return succeed(result)
+        entry = JournalEntry(self._revision, key, record)
+        written = self.journal.append(entry, lambda: self._restore(key, previous))
+        return written.addCallback(lambda _: result)
+
+    def _restore(self, key: str, previous: Record | None) -> None:
+        present = key in self._records
+        if previous is None:
+            if present:
+                del self._records[key]
+                self._sorted_keys.remove(key)
+        else:
+            if not present:
+                self._sorted_keys.add(key)
+            self._records[key] = previous
+
     def get(self, key: str) -> Deferred[Record | None]:
         return succeed(self._records.get(key))
 
@@ -80,10 +112,11 @@ class DictStorage:
         except (StorageUnavailable, PreconditionFailed):
             return fail()
         self._revision += 1
-        self._records[key] = Record(value, content_type, self._revision)
+        record = self._records[key] = Record(value, content_type, self._revision)
         if current is None:
             self._sorted_keys.add(key)
-        return succeed(WriteResult(self._revision, created=current is None))
+        result = WriteResult(self._revision, created=current is None)
+        return self._journaled(key, record, current, result)
 
     def delete(
         self, key: str, precondition: Precondition | None = None
@@ -97,7 +130,7 @@ class DictStorage:
         self._revision += 1
         del self._records[key]
         self._sorted_keys.remove(key)
-        return succeed(True)
+        return self._journaled(key, None, current, True)
 
     def keys(
         self, prefix: str = "", after: str | None = None, limit: int = 100

@@ -14,11 +14,12 @@ from typing import Any, NoReturn
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ersid.storage import (
@@ -28,6 +29,7 @@ from ersid.storage import (
     PreconditionFailed,
     Record,
     StorageUnavailable,
+    WriteResult,
 )
 
 __all__ = [
@@ -233,45 +235,30 @@ class Service:
         The API as a web resource, guarded so that even paths Klein cannot
         decode get a JSON answer.
         """
-        return _PathGuard(self.app.resource())
-
-    @app.handle_errors(ApiError)
-    def _api_error(self, request: IRequest, failure: Failure) -> bytes:
-        return _error_body(request, failure.value)
-
-    @app.handle_errors(PreconditionFailed)
-    def _precondition_failed(self, request: IRequest, failure: Failure) -> bytes:
-        current = failure.value.current
-        if current is not None:
-            request.setHeader(b"ETag", _etag(current.version))
-        return _error_body(
-            request,
-            ApiError(
-                412,
-                "precondition_failed",
-                "the key's current state does not match the request's condition",
-            ),
-        )
-
-    @app.handle_errors(StorageUnavailable)
-    def _unavailable(self, request: IRequest, failure: Failure) -> bytes:
-        request.setHeader(b"Retry-After", b"1")
-        message = f"storage unavailable: {failure.getErrorMessage()}"
-        return _error_body(request, ApiError(503, "unavailable", message))
-
-    @app.handle_errors(NotFound)
-    def _no_route(self, request: IRequest, failure: Failure) -> bytes:
-        return _error_body(request, ApiError(404, "not_found", "no such endpoint"))
-
-    @app.handle_errors(MethodNotAllowed)
-    def _bad_method(self, request: IRequest, failure: Failure) -> bytes:
-        allowed = ", ".join(failure.value.valid_methods or ())
-        request.setHeader(b"Allow", allowed.encode("ascii"))
-        message = f"method not allowed here; allowed: {allowed}"
-        return _error_body(request, ApiError(405, "method_not_allowed", message))
+        return _FastPath(self)
 
     @app.handle_errors(Exception)
-    def _internal(self, request: IRequest, failure: Failure) -> bytes:
+    def render_failure(self, request: IRequest, failure: Failure) -> bytes:
+        """Render any failure as a JSON error; only bugs give a 500."""
+        error = failure.value
+        if isinstance(error, ApiError):
+            return _error_body(request, error)
+        if isinstance(error, PreconditionFailed):
+            if error.current is not None:
+                request.setHeader(b"ETag", _etag(error.current.version))
+            message = "the key's current state does not match the request's condition"
+            return _error_body(request, ApiError(412, "precondition_failed", message))
+        if isinstance(error, StorageUnavailable):
+            request.setHeader(b"Retry-After", b"1")
+            message = f"storage unavailable: {error}"
+            return _error_body(request, ApiError(503, "unavailable", message))
+        if isinstance(error, NotFound):
+            return _error_body(request, ApiError(404, "not_found", "no such endpoint"))
+        if isinstance(error, MethodNotAllowed):
+            allowed = ", ".join(error.valid_methods or ())
+            request.setHeader(b"Allow", allowed.encode("ascii"))
+            message = f"method not allowed here; allowed: {allowed}"
+            return _error_body(request, ApiError(405, "method_not_allowed", message))
         _log.failure("Unexpected error serving {uri}", failure, uri=request.uri)
         return _error_body(
             request, ApiError(500, "internal", "internal error; see the server log")
@@ -289,7 +276,8 @@ class Service:
             status = 503
         document.update(self._health())
         snapshot = document.get("snapshot") or {}
-        if status == 200 and snapshot.get("ok") is False:
+        journal = document.get("journal") or {}
+        if status == 200 and (snapshot.get("ok") is False or journal.get("error")):
             document["status"] = "degraded"
         return _json_body(request, status, document)
 
@@ -308,64 +296,129 @@ class Service:
         """There is no empty key."""
         raise ApiError(400, "bad_key", "the key must not be empty")
 
+    # The key routes do their checks, then make one storage call and render
+    # its result in a callback: no coroutine, so that the fast path of
+    # L{resource} can run them with little more than a Deferred's cost.
+
     @app.route("/<path:_>", methods=["GET", "HEAD"])
-    async def get_key(self, request: IRequest, _: str) -> bytes:
+    def get_key(self, request: IRequest, _: str | None) -> Deferred[bytes]:
         """Return a value byte for byte, with its content type and ETag."""
         key = _key_of(request)
-        record = await self.storage.get(key)
-        if record is None:
-            raise ApiError(404, "not_found", f"no such key: {key!r}")
-        request.setHeader(b"ETag", _etag(record.version))
-        request.setHeader(b"X-Content-Type-Options", b"nosniff")
-        if _not_modified(request, record):
-            return _empty(request, 304)
-        request.setHeader(b"Content-Type", record.content_type.encode("ascii"))
-        request.setHeader(b"Content-Length", b"%d" % (len(record.value),))
-        return b"" if request.method == b"HEAD" else record.value
+        return self.storage.get(key).addCallback(_render_record, request, key)
 
     @app.route("/<path:_>", methods=["PUT", "POST"])
-    async def set_key(self, request: IRequest, _: str) -> bytes:
+    def set_key(self, request: IRequest, _: str | None) -> Deferred[bytes]:
         """Store the body: 201 for a new key, 204 for a replaced one."""
         key = _key_of(request)
         precondition = _write_precondition(request)
         content_type = _content_type_of(request)
         value = _read_body(request, self.max_value_size)
-        result = await self.storage.set(key, value, content_type, precondition)
-        request.setHeader(b"ETag", _etag(result.version))
-        return _empty(request, 201 if result.created else 204)
+        written = self.storage.set(key, value, content_type, precondition)
+        return written.addCallback(_render_write, request)
 
     @app.route("/<path:_>", methods=["DELETE"])
-    async def delete_key(self, request: IRequest, _: str) -> bytes:
+    def delete_key(self, request: IRequest, _: str | None) -> Deferred[bytes]:
         """Remove a key: 204, or 404 if there was none."""
         key = _key_of(request)
         precondition = _write_precondition(request)
         if precondition is not None and precondition.exists is False:
             raise ApiError(400, "bad_precondition", "If-None-Match makes no sense here")
-        if not await self.storage.delete(key, precondition):
-            raise ApiError(404, "not_found", f"no such key: {key!r}")
-        return _empty(request, 204)
+        deleted = self.storage.delete(key, precondition)
+        return deleted.addCallback(_render_delete, request, key)
 
 
-class _PathGuard(Resource):
+def _render_record(record: Record | None, request: IRequest, key: str) -> bytes:
+    if record is None:
+        raise ApiError(404, "not_found", f"no such key: {key!r}")
+    headers = request.responseHeaders
+    headers.setRawHeaders(b"ETag", [_etag(record.version)])
+    headers.setRawHeaders(b"X-Content-Type-Options", [b"nosniff"])
+    if _not_modified(request, record):
+        return _empty(request, 304)
+    headers.setRawHeaders(b"Content-Type", [record.content_type.encode("ascii")])
+    if request.method == b"HEAD":
+        headers.setRawHeaders(b"Content-Length", [b"%d" % (len(record.value),)])
+        return b""
+    # Content-Length is set when the body is written (see _FastPath).
+    return record.value
+
+
+def _render_write(result: WriteResult, request: IRequest) -> bytes:
+    request.setHeader(b"ETag", _etag(result.version))
+    return _empty(request, 201 if result.created else 204)
+
+
+def _render_delete(deleted: bool, request: IRequest, key: str) -> bytes:
+    if not deleted:
+        raise ApiError(404, "not_found", f"no such key: {key!r}")
+    return _empty(request, 204)
+
+
+class _FastPath(Resource):
     """
-    Answer paths that are not UTF-8 with a JSON 400 before Klein, which
-    would answer them in plain text, sees them.
+    The front of the API. Requests for keys go straight to the Klein app's
+    own handlers for their method, found in its route table, skipping
+    Klein's per-request routing and Deferred plumbing, the bulk of the cost
+    of a request; everything else (the C{/_} endpoints, unknown methods) is
+    rendered by Klein. Paths that are not UTF-8 get a JSON 400 here, since
+    Klein would answer them in plain text.
     """
 
     isLeaf = True
 
-    def __init__(self, api: IResource) -> None:
+    def __init__(self, service: Service) -> None:
         super().__init__()
-        self._api = api
+        self._service = service
+        self._klein = service.app.resource()
+        self._key_handlers = {
+            method.encode("ascii"): getattr(service, rule.endpoint)
+            for rule in service.app.url_map.iter_rules()
+            if rule.rule == "/<path:_>"
+            for method in rule.methods or ()
+        }
 
     def render(self, request: IRequest) -> bytes | int:
+        handler = self._key_handlers.get(request.method)
+        if handler is None or request.path[1:2] in (b"_", b""):
+            try:
+                unquote_to_bytes(request.path).decode("utf-8")
+            except UnicodeDecodeError:
+                return _error_body(
+                    request, ApiError(400, "bad_key", "the path is not valid UTF-8")
+                )
+            return self._klein.render(request)
         try:
-            unquote_to_bytes(request.path).decode("utf-8")
-        except UnicodeDecodeError:
-            return _error_body(
-                request, ApiError(400, "bad_key", "the path is not valid UTF-8")
-            )
-        return self._api.render(request)
+            rendering = handler(request, None)
+        except Exception:
+            rendering = fail()
+        bodies: list[bytes] = []
+        rendering.addCallbacks(
+            bodies.append,
+            lambda failure: bodies.append(
+                self._service.render_failure(request, failure)
+            ),
+        )
+        if bodies and request.code not in _NO_BODY_CODES:
+            # Already answered (the dict backend): let twisted.web write it
+            # in one go, as it does for any resource that returns bytes.
+            return bodies[0]
+        rendering.addCallback(lambda _: _finish(bodies[0], request))
+        return NOT_DONE_YET
+
+
+_NO_BODY_CODES = (204, 304)
+
+
+def _finish(body: bytes, request: IRequest) -> None:
+    """
+    Write a body that came late; twisted.web sets Content-Length only for
+    bodies returned at once, and must not for 204 and 304.
+    """
+    if not request.finished and not request._disconnected:
+        if request.code not in _NO_BODY_CODES and request.method != b"HEAD":
+            request.setHeader(b"Content-Length", b"%d" % (len(body),))
+        request.write(body)
+        request.finish()
 
 
 class _BoundedRequest(Request):
@@ -419,12 +472,20 @@ class _BoundedRequest(Request):
         self.channel.transport.loseConnection()
 
 
-def makeSite(service: Service) -> Site:
+def makeSite(service: Service, access_log: str | None = None) -> Site:
     """
     The web site serving C{service}, with request bodies capped at the
-    service's maximum value size.
+    service's maximum value size, and an access log in the combined format
+    only if asked for (C{"-"} for the daemon's log): a log line per request
+    costs more than the rest of a small request.
     """
-    site = Site(service.resource(), requestFactory=_BoundedRequest)
+    site = Site(
+        service.resource(),
+        logPath=None if access_log in (None, "-") else access_log,
+        requestFactory=_BoundedRequest,
+    )
+    if access_log is None:
+        site.log = lambda request: None
     site.max_body_size = service.max_value_size
     site.displayTracebacks = False
     return site

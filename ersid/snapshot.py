@@ -31,6 +31,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from ersid.journal import Journal
 from ersid.storage import IStorage, Record
 
 __all__ = [
@@ -165,8 +166,10 @@ class Snapshotter:
         path: str,
         reactor: IReactorTime & IReactorThreads,
         written_revision: int | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.storage = storage
+        self.journal = journal
         self.path = path
         self.last: SnapshotOutcome | None = None
         self._reactor = reactor
@@ -201,6 +204,9 @@ class Snapshotter:
             keys, revision = await self.storage.stats()
             if not force and revision == self._written_revision:
                 return None
+            # Changes after this revision go to a new journal segment; once
+            # the snapshot holds everything up to it, older segments can go.
+            compact = self.journal.rotate(revision) if self.journal else None
             keys, size = await self._write(revision)
         except Exception as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
@@ -212,6 +218,8 @@ class Snapshotter:
             )
             return self.last
         self._written_revision = revision
+        if compact is not None:
+            compact()
         _log.info(
             "Dumping {keys} keys in {size} bytes to {path}",
             keys=keys,
@@ -265,13 +273,19 @@ class Snapshotter:
 class SnapshotService(TimerService):
     """
     Snapshot every C{interval} seconds, and once more on shutdown after the
-    storage stops taking writes, so that nothing acknowledged is left out.
+    storage stops taking writes, so that nothing acknowledged is left out;
+    run the journal, if there is one, from start to that last snapshot.
     A failed snapshot never stops the timer: L{Snapshotter} does not fail.
     """
 
     def __init__(self, interval: float, snapshotter: Snapshotter) -> None:
         super().__init__(interval, snapshotter.snapshot)
         self.snapshotter = snapshotter
+
+    def startService(self) -> None:
+        if self.snapshotter.journal is not None:
+            self.snapshotter.journal.start()
+        super().startService()
 
     def stopService(self) -> Deferred[None]:
         stopped = super().stopService()
@@ -280,6 +294,8 @@ class SnapshotService(TimerService):
             await stopped
             await self.snapshotter.storage.close()
             await self.snapshotter.snapshot()
+            if self.snapshotter.journal is not None:
+                await self.snapshotter.journal.stop()
 
         return Deferred.fromCoroutine(final())
 

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+import attrs
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet import endpoints, reactor
@@ -17,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from ersid import manhole, rest
+from ersid.journal import FSYNC_POLICIES, Journal, JournalCorrupt, read_journal
 from ersid.memory import DictStorage
 from ersid.snapshot import (
     SnapshotError,
@@ -126,6 +128,13 @@ class Options(usage.Options):
         ],
         ["storage", "s", "dict", "Storage backend: dict or mysql."],
         [
+            "fsync",
+            None,
+            "everysec",
+            "When the dict backend's journal is flushed to disk: always (before "
+            "each write is acknowledged), everysec, or no (when the OS likes).",
+        ],
+        [
             "mysql-url",
             None,
             None,
@@ -141,6 +150,13 @@ class Options(usage.Options):
         ],
         ["mysql-pool-min", None, 3, "Fewest MySQL connections kept.", _positive(int)],
         ["mysql-pool-max", None, 10, "Most MySQL connections open.", _positive(int)],
+        [
+            "access-log",
+            None,
+            None,
+            "Log every request in the combined format to this file ('-': the "
+            "daemon's log). [default: off]",
+        ],
         [
             "max-value-size",
             None,
@@ -158,6 +174,10 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"unknown storage {self['storage']!r}; choose one of: {known}"
             )
+        if self["fsync"] not in FSYNC_POLICIES:
+            raise usage.UsageError(
+                f"--fsync must be one of {', '.join(FSYNC_POLICIES)}, not {self['fsync']!r}"
+            )
         if self["storage"] == "mysql" and not self["mysql-url"]:
             raise usage.UsageError("--storage mysql needs --mysql-url")
         if self["dump-file"] is None:
@@ -168,26 +188,51 @@ class _StartupError(Exception):
     """The daemon cannot start as configured; the message says why."""
 
 
-def _open_dict_storage(options: Options) -> tuple[IStorage, int | None]:
+@attrs.frozen
+class _Opened:
+    """A storage backend ready to serve, and how it is persisted."""
+
+    storage: IStorage
+    written_revision: int | None = None
+    journal: Journal | None = None
+
+
+def _open_dict_storage(options: Options) -> _Opened:
     """
-    Load the snapshot, if there is one, into a L{DictStorage}.
+    Load the snapshot, if there is one, replay the journal entries newer
+    than it, and keep journaling into a L{DictStorage}.
     """
     path = options["dump-file"]
     loaded = load_snapshot(path)
-    if loaded is None:
-        _log.info("No snapshot at {path}: starting empty", path=path)
-        return DictStorage(), None
-    entries, revision = loaded
+    entries, revision = loaded if loaded is not None else ([], 0)
+    records = dict(entries)
     _log.info(
         "Loaded {count} keys at revision {revision} from {path}",
-        count=len(entries),
+        count=len(records),
         revision=revision,
-        path=path,
+        path=path if loaded is not None else f"{path} (absent: starting empty)",
     )
-    return DictStorage(entries, revision), revision
+    replayed = 0
+    for entry in read_journal(options["data-dir"], after=revision):
+        if entry.record is None:
+            records.pop(entry.key, None)
+        else:
+            records[entry.key] = entry.record
+        revision = entry.revision
+        replayed += 1
+    if replayed:
+        _log.info(
+            "Replayed {count} journal entries, up to revision {revision}",
+            count=replayed,
+            revision=revision,
+        )
+    journal = Journal(options["data-dir"], revision, options["fsync"], reactor)
+    storage = DictStorage(records.items(), revision, journal)
+    written = loaded[1] if loaded is not None else None
+    return _Opened(storage, written, journal)
 
 
-def _open_mysql_storage(options: Options) -> tuple[IStorage, int | None]:
+def _open_mysql_storage(options: Options) -> _Opened:
     """
     Connect to the database and check its schema; a server that cannot be
     reached yet is not fatal (requests get 503 until it can), a missing
@@ -225,7 +270,7 @@ def _open_mysql_storage(options: Options) -> tuple[IStorage, int | None]:
     storage = mysql.MySQLStorage(
         settings, options["mysql-pool-min"], options["mysql-pool-max"]
     )
-    return storage, None
+    return _Opened(storage)
 
 
 _BACKENDS = {"dict": _open_dict_storage, "mysql": _open_mysql_storage}
@@ -296,6 +341,16 @@ def _manhole_factory(options: Options, namespace: dict[str, Any]) -> Any:
     return manhole.makeFactory(namespace, host_key, authorized, passwords)
 
 
+def _health(snapshotter: Snapshotter) -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "snapshot": snapshotter.last.as_json() if snapshotter.last else None
+    }
+    if snapshotter.journal is not None:
+        journal = snapshotter.journal
+        facts["journal"] = {"fsync": journal.fsync, "error": journal.error}
+    return facts
+
+
 def makeService(options: Options) -> IService:
     """
     Compose the daemon: the storage, loaded from its snapshot; the REST API;
@@ -303,22 +358,21 @@ def makeService(options: Options) -> IService:
     """
     try:
         _prepare_data_dir(options)
-        storage, written_revision = _BACKENDS[options["storage"]](options)
-    except (OSError, ValueError, SnapshotError, _StartupError) as e:
+        opened = _BACKENDS[options["storage"]](options)
+    except (OSError, ValueError, SnapshotError, JournalCorrupt, _StartupError) as e:
         sys.exit(f"ersid: {e}")
-    snapshotter = Snapshotter(storage, options["dump-file"], reactor, written_revision)
+    storage = opened.storage
+    snapshotter = Snapshotter(
+        storage, options["dump-file"], reactor, opened.written_revision, opened.journal
+    )
     api = rest.Service(
-        storage,
-        options["max-value-size"],
-        health=lambda: {
-            "snapshot": snapshotter.last.as_json() if snapshotter.last else None
-        },
+        storage, options["max-value-size"], health=lambda: _health(snapshotter)
     )
 
     daemon = MultiService()
-    _Listener("REST API", options["rest-port"], rest.makeSite(api)).setServiceParent(
-        daemon
-    )
+    _Listener(
+        "REST API", options["rest-port"], rest.makeSite(api, options["access-log"])
+    ).setServiceParent(daemon)
     namespace = {"service": api, "storage": storage, "reactor": reactor}
     try:
         ssh = _manhole_factory(options, namespace)

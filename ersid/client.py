@@ -1,0 +1,185 @@
+"""
+A Deferred-returning client for Ersid's HTTP API, on treq, with typed errors
+instead of raw responses and persistent connections through one pool.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import attrs
+import treq
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectError, ConnectionLost
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.iweb import IResponse
+
+__all__ = [
+    "Client",
+    "ClientError",
+    "KeyNotFound",
+    "PreconditionFailed",
+    "RequestRejected",
+    "ServerUnavailable",
+    "Value",
+    "ValueTooLarge",
+]
+
+
+class ClientError(Exception):
+    """Ersid did not do what was asked; the message says why."""
+
+
+class KeyNotFound(ClientError):
+    """There is no such key."""
+
+
+class PreconditionFailed(ClientError):
+    """The key's current ETag did not match the condition of the request."""
+
+
+class ValueTooLarge(ClientError):
+    """The value is over the server's size limit."""
+
+
+class RequestRejected(ClientError):
+    """The server refused the request as malformed (a bad key, say)."""
+
+
+class ServerUnavailable(ClientError):
+    """The server could not be reached, or its storage is unavailable."""
+
+
+@attrs.frozen
+class Value:
+    """A stored value, with its content type and ETag."""
+
+    data: bytes
+    content_type: str
+    etag: str
+
+
+def _key_path(key: str) -> str:
+    # Every character but unreserved ones is escaped, '/' included, so that
+    # no key is changed by URL normalisation on its way ("." and ".." too).
+    encoded = quote(key, safe="")
+    if encoded in (".", ".."):
+        encoded = encoded.replace(".", "%2E")
+    return encoded
+
+
+_ERRORS = {
+    404: KeyNotFound,
+    412: PreconditionFailed,
+    413: ValueTooLarge,
+    503: ServerUnavailable,
+}
+
+
+class Client:
+    """
+    Talk to the Ersid server at C{url}, such as C{http://localhost:8080}.
+    """
+
+    def __init__(self, url: str, reactor: Any = None, persistent: bool = True) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.url = url.rstrip("/")
+        self.pool = HTTPConnectionPool(reactor, persistent=persistent)
+        self.pool.maxPersistentPerHost = 64
+        self._http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
+
+    async def _request(
+        self, method: str, path: str, expected: tuple[int, ...], **kw: Any
+    ) -> tuple[IResponse, bytes]:
+        try:
+            response = await self._http.request(method, self.url + path, **kw)
+            body = await treq.content(response)
+        except (ConnectError, ConnectionLost, ResponseFailed) as e:
+            raise ServerUnavailable(f"cannot reach {self.url}: {e}") from None
+        if response.code not in expected:
+            try:
+                message = json.loads(body)["message"]
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {response.code}"
+            error = _ERRORS.get(response.code)
+            if error is None:
+                error = ServerUnavailable if response.code >= 500 else RequestRejected
+            raise error(message)
+        return response, body
+
+    def get(self, key: str) -> Deferred[Value]:
+        """The value of C{key}; fails with L{KeyNotFound} if there is none."""
+
+        async def get() -> Value:
+            response, body = await self._request("GET", "/" + _key_path(key), (200,))
+            headers = response.headers
+            return Value(
+                body,
+                headers.getRawHeaders("content-type", ["application/octet-stream"])[0],
+                headers.getRawHeaders("etag", [""])[0],
+            )
+
+        return Deferred.fromCoroutine(get())
+
+    def set(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        if_match: str | None = None,
+        create_only: bool = False,
+    ) -> Deferred[str]:
+        """
+        Store C{data} under C{key}, only if its ETag is C{if_match} or only
+        if it does not exist yet (C{create_only}), when asked to.
+
+        @return: a Deferred firing with the new ETag.
+        """
+        headers = {"Content-Type": content_type}
+        if if_match is not None:
+            headers["If-Match"] = if_match
+        if create_only:
+            headers["If-None-Match"] = "*"
+
+        async def put() -> str:
+            response, _ = await self._request(
+                "PUT", "/" + _key_path(key), (201, 204), data=data, headers=headers
+            )
+            return response.headers.getRawHeaders("etag", [""])[0]
+
+        return Deferred.fromCoroutine(put())
+
+    def delete(self, key: str, if_match: str | None = None) -> Deferred[None]:
+        """Remove C{key}; fails with L{KeyNotFound} if there is none."""
+        headers = {} if if_match is None else {"If-Match": if_match}
+
+        async def delete() -> None:
+            await self._request("DELETE", "/" + _key_path(key), (204,), headers=headers)
+
+        return Deferred.fromCoroutine(delete())
+
+    def list(self, prefix: str = "", page_size: int = 1000) -> Deferred[list[str]]:
+        """All keys starting with C{prefix}, in order, a page at a time."""
+
+        async def list_all() -> list[str]:
+            keys: list[str] = []
+            after: str | None = None
+            while True:
+                params = {"prefix": prefix, "limit": str(page_size)}
+                if after is not None:
+                    params["after"] = after
+                _, body = await self._request("GET", "/_keys", (200,), params=params)
+                page = json.loads(body)
+                keys.extend(page["keys"])
+                after = page["next"]
+                if after is None:
+                    return keys
+
+        return Deferred.fromCoroutine(list_all())
+
+    def close(self) -> Deferred[None]:
+        """Close the pool's idle connections."""
+        return self.pool.closeCachedConnections()

@@ -1,0 +1,390 @@
+"""
+The journal: an append-only log of every change to a L{DictStorage}, written
+before the change is acknowledged, so that a crash loses nothing the chosen
+C{--fsync} policy promised to keep (as Redis's AOF, etcd's WAL).
+
+The journal is a series of segment files C{journal.<revision>} in the data
+directory. Each entry is framed as C{length, crc32, body}; the body holds
+the operation, revision, key, content type and value. A snapshot starts a new
+segment, and once the snapshot is safely written the older segments, whose
+entries it covers, are deleted.
+
+All file I/O happens in a thread, one batch at a time: entries appended while
+a batch is being written go together into the next (group commit).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import sys
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ersid.storage import Record, StorageUnavailable
+
+__all__ = [
+    "FSYNC_POLICIES",
+    "Journal",
+    "JournalCorrupt",
+    "JournalEntry",
+    "read_journal",
+]
+
+FSYNC_POLICIES = ("always", "everysec", "no")
+
+_FRAME = struct.Struct(">II")
+_FIXED = struct.Struct(">BQHH")
+_SET, _DELETE = 1, 2
+_PREFIX = "journal."
+_MAX_ENTRY = 1 << 31
+
+_log = Logger()
+
+
+class JournalCorrupt(Exception):
+    """
+    A journal is damaged before its end; starting would silently drop the
+    entries after the damage, so Ersid refuses. The message says what to do.
+    """
+
+
+@attrs.frozen
+class JournalEntry:
+    """One change: a set (with its record) or a delete (record C{None})."""
+
+    revision: int
+    key: str
+    record: Record | None
+
+    def encode(self) -> bytes:
+        key = self.key.encode("utf-8")
+        if self.record is None:
+            body = _FIXED.pack(_DELETE, self.revision, len(key), 0) + key
+        else:
+            content_type = self.record.content_type.encode("utf-8")
+            body = b"".join(
+                [
+                    _FIXED.pack(_SET, self.revision, len(key), len(content_type)),
+                    key,
+                    content_type,
+                    self.record.value,
+                ]
+            )
+        return _FRAME.pack(len(body), zlib.crc32(body)) + body
+
+    @classmethod
+    def decode(cls, body: bytes) -> JournalEntry:
+        operation, revision, key_length, type_length = _FIXED.unpack_from(body)
+        start = _FIXED.size
+        key = body[start : start + key_length].decode("utf-8")
+        if operation == _DELETE:
+            return cls(revision, key, None)
+        if operation != _SET:
+            raise ValueError(f"unknown operation {operation}")
+        start += key_length
+        content_type = body[start : start + type_length].decode("utf-8")
+        value = body[start + type_length :]
+        return cls(revision, key, Record(value, content_type, revision))
+
+
+def _segments(directory: str) -> list[str]:
+    names = [
+        name
+        for name in os.listdir(directory)
+        if name.startswith(_PREFIX) and name[len(_PREFIX) :].isdigit()
+    ]
+    names.sort(key=lambda name: int(name[len(_PREFIX) :]))
+    return [os.path.join(directory, name) for name in names]
+
+
+def _entries(path: str, is_last: bool) -> Iterator[tuple[int, JournalEntry]]:
+    """
+    The entries of one segment with their offsets. A torn entry at the end
+    of the last segment (the process died while writing it) is cut off with
+    a warning; damage anywhere else raises L{JournalCorrupt}.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    offset = 0
+    while offset < len(data):
+        problem = None
+        end = offset + _FRAME.size
+        if end > len(data):
+            problem = "an incomplete entry header"
+        else:
+            length, checksum = _FRAME.unpack_from(data, offset)
+            end += length
+            if length > _MAX_ENTRY or end > len(data):
+                problem = "an incomplete entry"
+            elif zlib.crc32(data[offset + _FRAME.size : end]) != checksum:
+                problem = "an entry whose checksum does not match"
+        if problem is None:
+            try:
+                entry = JournalEntry.decode(data[offset + _FRAME.size : end])
+            except (ValueError, struct.error, UnicodeDecodeError) as e:
+                problem = f"an entry that cannot be decoded ({e})"
+        if problem is not None:
+            if is_last and (end >= len(data) or problem.startswith("an incomplete")):
+                _log.warn(
+                    "Dropping a torn last entry of {path} at offset {offset} "
+                    "({problem}): the process stopped while writing it",
+                    path=path,
+                    offset=offset,
+                    problem=problem,
+                )
+                with open(path, "r+b") as f:
+                    f.truncate(offset)
+                    os.fsync(f.fileno())
+                return
+            raise JournalCorrupt(
+                f"journal {path} is damaged at offset {offset}: {problem}, with "
+                f"{len(data) - offset} bytes after it. Ersid will not start and "
+                "silently lose the entries after the damage. Inspect it with: "
+                f"python -m ersid.journal {path}; to keep only the entries before "
+                f"the damage, back the file up and run: truncate -s {offset} {path}"
+            )
+        yield offset, entry
+        offset = end
+
+
+def read_journal(directory: str, after: int) -> Iterator[JournalEntry]:
+    """
+    The entries of every segment in C{directory} newer than revision
+    C{after}, in order. Blocking: call it before the reactor runs.
+
+    @raise JournalCorrupt: if a segment is damaged other than at its end.
+    """
+    segments = _segments(directory)
+    for number, path in enumerate(segments):
+        for _, entry in _entries(path, is_last=number == len(segments) - 1):
+            if entry.revision > after:
+                yield entry
+
+
+@attrs.define
+class _Pending:
+    data: bytes
+    undo: Callable[[], None]
+    done: Deferred[None]
+
+
+class Journal:
+    """
+    Appends entries to the current segment in the reactor's thread pool,
+    batch after batch, and fires each entry's Deferred once its batch is
+    written (and, with C{fsync="always"}, on disk).
+
+    When a batch cannot be written (disk full, I/O error), the file is cut
+    back to its last good entry, the batch's changes are undone in memory,
+    and their writes fail with L{StorageUnavailable}; later writes try again,
+    so the journal recovers by itself when the disk has room.
+    """
+
+    def __init__(self, directory: str, revision: int, fsync: str, reactor: Any) -> None:
+        assert fsync in FSYNC_POLICIES
+        self.directory = directory
+        self.fsync = fsync
+        self.error: str | None = None
+        self._reactor = reactor
+        self._queue: list[_Pending | Callable[[], None]] = []
+        self._busy = False
+        self._unsynced = False
+        self._file: Any = None
+        self._good_size = 0
+        self._stopped: Deferred[None] | None = None
+        self._ticker = LoopingCall(self._sync_every_second)
+        self._ticker.clock = reactor
+        self._open(revision)
+
+    def _open(self, revision: int) -> None:
+        """Continue the newest segment, or start one at C{revision}."""
+        segments = _segments(self.directory)
+        path = segments[-1] if segments else self._segment_path(revision)
+        self._file = open(path, "ab")
+        self._path = path
+        self._good_size = self._file.tell()
+
+    def _segment_path(self, revision: int) -> str:
+        return os.path.join(self.directory, f"{_PREFIX}{revision:020d}")
+
+    def start(self) -> None:
+        if self.fsync == "everysec":
+            self._ticker.start(1, now=False)
+
+    def stop(self) -> Deferred[None]:
+        """Write and sync what is queued, then close the file."""
+        if self._stopped is None:
+            if self._ticker.running:
+                self._ticker.stop()
+            self._stopped = Deferred()
+            self._stopped.addCallback(lambda _: self._file.close())
+            self._queue.append(self._flush_and_sync)
+            self._kick()
+        done: Deferred[None] = Deferred()
+        self._stopped.addBoth(lambda result: (done.callback(None), result)[1])
+        return done
+
+    def append(self, entry: JournalEntry, undo: Callable[[], None]) -> Deferred[None]:
+        """
+        Queue C{entry}, whose change is already made in memory; C{undo}
+        reverts that change if the entry cannot be written.
+        """
+        done: Deferred[None] = Deferred()
+        self._queue.append(_Pending(entry.encode(), undo, done))
+        self._kick()
+        return done
+
+    def rotate(self, revision: int) -> Callable[[], None]:
+        """
+        Start a new segment for the changes after C{revision}, which a
+        snapshot is about to cover. Return what to call once the snapshot
+        is safely written: it deletes the older segments.
+        """
+        new_path = self._segment_path(revision)
+
+        def switch() -> None:
+            self._flush_and_sync()
+            self._file.close()
+            self._file = open(new_path, "ab")
+            self._path = new_path
+            self._good_size = self._file.tell()
+
+        self._queue.append(switch)
+        self._kick()
+
+        def compact() -> None:
+            def delete_older() -> None:
+                for path in _segments(self.directory):
+                    if path < new_path:
+                        os.unlink(path)
+
+            self._queue.append(delete_older)
+            self._kick()
+
+        return compact
+
+    def _sync_every_second(self) -> None:
+        if self._unsynced:
+            self._queue.append(self._flush_and_sync)
+            self._kick()
+
+    def _flush_and_sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._unsynced = False
+
+    def _kick(self) -> None:
+        if self._busy or not self._queue:
+            return
+        self._busy = True
+        batch, self._queue = self._queue, []
+        pool = self._reactor.getThreadPool()
+        written = deferToThreadPool(self._reactor, pool, self._write, batch)
+        written.addBoth(self._written, batch)
+
+    def _write(self, batch: list[_Pending | Callable[[], None]]) -> str | None:
+        """In the thread: write the batch; return why it failed, if it did."""
+        try:
+            for item in batch:
+                if isinstance(item, _Pending):
+                    self._file.write(item.data)
+                else:
+                    item()
+            self._file.flush()
+            if self.fsync == "always":
+                os.fsync(self._file.fileno())
+            else:
+                self._unsynced = True
+            self._good_size = self._file.tell()
+            return None
+        except OSError as e:
+            self._cut_back()
+            return e.strerror or errno.errorcode.get(e.errno or 0, str(e))
+
+    def _cut_back(self) -> None:
+        """Drop whatever part of a failed batch reached the file."""
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        try:
+            with open(self._path, "r+b") as f:
+                f.truncate(self._good_size)
+        except OSError:
+            pass
+        self._file = open(self._path, "ab")
+
+    def _written(
+        self, outcome: Any, batch: list[_Pending | Callable[[], None]]
+    ) -> None:
+        self._busy = False
+        entries = [item for item in batch if isinstance(item, _Pending)]
+        if isinstance(outcome, Failure):
+            _log.failure("Journal {path} failed", outcome, path=self._path)
+            outcome = outcome.getErrorMessage()
+        if outcome is None:
+            if self.error is not None and entries:
+                _log.info("Journal {path} writable again", path=self._path)
+                self.error = None
+            for pending in entries:
+                pending.done.callback(None)
+        else:
+            self._refuse(entries, outcome)
+        # The callbacks above may already have started the next batch.
+        if self._busy:
+            return
+        if self._queue:
+            self._kick()
+        elif self._stopped is not None and not self._stopped.called:
+            self._stopped.callback(None)
+
+    def _refuse(self, entries: list[_Pending], reason: str) -> None:
+        """
+        Undo every change not yet in the journal, newest first (the failed
+        batch and all queued after it, which may build on it), and fail
+        their writes.
+        """
+        if self.error != reason:
+            _log.error(
+                "Journal {path} cannot be written: {reason}; writes are refused "
+                "until it can",
+                path=self._path,
+                reason=reason,
+            )
+        self.error = reason
+        later = [item for item in self._queue if isinstance(item, _Pending)]
+        self._queue = [item for item in self._queue if not isinstance(item, _Pending)]
+        failed = entries + later
+        for pending in reversed(failed):
+            pending.undo()
+        for pending in failed:
+            pending.done.errback(StorageUnavailable(f"journal {self._path}: {reason}"))
+
+
+def _inspect(path: str) -> int:
+    """List a segment's entries, stopping at the first damage."""
+    count = 0
+    try:
+        for offset, entry in _entries(path, is_last=False):
+            kind = "delete" if entry.record is None else "set"
+            print(f"{offset:>12} revision {entry.revision:>10} {kind:6} {entry.key!r}")
+            count += 1
+    except JournalCorrupt as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(f"{count} entries, intact", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_inspect(sys.argv[1]))

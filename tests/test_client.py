@@ -1,0 +1,234 @@
+"""
+The client library, the C{ersid} command and C{ersid-bench}, against a real
+Ersid on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from ersid.bench import parse_mix, percentile
+from ersid.client import (
+    Client,
+    KeyNotFound,
+    PreconditionFailed,
+    RequestRejected,
+    ServerUnavailable,
+    ValueTooLarge,
+)
+from ersid.memory import DictStorage
+from ersid.rest import Service
+
+from ._helpers import Daemon, free_port_holder, serve
+
+
+class _ServerTestCase(TestCase):
+    def setUp(self):
+        self.storage = DictStorage()
+
+        async def start():
+            self.url = await serve(self, Service(self.storage, max_value_size=1000))
+            self.client = Client(self.url, reactor)
+            self.addCleanup(self.client.close)
+
+        return Deferred.fromCoroutine(start())
+
+    def run_async(self, coroutine) -> Deferred:
+        return Deferred.fromCoroutine(coroutine)
+
+
+class ClientTests(_ServerTestCase):
+    def test_set_get_delete(self):
+        async def check():
+            etag = await self.client.set("k", b"\x00v", "text/plain")
+            value = await self.client.get("k")
+            self.assertEqual(
+                (value.data, value.content_type, value.etag),
+                (b"\x00v", "text/plain", etag),
+            )
+            await self.client.delete("k")
+            with self.assertRaises(KeyNotFound):
+                await self.client.get("k")
+            with self.assertRaises(KeyNotFound):
+                await self.client.delete("k")
+
+        return self.run_async(check())
+
+    def test_keys_survive_url_encoding(self):
+        keys = [".", "..", "a/b", "a//b", "/lead", "100%", "q?x=1#f", "sp ace", "é/🔑"]
+
+        async def check():
+            for key in keys:
+                await self.client.set(key, key.encode())
+            for key in keys:
+                self.assertEqual((await self.client.get(key)).data, key.encode())
+            self.assertEqual(sorted(await self.client.list()), sorted(keys))
+
+        return self.run_async(check())
+
+    def test_conditional_writes(self):
+        async def check():
+            etag = await self.client.set("k", b"1", create_only=True)
+            with self.assertRaises(PreconditionFailed):
+                await self.client.set("k", b"2", create_only=True)
+            newer = await self.client.set("k", b"2", if_match=etag)
+            with self.assertRaises(PreconditionFailed):
+                await self.client.set("k", b"3", if_match=etag)
+            with self.assertRaises(PreconditionFailed):
+                await self.client.delete("k", if_match=etag)
+            await self.client.delete("k", if_match=newer)
+
+        return self.run_async(check())
+
+    def test_list_pages_through_everything(self):
+        async def check():
+            for i in range(25):
+                await self.client.set(f"p/{i:02d}", b"x")
+            await self.client.set("q", b"x")
+            keys = await self.client.list("p/", page_size=10)
+            self.assertEqual(keys, [f"p/{i:02d}" for i in range(25)])
+
+        return self.run_async(check())
+
+    def test_typed_errors(self):
+        async def check():
+            with self.assertRaises(ValueTooLarge):
+                await self.client.set("k", b"x" * 1001)
+            with self.assertRaises(RequestRejected) as raised:
+                await self.client.set("_reserved", b"x")
+            self.assertIn("reserved", str(raised.exception))
+
+        return self.run_async(check())
+
+    def test_unreachable_server(self):
+        holder, port = free_port_holder()
+        holder.close()
+        client = Client(f"http://127.0.0.1:{port}", reactor)
+
+        async def check():
+            with self.assertRaises(ServerUnavailable):
+                await client.get("k")
+
+        return self.run_async(check())
+
+
+class CommandTests(_ServerTestCase):
+    def ersid(self, *args: str, stdin: bytes | None = None) -> Daemon:
+        command = Daemon(
+            [sys.executable, "-c", "from ersid._cli import main; main()", *args],
+            env={"ERSID_URL": self.url},
+        )
+        if stdin is not None:
+            command.process.write(stdin)
+        command.process.closeStdin()
+        return command
+
+    async def outcome(self, *args: str, stdin: bytes | None = None) -> tuple[int, str]:
+        command = self.ersid(*args, stdin=stdin)
+        return await command.ended, command.output
+
+    def test_lab_round_trip(self):
+        async def check():
+            self.assertEqual(
+                await self.outcome("set", "mykey", "myvalue"), (0, '"1"\n')
+            )
+            self.assertEqual(await self.outcome("get", "mykey"), (0, "myvalue"))
+
+        return self.run_async(check())
+
+    def test_binary_value_from_stdin(self):
+        async def check():
+            status, _ = await self.outcome(
+                "set", "bin", "-", "--content-type", "x/y", stdin=b"\x00\xff\n"
+            )
+            self.assertEqual(status, 0)
+            record = self.successResultOf(self.storage.get("bin"))
+            self.assertEqual(
+                (record.value, record.content_type), (b"\x00\xff\n", "x/y")
+            )
+
+        return self.run_async(check())
+
+    def test_exit_statuses(self):
+        holder, port = free_port_holder()
+        holder.close()
+
+        async def check():
+            await self.outcome("set", "k", "v")
+            status, output = await self.outcome("get", "missing")
+            self.assertEqual((status, output), (1, "ersid: no such key: 'missing'\n"))
+            status, _ = await self.outcome("set", "k", "w", "--if-match", '"999"')
+            self.assertEqual(status, 3)
+            status, _ = await self.outcome("set", "_k", "w")
+            self.assertEqual(status, 4)
+            status, output = await self.outcome(
+                "--url", f"http://127.0.0.1:{port}", "get", "k"
+            )
+            self.assertEqual(status, 5)
+            self.assertEqual(output.count("\n"), 1)
+            self.assertNotIn("Traceback", output)
+            status, _ = await self.outcome("frobnicate")
+            self.assertEqual(status, 2)
+
+        return self.run_async(check())
+
+    def test_list_and_delete(self):
+        async def check():
+            for key in ["app/b", "app/a", "other"]:
+                await self.outcome("set", key, "v")
+            self.assertEqual(await self.outcome("list", "app/"), (0, "app/a\napp/b\n"))
+            self.assertEqual(await self.outcome("delete", "app/a"), (0, ""))
+            self.assertEqual(await self.outcome("list"), (0, "app/b\nother\n"))
+
+        return self.run_async(check())
+
+    def test_bench_reports_json(self):
+        async def check():
+            command = Daemon(
+                [
+                    sys.executable,
+                    "-c",
+                    "from ersid.bench import main; main()",
+                    "--url",
+                    self.url,
+                    "-n",
+                    "300",
+                    "-c",
+                    "4",
+                    "--keys",
+                    "20",
+                    "--mix",
+                    "get=2,put=1",
+                    "--json",
+                ]
+            )
+            self.assertEqual(await command.ended, 0)
+            report = json.loads(command.output)
+            self.assertEqual(report["requests"], 300)
+            self.assertEqual(report["errors"], 0)
+            self.assertEqual(set(report["statuses"]), {"200", "204"})
+            self.assertEqual(sum(report["statuses"].values()), 300)
+            latency = report["latency_ms"]
+            self.assertTrue(0 < latency["p50"] <= latency["p99"] <= latency["max"])
+            self.assertEqual(len(self.successResultOf(self.storage.keys())), 20)
+
+        return self.run_async(check())
+
+
+class BenchHelperTests(TestCase):
+    def test_parse_mix(self):
+        self.assertEqual(parse_mix("get=90, put=10"), {"GET": 90, "PUT": 10})
+        for bad in ["get", "post=1", "get=x", "get=0"]:
+            self.assertRaises(argparse.ArgumentTypeError, parse_mix, bad)
+
+    def test_percentile(self):
+        values = [float(i) for i in range(1, 101)]
+        self.assertEqual(percentile(values, 0.5), 51.0)
+        self.assertEqual(percentile(values, 0.99), 100.0)
+        self.assertEqual(percentile([], 0.5), 0.0)
