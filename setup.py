@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=["ersid", "twisted.plugins"],
-    package_data={"twisted.plugins": ["ersid_plugin.py"]},
+    package_data={"ersid": ["openapi.json"], "twisted.plugins": ["ersid_plugin.py"]},
     install_requires=[
         "twisted[conch]>=24.7",
         "klein>=24.8",
@@ -27,6 +27,6 @@ setup(
         "mysql": ["mysqlclient>=2.2"],
         "cli": [],
         "bench": ["matplotlib>=3.8"],
-        "test": ["hypothesis>=6.100", "ruff>=0.6"],
+        "test": ["hypothesis>=6.100", "ruff>=0.6", "schemathesis>=4.0"],
     },
 )

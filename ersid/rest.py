@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from importlib import resources
 from typing import Any, NoReturn
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -42,12 +45,14 @@ __all__ = [
 ]
 
 DEFAULT_MAX_VALUE_SIZE = 1024 * 1024
+DEFAULT_BODY_TIMEOUT = 30.0
 MAX_KEY_BYTES = 255
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 _MAX_CONTENT_TYPE_BYTES = 255
 
 _log = Logger()
+_OPENAPI = resources.files("ersid").joinpath("openapi.json").read_bytes()
 
 
 class ApiError(Exception):
@@ -281,6 +286,12 @@ class Service:
             document["status"] = "degraded"
         return _json_body(request, status, document)
 
+    @app.route("/_openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        """The OpenAPI description of this API."""
+        request.setHeader(b"Content-Type", b"application/json")
+        return _OPENAPI
+
     @app.route("/_keys", methods=["GET"])
     async def list_keys(self, request: IRequest) -> bytes:
         """List keys in order, by prefix, a page at a time."""
@@ -424,66 +435,94 @@ def _finish(body: bytes, request: IRequest) -> None:
 class _BoundedRequest(Request):
     """
     A request that refuses a body larger than its site's C{max_body_size}
-    as soon as the size is known, before buffering it.
+    as soon as the size is known, before buffering it, and a body that takes
+    longer than C{body_timeout} seconds to arrive, however steadily it
+    trickles in (Twisted's idle timeout restarts with every byte).
     """
 
     _parsePOSTFormSubmission = False
     defaultContentType = None
     _refused = False
     _received = 0
+    _deadline: Any = None
 
     def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self.channel.site.max_body_size:
-            self._refuse()
-        else:
-            super().gotLength(length)
+        site = self.channel.site
+        if length is not None and length > site.max_body_size:
+            self._refuse(413, _too_large(site.max_body_size))
+            return
+        super().gotLength(length)
+        if length != 0:
+            self._deadline = site.reactor.callLater(site.body_timeout, self._too_slow)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
             return
         self._received += len(data)
         if self._received > self.channel.site.max_body_size:
-            self._refuse()
+            self._refuse(413, _too_large(self.channel.site.max_body_size))
         else:
             super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._cancel_deadline()
         if not self._refused:
             super().requestReceived(command, path, version)
 
-    def _refuse(self) -> None:
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+
+    def _too_slow(self) -> None:
+        seconds = self.channel.site.body_timeout
+        message = f"the request body did not arrive within {seconds} seconds"
+        self._refuse(408, ApiError(408, "request_timeout", message))
+
+    def _refuse(self, status: int, error: ApiError) -> None:
         """
-        Answer 413 on the raw connection and close it: this request has not
-        been parsed far enough to respond through the usual machinery.
+        Answer on the raw connection and close it: this request has not been
+        parsed far enough to respond through the usual machinery.
         """
         self._refused = True
+        self._cancel_deadline()
         self.content = None
         # No "100 Continue": the client should not send the body at all.
         self.requestHeaders.removeHeader(b"Expect")
-        error = _too_large(self.channel.site.max_body_size)
         body = json.dumps({"error": error.code, "message": error.message}).encode()
+        reason = RESPONSES.get(status, b"Error")
         head = (
-            b"HTTP/1.1 413 Content Too Large\r\n"
+            b"HTTP/1.1 %d %s\r\n"
             b"Content-Type: application/json\r\n"
             b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (len(body),)
+            b"Connection: close\r\n\r\n" % (status, reason, len(body))
         )
         self.channel.transport.write(head + body)
         self.channel.transport.loseConnection()
 
 
-def makeSite(service: Service, access_log: str | None = None) -> Site:
+def makeSite(
+    service: Service,
+    access_log: str | None = None,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    reactor: IReactorTime | None = None,
+) -> Site:
     """
     The web site serving C{service}, with request bodies capped at the
-    service's maximum value size, and an access log in the combined format
-    only if asked for (C{"-"} for the daemon's log): a log line per request
-    costs more than the rest of a small request.
+    service's maximum value size and C{body_timeout} seconds, and an access
+    log in the combined format only if asked for (C{"-"} for the daemon's
+    log): a log line per request costs more than the rest of a small request.
     """
     site = Site(
         service.resource(),
         logPath=None if access_log in (None, "-") else access_log,
         requestFactory=_BoundedRequest,
+        reactor=reactor,
     )
+    site.body_timeout = body_timeout
     if access_log is None:
         site.log = lambda request: None
     site.max_body_size = service.max_value_size

@@ -45,15 +45,21 @@ def default_data_dir() -> str:
     return os.path.join(xdg, "ersid")
 
 
+# Twisted listens with a backlog of 50, which drops connections arriving
+# in bursts of more; the kernel caps this at net.core.somaxconn.
+_BACKLOG = 1024
+
+
 def _endpoint_description(value: str) -> str:
     """
-    A plain port number means TCP on the loopback interface only; anything
-    else is a Twisted endpoint description, checked here.
+    A plain port number means TCP on the loopback interface only, with a
+    listen backlog for bursts of connections; anything else is a Twisted
+    endpoint description, checked here.
     """
     if value.isdigit():
         if not 0 <= int(value) <= 65535:
             raise usage.UsageError(f"port {value} is out of range")
-        return f"tcp:{value}:interface=127.0.0.1"
+        return f"tcp:{value}:interface=127.0.0.1:backlog={_BACKLOG}"
     try:
         endpoints.serverFromString(reactor, value)
     except (ValueError, KeyError, TypeError) as e:

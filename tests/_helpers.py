@@ -25,9 +25,12 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def http() -> HTTPClient:
     """A treq client that keeps no connection open after a request."""
-    return HTTPClient(
-        Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
-    )
+    return http_with_pool(HTTPConnectionPool(reactor, persistent=False))
+
+
+def http_with_pool(pool: HTTPConnectionPool) -> HTTPClient:
+    """A treq client using C{pool}."""
+    return HTTPClient(Agent(reactor, pool=pool))
 
 
 def require(condition: bool, reason: str) -> None:

@@ -13,6 +13,9 @@ import sys
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
+from ersid.journal import JournalEntry
+from ersid.storage import Record
+
 from ._helpers import CHECKOUT, Daemon, free_port_holder, http
 
 LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
@@ -85,7 +88,7 @@ class DaemonTests(TestCase):
             self.assertEqual(await daemon.ended, 1)
             self.assertIn(
                 f"ersid: cannot listen for the REST API on tcp:{port}:"
-                "interface=127.0.0.1: [Errno 98] Address already in use",
+                "interface=127.0.0.1:backlog=1024: [Errno 98] Address already in use",
                 daemon.output,
             )
             self.assertNotIn("Traceback", daemon.output)
@@ -147,5 +150,123 @@ class DaemonTests(TestCase):
             self.assertEqual(response.code, 404)
             await response.content()
             self.assertEqual(await daemon.stop(), -signal.SIGTERM)
+
+        return self.run_async(check())
+
+
+class DaemonFaultTests(TestCase):
+    """Faults the daemon meets at startup: each a clear message and exit 1."""
+
+    def run_async(self, coroutine) -> Deferred:
+        return Deferred.fromCoroutine(coroutine)
+
+    async def refused(self, data_dir: str, *args: str) -> str:
+        daemon = Daemon.twistd(
+            "-n",
+            "--pidfile=",
+            "ersid",
+            "--data-dir",
+            data_dir,
+            "-m",
+            "none",
+            "-p",
+            LOOPBACK_ANY_PORT,
+            *args,
+        )
+        self.addCleanup(daemon.stop, "KILL")
+        self.assertEqual(await daemon.ended, 1, daemon.output)
+        self.assertNotIn("Traceback", daemon.output)
+        return daemon.output
+
+    def test_unwritable_data_directory(self):
+        blocker = os.path.abspath(self.mktemp())
+        with open(blocker, "w") as f:
+            f.write("a file, not a directory")
+        data_dir = os.path.join(blocker, "data")
+
+        async def check():
+            output = await self.refused(data_dir)
+            self.assertIn(f"ersid: [Errno 20] Not a directory: '{data_dir}'", output)
+
+        return self.run_async(check())
+
+    def test_corrupt_journal_refuses_to_start(self):
+        data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(data_dir)
+        entries = [
+            JournalEntry(i, f"k{i}", Record(b"v", version=i)).encode()
+            for i in (1, 2, 3)
+        ]
+        damaged = bytearray(b"".join(entries))
+        damaged[len(entries[0]) + 10] ^= 0xFF
+        segment = os.path.join(data_dir, f"journal.{0:020d}")
+        with open(segment, "wb") as f:
+            f.write(damaged)
+
+        async def check():
+            output = await self.refused(data_dir)
+            self.assertIn(
+                f"journal {segment} is damaged at offset {len(entries[0])}", output
+            )
+            self.assertIn(f"truncate -s {len(entries[0])} {segment}", output)
+            with open(segment, "rb") as f:
+                self.assertEqual(f.read(), damaged)
+
+        return self.run_async(check())
+
+    def test_bad_fsync_policy(self):
+        async def check():
+            output = await self.refused(
+                os.path.abspath(self.mktemp()), "--fsync", "sometimes"
+            )
+            self.assertIn("--fsync must be one of always, everysec, no", output)
+
+        return self.run_async(check())
+
+    def test_journal_replayed_after_kill(self):
+        """Writes since the last snapshot come back from the journal."""
+        data_dir = os.path.abspath(self.mktemp())
+        client = http()
+
+        async def check():
+            first = Daemon.twistd(
+                "-n",
+                "--pidfile=",
+                "ersid",
+                "-d",
+                data_dir,
+                "-m",
+                "none",
+                "-p",
+                LOOPBACK_ANY_PORT,
+                "-i",
+                "3600",
+                "--fsync",
+                "always",
+            )
+            self.addCleanup(first.stop, "KILL")
+            url = await first.rest_url()
+            for i in range(5):
+                await (await client.put(f"{url}/k{i}", data=b"%d" % i)).content()
+            await (await client.delete(f"{url}/k0")).content()
+            self.assertEqual(await first.stop("KILL"), -signal.SIGKILL)
+            second = Daemon.twistd(
+                "-n",
+                "--pidfile=",
+                "ersid",
+                "-d",
+                data_dir,
+                "-m",
+                "none",
+                "-p",
+                LOOPBACK_ANY_PORT,
+            )
+            self.addCleanup(second.stop, "KILL")
+            url = await second.rest_url()
+            self.assertIn("Replayed 6 journal entries, up to revision 6", second.output)
+            keys = await (await client.get(f"{url}/_keys")).json()
+            self.assertEqual(keys["keys"], ["k1", "k2", "k3", "k4"])
+            health = await (await client.get(f"{url}/_health")).json()
+            self.assertEqual(health["journal"], {"fsync": "everysec", "error": None})
 
         return self.run_async(check())

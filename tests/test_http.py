@@ -9,23 +9,34 @@ import json
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    connectProtocol,
+    serverFromString,
+)
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
 from ersid.memory import DictStorage
 from ersid.rest import Service, makeSite
+from ersid.tap import _endpoint_description
 
 from ._helpers import raw_exchange
 
 LIMIT = 1000
 
 
-class LoopbackTests(TestCase):
+class _ServedTestCase(TestCase):
+    """An Ersid REST service on a loopback port chosen by the OS."""
+
     def setUp(self):
         self.storage = DictStorage()
-        endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+        endpoint = serverFromString(reactor, _endpoint_description("0"))
         listening = endpoint.listen(makeSite(Service(self.storage, LIMIT)))
 
         def listened(port):
@@ -40,6 +51,8 @@ class LoopbackTests(TestCase):
     def run_async(self, coroutine) -> Deferred:
         return Deferred.fromCoroutine(coroutine)
 
+
+class LoopbackTests(_ServedTestCase):
     def assert_refused_as_too_large(self, response: bytes) -> None:
         head, _, body = response.partition(b"\r\n\r\n")
         self.assertTrue(head.startswith(b"HTTP/1.1 413 "), response)
@@ -123,5 +136,84 @@ class LoopbackTests(TestCase):
             )
             response = await treq.get(f"{self.url}/k", pool=self.pool)
             self.assertEqual(await response.content(), b"a=1&b=%FF")
+
+        return self.run_async(check())
+
+
+class SlowClientTests(TestCase):
+    """A body that trickles in is given a deadline, measured on a Clock."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.storage = DictStorage()
+        site = makeSite(
+            Service(self.storage, LIMIT), body_timeout=30, reactor=self.clock
+        )
+        self.channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        self.transport = StringTransport()
+        self.channel.makeConnection(self.transport)
+        self.addCleanup(self.channel.connectionLost, None)
+
+    def test_body_one_byte_a_second_cut_off_at_deadline(self):
+        self.channel.dataReceived(
+            b"PUT /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+        )
+        for _ in range(29):
+            self.clock.advance(1)
+            self.channel.dataReceived(b"x")
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        head, _, body = self.transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 408 "), head)
+        self.assertEqual(json.loads(body)["error"], "request_timeout")
+        self.assertTrue(self.transport.disconnecting)
+        self.assertIsNone(self.successResultOf(self.storage.get("slow")))
+
+    def test_slow_but_complete_body_accepted(self):
+        self.channel.dataReceived(
+            b"PUT /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+        )
+        for _ in range(10):
+            self.clock.advance(1)
+            self.channel.dataReceived(b"x")
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 201 "))
+        self.assertEqual(
+            self.successResultOf(self.storage.get("slow")).value, b"x" * 10
+        )
+        self.clock.advance(60)
+        self.assertNotIn(b"408", self.transport.value())
+
+
+class ManyClientsTests(_ServedTestCase):
+    def test_slow_client_does_not_hold_up_others(self):
+        async def check():
+            slow = await connectProtocol(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), Protocol()
+            )
+            slow.transport.write(
+                b"PUT /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nx"
+            )
+            for i in range(20):
+                response = await treq.put(f"{self.url}/k{i}", data=b"v", pool=self.pool)
+                self.assertEqual(response.code, 201)
+                await response.content()
+            slow.transport.loseConnection()
+            self.assertIsNone(self.successResultOf(self.storage.get("slow")))
+
+        return self.run_async(check())
+
+    def test_a_thousand_concurrent_connections(self):
+        pool = HTTPConnectionPool(reactor, persistent=False)
+
+        async def one(i: int) -> None:
+            response = await treq.put(f"{self.url}/c/{i}", data=b"%d" % i, pool=pool)
+            self.assertEqual(response.code, 201)
+            await response.content()
+            response = await treq.get(f"{self.url}/c/{i}", pool=pool)
+            self.assertEqual(await response.content(), b"%d" % i)
+
+        async def check():
+            await gatherResults([Deferred.fromCoroutine(one(i)) for i in range(1000)])
+            self.assertEqual(self.successResultOf(self.storage.stats())[0], 1000)
 
         return self.run_async(check())

@@ -22,7 +22,9 @@ class OptionsTests(TestCase):
 
     def test_lab_defaults(self):
         options = self.parse()
-        self.assertEqual(options["rest-port"], "tcp:8080:interface=127.0.0.1")
+        self.assertEqual(
+            options["rest-port"], "tcp:8080:interface=127.0.0.1:backlog=1024"
+        )
         self.assertEqual(options["dump-interval"], 10)
         self.assertEqual(options["storage"], "dict")
         self.assertEqual(options["max-value-size"], DEFAULT_MAX_VALUE_SIZE)
@@ -32,7 +34,9 @@ class OptionsTests(TestCase):
 
     def test_lab_short_options(self):
         options = self.parse("-p", "9090", "-i", "5", "-f", "/srv/dump.json")
-        self.assertEqual(options["rest-port"], "tcp:9090:interface=127.0.0.1")
+        self.assertEqual(
+            options["rest-port"], "tcp:9090:interface=127.0.0.1:backlog=1024"
+        )
         self.assertEqual(options["dump-interval"], 5)
         self.assertEqual(options["dump-file"], "/srv/dump.json")
 
