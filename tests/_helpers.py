@@ -121,6 +121,21 @@ class Daemon:
         run = "from twisted.scripts.twistd import run; run()"
         return cls([sys.executable, "-c", run, *args], env)
 
+    @classmethod
+    def ersid(cls, test, data_dir: str, *args: str, env=None) -> Daemon:
+        """
+        C{twistd -n ersid} with its own data directory, the REST API on a
+        loopback port chosen by the OS and no manhole (later C{args} win),
+        killed after C{test}.
+        """
+        daemon = cls.twistd(
+            *("-n", "--pidfile=", "ersid", "-d", data_dir, "-m", "none"),
+            *("-p", "tcp:0:interface=127.0.0.1", *args),
+            env=env,
+        )
+        test.addCleanup(daemon.stop, "KILL")
+        return daemon
+
     @property
     def output(self) -> str:
         return self._child.output.decode("utf-8", "replace")

@@ -41,12 +41,7 @@ class CrashTests(TestCase):
         ledger = _Ledger()
 
         def start() -> Daemon:
-            daemon = Daemon.twistd(
-                *("-n", "--pidfile=", "ersid", "-d", data_dir, "-m", "none"),
-                *("-p", "tcp:0:interface=127.0.0.1", "--fsync", fsync, "-i", "1"),
-            )
-            self.addCleanup(daemon.stop, "KILL")
-            return daemon
+            return Daemon.ersid(self, data_dir, "--fsync", fsync, "-i", "1")
 
         async def writer(client, url: str, number: int, reached: Deferred) -> None:
             counter_key = f"counter/{number}"

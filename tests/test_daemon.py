@@ -30,11 +30,7 @@ class DaemonTests(TestCase):
         return Deferred.fromCoroutine(coroutine)
 
     def start(self, *args: str, env=None) -> Daemon:
-        daemon = Daemon.twistd(
-            "-n", "--pidfile=", "ersid", "--data-dir", self.data_dir, *args, env=env
-        )
-        self.addCleanup(daemon.stop, "KILL")
-        return daemon
+        return Daemon.ersid(self, self.data_dir, *args, env=env)
 
     def test_help_lists_options_with_defaults(self):
         async def check():
@@ -57,7 +53,7 @@ class DaemonTests(TestCase):
 
     def test_data_survives_restart(self):
         async def check():
-            daemon = self.start("-p", LOOPBACK_ANY_PORT, "--dump-interval", "3600")
+            daemon = self.start("--dump-interval", "3600")
             url = await daemon.rest_url()
             response = await self.http.post(f"{url}/mykey", data=b"myvalue")
             self.assertEqual(response.code, 201)
@@ -65,7 +61,7 @@ class DaemonTests(TestCase):
             self.assertEqual(await daemon.stop("TERM"), -signal.SIGTERM)
             self.assertIn("Dumping 2 keys in", daemon.output)
 
-            again = self.start("-p", LOOPBACK_ANY_PORT)
+            again = self.start()
             url = await again.rest_url()
             self.assertEqual(
                 await (await self.http.get(f"{url}/mykey")).content(), b"myvalue"
@@ -111,7 +107,7 @@ class DaemonTests(TestCase):
             f.write('{"ersid_snapshot": 1, "revision": 3, "pages": [\n[["k", 1')
 
         async def check():
-            daemon = self.start("-p", LOOPBACK_ANY_PORT)
+            daemon = self.start()
             self.assertEqual(await daemon.ended, 1)
             self.assertIn(f"ersid: snapshot {path} is corrupt", daemon.output)
             self.assertNotIn("Traceback", daemon.output)
@@ -161,19 +157,7 @@ class DaemonFaultTests(TestCase):
         return Deferred.fromCoroutine(coroutine)
 
     async def refused(self, data_dir: str, *args: str) -> str:
-        daemon = Daemon.twistd(
-            "-n",
-            "--pidfile=",
-            "ersid",
-            "--data-dir",
-            data_dir,
-            "-m",
-            "none",
-            "-p",
-            LOOPBACK_ANY_PORT,
-            *args,
-        )
-        self.addCleanup(daemon.stop, "KILL")
+        daemon = Daemon.ersid(self, data_dir, *args)
         self.assertEqual(await daemon.ended, 1, daemon.output)
         self.assertNotIn("Traceback", daemon.output)
         return daemon.output
@@ -229,39 +213,13 @@ class DaemonFaultTests(TestCase):
         client = http()
 
         async def check():
-            first = Daemon.twistd(
-                "-n",
-                "--pidfile=",
-                "ersid",
-                "-d",
-                data_dir,
-                "-m",
-                "none",
-                "-p",
-                LOOPBACK_ANY_PORT,
-                "-i",
-                "3600",
-                "--fsync",
-                "always",
-            )
-            self.addCleanup(first.stop, "KILL")
+            first = Daemon.ersid(self, data_dir, "-i", "3600", "--fsync", "always")
             url = await first.rest_url()
             for i in range(5):
                 await (await client.put(f"{url}/k{i}", data=b"%d" % i)).content()
             await (await client.delete(f"{url}/k0")).content()
             self.assertEqual(await first.stop("KILL"), -signal.SIGKILL)
-            second = Daemon.twistd(
-                "-n",
-                "--pidfile=",
-                "ersid",
-                "-d",
-                data_dir,
-                "-m",
-                "none",
-                "-p",
-                LOOPBACK_ANY_PORT,
-            )
-            self.addCleanup(second.stop, "KILL")
+            second = Daemon.ersid(self, data_dir)
             url = await second.rest_url()
             self.assertIn("Replayed 6 journal entries, up to revision 6", second.output)
             keys = await (await client.get(f"{url}/_keys")).json()

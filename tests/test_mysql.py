@@ -282,16 +282,14 @@ class MySQLDaemonTests(TestCase):
     """twistd ersid --storage mysql, as an operator runs it."""
 
     def run_daemon(self, server, *args: str) -> Daemon:
-        daemon = Daemon.twistd(
-            *("-n", "--pidfile=", "ersid", "--storage", "mysql"),
-            *("-d", os.path.abspath(self.mktemp()), "-p", "tcp:0:interface=127.0.0.1"),
-            *("-m", "none", "--mysql-url"),
+        return Daemon.ersid(
+            self,
+            os.path.abspath(self.mktemp()),
+            *("--storage", "mysql", "--mysql-url"),
             f"mysql://ersid@localhost/ersid?unix_socket={server.socket}",
             *args,
             env={"ERSID_MYSQL_PASSWORD": PASSWORD},
         )
-        self.addCleanup(daemon.stop, "KILL")
-        return daemon
 
     def test_two_daemons_share_one_database(self):
         server = shared_server()
