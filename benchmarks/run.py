@@ -224,16 +224,24 @@ def throughput(seconds: float, rounds: int, with_mysql: bool) -> dict:
 
 
 def _write_snapshot(path: str, count: int) -> None:
-    """A snapshot of C{count} keys with 100-byte values, written directly."""
+    """
+    A snapshot of C{count} keys with 100-byte values, written directly in
+    Ersid's layout (a page a line, commas ending all but the last).
+    """
+    from ersid.snapshot import FORMAT_VERSION
+
     value = "v" * 100
     with open(path, "w") as f:
-        f.write(f'{{"ersid_snapshot": 1, "revision": {count}, "pages": [\n')
+        f.write(
+            f'{{"ersid_snapshot": {FORMAT_VERSION}, "revision": {count}, "pages": [\n'
+        )
         for start in range(0, count, 1000):
             page = [
-                [f"bench/{i:07d}", i + 1, "application/octet-stream", value]
+                [f"bench/{i:06d}", i + 1, "application/octet-stream", value]
                 for i in range(start, min(start + 1000, count))
             ]
-            f.write(("," if start else "") + json.dumps(page) + "\n")
+            last = start + 1000 >= count
+            f.write(json.dumps(page) + ("\n" if last else ",\n"))
         f.write(f'], "count": {count}}}\n')
 
 

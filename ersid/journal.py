@@ -274,9 +274,31 @@ class Journal:
         return compact
 
     def _sync_every_second(self) -> None:
-        if self._unsynced:
-            self._queue.append(self._flush_and_sync)
-            self._kick()
+        """
+        With everysec, fsync beside the writes rather than between them (as
+        Redis does): a write need not wait for the disk to catch up.
+        """
+        if not self._unsynced:
+            return
+        self._unsynced = False
+        try:
+            descriptor = self._file.fileno()
+        except ValueError:
+            return  # closed by a rotation this very moment, which syncs it
+        pool = self._reactor.getThreadPool()
+        synced = deferToThreadPool(self._reactor, pool, os.fsync, descriptor)
+        synced.addErrback(self._sync_failed)
+
+    def _sync_failed(self, failure: Failure) -> None:
+        failure.trap(OSError)
+        if failure.value.errno == errno.EBADF:
+            return  # the segment was closed by a rotation, which syncs it
+        _log.error(
+            "Journal {path} cannot be synced to disk: {reason}",
+            path=self._path,
+            reason=failure.value.strerror,
+        )
+        self.error = failure.value.strerror
 
     def _flush_and_sync(self) -> None:
         self._file.flush()

@@ -47,12 +47,13 @@ class DictStorage:
 
     def __init__(
         self,
-        records: Iterable[tuple[str, Record]] = (),
+        records: dict[str, Record] | Iterable[tuple[str, Record]] = (),
         revision: int = 0,
         journal: Journal | None = None,
     ) -> None:
         self.journal = journal
-        self._records: dict[str, Record] = dict(records)
+        # A dict is taken as it is, not copied: a restart hands over millions.
+        self._records = records if isinstance(records, dict) else dict(records)
         self._sorted_keys = SortedList(self._records)
         self._revision = max(
             [revision, *(record.version for record in self._records.values())]

@@ -4,6 +4,7 @@ C{twistd ersid}: the command-line options and the composition of the daemon.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from typing import Any
@@ -210,8 +211,7 @@ def _open_dict_storage(options: Options) -> _Opened:
     """
     path = options["dump-file"]
     loaded = load_snapshot(path)
-    entries, revision = loaded if loaded is not None else ([], 0)
-    records = dict(entries)
+    records, revision = loaded if loaded is not None else ({}, 0)
     _log.info(
         "Loaded {count} keys at revision {revision} from {path}",
         count=len(records),
@@ -233,7 +233,7 @@ def _open_dict_storage(options: Options) -> _Opened:
             revision=revision,
         )
     journal = Journal(options["data-dir"], revision, options["fsync"], reactor)
-    storage = DictStorage(records.items(), revision, journal)
+    storage = DictStorage(records, revision, journal)
     written = loaded[1] if loaded is not None else None
     return _Opened(storage, written, journal)
 
@@ -362,11 +362,20 @@ def makeService(options: Options) -> IService:
     Compose the daemon: the storage, loaded from its snapshot; the REST API;
     the SSH manhole; the periodic snapshots.
     """
+    # A store of millions of objects loads twice as fast without the cyclic
+    # garbage collector reacting to every allocation; and as it lives as
+    # long as the daemon, it is then frozen out of the collector's walks,
+    # which would otherwise stall the reactor for a tenth of a second.
+    gc.disable()
     try:
         _prepare_data_dir(options)
         opened = _BACKENDS[options["storage"]](options)
     except (OSError, ValueError, SnapshotError, JournalCorrupt, _StartupError) as e:
         sys.exit(f"ersid: {e}")
+    finally:
+        gc.enable()
+    gc.collect()
+    gc.freeze()
     storage = opened.storage
     snapshotter = Snapshotter(
         storage, options["dump-file"], reactor, opened.written_revision, opened.journal
