@@ -108,11 +108,13 @@ class Daemon:
     to wait for what it logs and to stop it.
     """
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, cwd: str = CHECKOUT
+    ) -> None:
         self._child = _Child()
         environment = {**os.environ, "PYTHONPATH": CHECKOUT, **(env or {})}
         self.process = reactor.spawnProcess(
-            self._child, args[0], args, env=environment, path=CHECKOUT
+            self._child, args[0], args, env=environment, path=cwd
         )
         self.ended = self._child.ended
 

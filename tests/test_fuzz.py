@@ -58,6 +58,7 @@ class OpenAPIFuzzTests(TestCase):
                     "--generation-deterministic",
                 ],
                 env={"SCHEMATHESIS_HOOKS": "", "HOME": workdir},
+                cwd=workdir,
             )
             status = await fuzzer.ended
             self.assertEqual(status, 0, fuzzer.output[-3000:])
