@@ -145,6 +145,8 @@ async def _benchmark(reactor: Any, arguments: argparse.Namespace) -> dict[str, A
                 range(arguments.keys),
                 arguments.concurrency,
             )
+            if run.errors == arguments.keys:
+                raise SystemExit(f"ersid-bench: cannot reach {run.url}")
             run.latencies, run.statuses, run.errors = [], Counter(), 0
         ticker = None
         run.started = time.monotonic()
