@@ -148,6 +148,13 @@ class DictStorage:
     def stats(self) -> Deferred[tuple[int, int]]:
         return succeed((len(self._records), self._revision))
 
+    def records(self) -> Iterable[tuple[str, Record]]:
+        """
+        Every record as it is now, for a forked snapshot writer, whose copy
+        of the store cannot change under it; nothing else should use it.
+        """
+        return self._records.items()
+
     def scan(self, cursor: object | None = None, limit: int = 1000) -> Deferred[Page]:
         if cursor is None:
             cursor = _ScanCursor(list(self._records))

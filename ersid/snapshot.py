@@ -16,12 +16,16 @@ UTF-8 is written as C{{"base64": ...}}.
 from __future__ import annotations
 
 import base64
+import ctypes
+import itertools
 import json
 import os
+import signal
+import sys
 import tempfile
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn, TypeVar
 
 import attrs
 from twisted.application.internet import TimerService
@@ -48,6 +52,8 @@ FORMAT_VERSION = 1
 _PAGE_SIZE = 1000
 _WRITE_CHUNK = 1024 * 1024
 _TEMP_PREFIX = ".ersid-snapshot-"
+_PR_SET_PDEATHSIG = 1
+_CAN_FORK = sys.platform == "linux"
 
 _log = Logger()
 _T = TypeVar("_T")
@@ -118,8 +124,8 @@ class _AtomicFile:
         fd, self.temporary = tempfile.mkstemp(dir=self.directory, prefix=_TEMP_PREFIX)
         self._file = os.fdopen(fd, "wb")
 
-    def write(self, data: bytes) -> None:
-        self._file.write(data)
+    def write(self, data: bytes) -> int:
+        return self._file.write(data)
 
     def commit(self) -> None:
         self._file.flush()
@@ -140,6 +146,85 @@ class _AtomicFile:
             pass
 
 
+def _encode_page(items: list[tuple[str, Record]]) -> bytes:
+    entries = [_encode_entry(key, record) for key, record in items]
+    return json.dumps(entries, ensure_ascii=False).encode("utf-8")
+
+
+def _write_all(
+    path: str, revision: int, items: Iterable[tuple[str, Record]]
+) -> tuple[int, int]:
+    """Write a whole snapshot, blocking: what a forked child does."""
+    target = _AtomicFile(path)
+    try:
+        size = target.write(_header(revision))
+        count = 0
+        iterator = iter(items)
+        while page := list(itertools.islice(iterator, _PAGE_SIZE)):
+            size += target.write((b",\n" if count else b"") + _encode_page(page))
+            count += len(page)
+        size += target.write(b"\n" + _footer(count) if count else _footer(count))
+        target.commit()
+    except BaseException:
+        target.abort()
+        raise
+    return count, size
+
+
+class _ChildFailed(Exception):
+    """The forked snapshot writer failed; the message is its reason."""
+
+
+def _die_with_parent(parent: int) -> None:
+    """
+    Have the kernel kill this forked child if Ersid dies: an orphan would
+    otherwise rename an old snapshot over one written after a restart.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _child(
+    path: str,
+    revision: int,
+    items: Callable[[], Iterable[tuple[str, Record]]],
+    parent: int,
+    report: int,
+) -> NoReturn:
+    """The forked child: write the snapshot, report how it went, and leave."""
+    status = 1
+    try:
+        _die_with_parent(parent)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            keys, size = _write_all(path, revision, items())
+            outcome: dict[str, Any] = {"keys": keys, "bytes": size}
+            status = 0
+        except OSError as e:
+            outcome = {"error": e.strerror or str(e)}
+        except Exception as e:
+            outcome = {"error": str(e) or repr(e)}
+        os.write(report, json.dumps(outcome).encode("utf-8"))
+    finally:
+        os._exit(status)
+
+
+def _wait_for_child(pid: int, report: int) -> dict[str, Any]:
+    """In a thread: the child's report, once it has exited."""
+    chunks = []
+    while chunk := os.read(report, 65536):
+        chunks.append(chunk)
+    os.close(report)
+    _, status = os.waitpid(pid, 0)
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:
+        return {"error": f"the snapshot process died (wait status {status})"}
+
+
 class Snapshotter:
     """
     Writes snapshots of a store to one path, one at a time, never failing:
@@ -156,9 +241,11 @@ class Snapshotter:
         reactor: IReactorTime & IReactorThreads,
         written_revision: int | None = None,
         journal: Journal | None = None,
+        fork_with: Callable[[], Iterable[tuple[str, Record]]] | None = None,
     ) -> None:
         self.storage = storage
         self.journal = journal
+        self._fork_with = fork_with if _CAN_FORK else None
         self.path = path
         self.last: SnapshotOutcome | None = None
         self._reactor = reactor
@@ -196,7 +283,10 @@ class Snapshotter:
             # Changes after this revision go to a new journal segment; once
             # the snapshot holds everything up to it, older segments can go.
             compact = self.journal.rotate(revision) if self.journal else None
-            keys, size = await self._write(revision)
+            if self._fork_with is not None:
+                keys, size = await self._write_in_child(revision)
+            else:
+                keys, size = await self._write(revision)
         except Exception as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             _log.error(
@@ -224,6 +314,25 @@ class Snapshotter:
         pool = self._reactor.getThreadPool()
         return deferToThreadPool(self._reactor, pool, f, *args)
 
+    async def _write_in_child(self, revision: int) -> tuple[int, int]:
+        """
+        Fork, as Redis's BGSAVE does: the child writes the store as it is at
+        this instant from its copy-on-write image while the reactor goes on
+        serving, paying only for the fork.
+        """
+        assert self._fork_with is not None
+        report, report_end = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            os.close(report)
+            _child(self.path, revision, self._fork_with, parent, report_end)
+        os.close(report_end)
+        outcome = await self._in_thread(_wait_for_child, pid, report)
+        if "error" in outcome:
+            raise _ChildFailed(outcome["error"])
+        return outcome["keys"], outcome["bytes"]
+
     async def _write(self, revision: int) -> tuple[int, int]:
         target = await self._in_thread(_AtomicFile, self.path)
         try:
@@ -233,10 +342,7 @@ class Snapshotter:
             page = await self.storage.scan(None, _PAGE_SIZE)
             while True:
                 if page.items:
-                    line = json.dumps(
-                        [_encode_entry(key, record) for key, record in page.items],
-                        ensure_ascii=False,
-                    ).encode("utf-8")
+                    line = _encode_page(page.items)
                     pending.append((b",\n" if count else b"") + line)
                     pending_size += len(pending[-1])
                     count += len(page.items)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -28,7 +29,7 @@ from ersid.snapshot import (
     load_snapshot,
     remove_stale_temporaries,
 )
-from ersid.storage import IStorage
+from ersid.storage import IStorage, Record
 
 __all__ = ["Options", "default_data_dir", "makeService"]
 
@@ -202,6 +203,7 @@ class _Opened:
     storage: IStorage
     written_revision: int | None = None
     journal: Journal | None = None
+    fork_with: Callable[[], Iterable[tuple[str, Record]]] | None = None
 
 
 def _open_dict_storage(options: Options) -> _Opened:
@@ -235,7 +237,7 @@ def _open_dict_storage(options: Options) -> _Opened:
     journal = Journal(options["data-dir"], revision, options["fsync"], reactor)
     storage = DictStorage(records, revision, journal)
     written = loaded[1] if loaded is not None else None
-    return _Opened(storage, written, journal)
+    return _Opened(storage, written, journal, fork_with=storage.records)
 
 
 def _open_mysql_storage(options: Options) -> _Opened:
@@ -378,7 +380,12 @@ def makeService(options: Options) -> IService:
     gc.freeze()
     storage = opened.storage
     snapshotter = Snapshotter(
-        storage, options["dump-file"], reactor, opened.written_revision, opened.journal
+        storage,
+        options["dump-file"],
+        reactor,
+        opened.written_revision,
+        opened.journal,
+        fork_with=opened.fork_with,
     )
     api = rest.Service(
         storage, options["max-value-size"], health=lambda: _health(snapshotter)

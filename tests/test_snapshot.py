@@ -319,3 +319,64 @@ class LoadSnapshotTests(TestCase):
             open(name, "w").close()
         remove_stale_temporaries(self.path)
         self.assertEqual(os.listdir(self.directory), ["keep.txt"])
+
+
+class ForkedSnapshotterTests(SnapshotTestsMixin, TestCase):
+    """
+    With the dict backend the daemon forks and lets the child write the
+    snapshot from its copy-on-write image, as Redis's BGSAVE does.
+    """
+
+    def snapshotter(self, storage: DictStorage, path: str | None = None) -> Snapshotter:
+        return Snapshotter(
+            storage, path or self.path, reactor, fork_with=storage.records
+        )
+
+    def test_round_trip_is_byte_exact(self):
+        storage = DictStorage(SAMPLE, revision=12)
+
+        async def check():
+            outcome = await self.snapshotter(storage).snapshot()
+            self.assertTrue(outcome.ok, outcome)
+            self.assertEqual((outcome.keys, outcome.revision), (3, 12))
+            self.assertEqual(outcome.size, os.path.getsize(self.path))
+            self.assertEqual(load_snapshot(self.path), (dict(SAMPLE), 12))
+            self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o600)
+            self.assertIn(
+                f"Dumping 3 keys in {outcome.size} bytes to {self.path}",
+                self.messages(),
+            )
+
+        return self.run_async(check())
+
+    def test_image_of_the_instant_it_started(self):
+        """Writes made while the child writes are not in its snapshot."""
+        storage = DictStorage([(f"k{i}", Record(b"old")) for i in range(3000)], 1)
+
+        async def check():
+            writing = self.snapshotter(storage).snapshot()
+            await storage.set("k0", b"new")
+            await storage.set("later", b"x")
+            await writing
+            records, revision = load_snapshot(self.path)
+            self.assertEqual(revision, 1)
+            self.assertEqual(len(records), 3000)
+            self.assertEqual(records["k0"].value, b"old")
+
+        return self.run_async(check())
+
+    def test_failure_in_the_child_reported(self):
+        blocker = os.path.join(self.directory, "a-file")
+        open(blocker, "w").close()
+        path = os.path.join(blocker, "snapshot.json")
+        storage = DictStorage(SAMPLE)
+
+        async def check():
+            outcome = await self.snapshotter(storage, path).snapshot()
+            self.assertFalse(outcome.ok)
+            self.assertEqual(outcome.error, "Not a directory")
+            self.assertIn(
+                f"Snapshot to {path} failed: Not a directory", self.messages()
+            )
+
+        return self.run_async(check())
