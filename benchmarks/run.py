@@ -68,6 +68,7 @@ def _server(command: list[str], ready: bytes) -> Iterator[subprocess.Popen[bytes
         if not line:
             raise RuntimeError(f"{command[0]} exited:\n{output.decode()}")
         output += line
+    process.startup_output = output  # type: ignore[attr-defined]
     try:
         yield process
     finally:
@@ -287,12 +288,14 @@ def scale(count: int, seconds: float) -> dict:
             finally:
                 writer.kill()
             _, peak = _memory_mb(process.pid)
-            log = process.stdout.read1(1 << 20).decode() if process.stdout else ""
+            log = (process.startup_output + process.stdout.read1(1 << 20)).decode()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     snapshots = re.findall(r"Dumping (\d+) keys in (\d+) bytes", log)
+    loading = re.search(r"Loaded \d+ keys .* in ([\d.]+) s", log)
     return {
         "keys": count,
+        "load_seconds": float(loading[1]) if loading else None,
         "load_seconds_including_startup": round(load_seconds, 2),
         "rss_mb_after_load": round(rss, 1),
         "peak_rss_mb": round(peak, 1),
@@ -340,6 +343,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scale-keys", type=int, default=1_000_000)
     parser.add_argument("--no-scale", action="store_true")
+    parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--no-mysql", action="store_true")
     parser.add_argument("--output", default=os.path.join(HERE, "results"))
     arguments = parser.parse_args()
@@ -354,10 +358,11 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d"),
         },
     }
-    print("Throughput (best of rounds):", flush=True)
-    results["throughput"] = throughput(
-        arguments.duration, arguments.rounds, not arguments.no_mysql
-    )
+    if not arguments.no_throughput:
+        print("Throughput (best of rounds):", flush=True)
+        results["throughput"] = throughput(
+            arguments.duration, arguments.rounds, not arguments.no_mysql
+        )
     if not arguments.no_scale:
         print(f"Snapshots with {arguments.scale_keys:,} keys:", flush=True)
         results["scale"] = scale(arguments.scale_keys, arguments.duration)
@@ -366,7 +371,7 @@ def main() -> None:
     print(
         f"{'server':24} {'method':6} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6}"
     )
-    for name, methods in results["throughput"].items():
+    for name, methods in results.get("throughput", {}).items():
         for method in ("GET", "PUT"):
             f = methods[method]
             print(
@@ -380,7 +385,8 @@ def main() -> None:
     os.makedirs(arguments.output, exist_ok=True)
     with open(os.path.join(arguments.output, "latest.json"), "w") as f:
         json.dump(results, f, indent=2)
-    _chart(results, os.path.join(arguments.output, "latest.png"))
+    if "throughput" in results:
+        _chart(results, os.path.join(arguments.output, "latest.png"))
     print(f"\nWrote {arguments.output}/latest.json and latest.png")
 
 

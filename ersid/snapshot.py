@@ -197,6 +197,8 @@ def _child(
     status = 1
     try:
         _die_with_parent(parent)
+        # Background work: on a busy core, serving requests comes first.
+        os.nice(10)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -212,13 +213,15 @@ def _open_dict_storage(options: Options) -> _Opened:
     than it, and keep journaling into a L{DictStorage}.
     """
     path = options["dump-file"]
+    started = time.monotonic()
     loaded = load_snapshot(path)
     records, revision = loaded if loaded is not None else ({}, 0)
     _log.info(
-        "Loaded {count} keys at revision {revision} from {path}",
+        "Loaded {count} keys at revision {revision} from {path} in {seconds:.2f} s",
         count=len(records),
         revision=revision,
         path=path if loaded is not None else f"{path} (absent: starting empty)",
+        seconds=time.monotonic() - started,
     )
     replayed = 0
     for entry in read_journal(options["data-dir"], after=revision):
