@@ -44,11 +44,11 @@ def _pinned(core: int, command: list[str]) -> list[str]:
 
 
 def _free_port() -> int:
-    import socket
+    from tests._helpers import free_port_holder
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    holder, port = free_port_holder()
+    holder.close()
+    return port
 
 
 @contextmanager
@@ -225,25 +225,13 @@ def throughput(seconds: float, rounds: int, with_mysql: bool) -> dict:
 
 
 def _write_snapshot(path: str, count: int) -> None:
-    """
-    A snapshot of C{count} keys with 100-byte values, written directly in
-    Ersid's layout (a page a line, commas ending all but the last).
-    """
-    from ersid.snapshot import FORMAT_VERSION
+    """A snapshot of C{count} keys with 100-byte values."""
+    from ersid.snapshot import write_snapshot
+    from ersid.storage import Record
 
-    value = "v" * 100
-    with open(path, "w") as f:
-        f.write(
-            f'{{"ersid_snapshot": {FORMAT_VERSION}, "revision": {count}, "pages": [\n'
-        )
-        for start in range(0, count, 1000):
-            page = [
-                [f"bench/{i:06d}", i + 1, "application/octet-stream", value]
-                for i in range(start, min(start + 1000, count))
-            ]
-            last = start + 1000 >= count
-            f.write(json.dumps(page) + ("\n" if last else ",\n"))
-        f.write(f'], "count": {count}}}\n')
+    value = b"v" * 100
+    records = ((f"bench/{i:06d}", Record(value, version=i + 1)) for i in range(count))
+    write_snapshot(path, count, records)
 
 
 def _memory_mb(pid: int) -> tuple[float, float]:

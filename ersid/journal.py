@@ -201,7 +201,7 @@ class Journal:
         self._unsynced = False
         self._file: Any = None
         self._good_size = 0
-        self._stopped: Deferred[None] | None = None
+        self._stop_waiters: list[Deferred[None]] | None = None
         self._ticker = LoopingCall(self._sync_every_second)
         self._ticker.clock = reactor
         self._open(revision)
@@ -223,16 +223,18 @@ class Journal:
 
     def stop(self) -> Deferred[None]:
         """Write and sync what is queued, then close the file."""
-        if self._stopped is None:
+        stopped: Deferred[None] = Deferred()
+        if self._stop_waiters is None:
+            self._stop_waiters = [stopped]
             if self._ticker.running:
                 self._ticker.stop()
-            self._stopped = Deferred()
-            self._stopped.addCallback(lambda _: self._file.close())
             self._queue.append(self._flush_and_sync)
             self._kick()
-        done: Deferred[None] = Deferred()
-        self._stopped.addBoth(lambda result: (done.callback(None), result)[1])
-        return done
+        elif self._file.closed:
+            stopped.callback(None)
+        else:
+            self._stop_waiters.append(stopped)
+        return stopped
 
     def append(self, entry: JournalEntry, undo: Callable[[], None]) -> Deferred[None]:
         """
@@ -367,8 +369,10 @@ class Journal:
             return
         if self._queue:
             self._kick()
-        elif self._stopped is not None and not self._stopped.called:
-            self._stopped.callback(None)
+        elif self._stop_waiters is not None and not self._file.closed:
+            self._file.close()
+            for waiter in self._stop_waiters:
+                waiter.callback(None)
 
     def _refuse(self, entries: list[_Pending], reason: str) -> None:
         """

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hmac
 import os
-import stat
 import warnings
 from typing import Any
 
@@ -38,6 +37,8 @@ from twisted.internet.error import ProcessDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from ersid._secrets import refuse_if_exposed
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -66,15 +67,6 @@ class ManholeError(Exception):
     """The manhole cannot start as configured; the message says why."""
 
 
-def _refuse_if_exposed(path: str, what: str) -> None:
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    if mode & 0o077:
-        raise ManholeError(
-            f"{what} {path} is readable or writable by others (mode {mode:04o}); "
-            f"run: chmod 600 {path}"
-        )
-
-
 def load_or_create_host_key(data_dir: str) -> keys.Key:
     """
     The manhole's SSH host key from C{data_dir}, created (ed25519, mode
@@ -86,7 +78,7 @@ def load_or_create_host_key(data_dir: str) -> keys.Key:
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        _refuse_if_exposed(path, "SSH host key")
+        refuse_if_exposed(path, "SSH host key", ManholeError)
         try:
             return keys.Key.fromFile(path)
         except (keys.BadKeyError, ValueError) as e:
@@ -142,7 +134,7 @@ def read_password_file(path: str) -> dict[bytes, bytes]:
     crypt(3) (C{$6$...}); plain-text passwords are refused, and so is a file
     that others may read.
     """
-    _refuse_if_exposed(path, "manhole password file")
+    refuse_if_exposed(path, "manhole password file", ManholeError)
     hashes = {}
     with open(path, "rb") as f:
         for number, line in enumerate(f.read().splitlines(), 1):

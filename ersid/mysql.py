@@ -10,8 +10,6 @@ conditional write reads the key's row under that lock before deciding.
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -19,9 +17,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import attrs
 import MySQLdb
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
+from ersid._secrets import refuse_if_exposed
 from ersid.storage import (
     DEFAULT_CONTENT_TYPE,
     IStorage,
@@ -118,12 +117,7 @@ class MySQLSettings:
 
 def read_password_file(path: str) -> str:
     """The password in C{path}, which only its owner may read."""
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    if mode & 0o077:
-        raise ValueError(
-            f"password file {path} is readable by others (mode {mode:04o}); "
-            f"run: chmod 600 {path}"
-        )
+    refuse_if_exposed(path, "password file", ValueError)
     with open(path) as f:
         return f.read().rstrip("\r\n")
 
@@ -242,24 +236,25 @@ class MySQLStorage:
             # adbapi starts its threads when the reactor starts; a storage
             # made while the reactor is already running starts them here.
             self._pool.start()
-        for remaining in range(self._max_connections, -1, -1):
+        retries = self._max_connections
+        while True:
             attempt = _Attempt()
             try:
                 return await self._pool.runWithConnection(transaction)
             except (MySQLdb.OperationalError, MySQLdb.InterfaceError) as e:
                 code = _error_code(e)
-                retry = code in _RETRY_TRANSACTION or (
+                retryable = code in _RETRY_TRANSACTION or (
                     code in _DEAD_CONNECTION and (idempotent or not attempt.committing)
                 )
-                if not retry or not remaining:
+                if not (retryable and retries):
                     raise StorageUnavailable(
                         f"database {self.settings.describe()}: {e.args[-1]}"
                     ) from None
-        raise AssertionError("unreachable")
+                retries -= 1
 
     def _write(self, work: Callable[..., _T], *args: Any) -> Deferred[_T]:
         if self._closed:
-            return Deferred.fromCoroutine(_refused())
+            return fail(StorageUnavailable("the server is shutting down"))
         return Deferred.fromCoroutine(self._run(work, *args, idempotent=False))
 
     def _read(self, work: Callable[..., _T], *args: Any) -> Deferred[_T]:
@@ -299,20 +294,12 @@ class MySQLStorage:
         stops, when adbapi closes the pool (or L{disconnect} does).
         """
         self._closed = True
-        return Deferred.fromCoroutine(_nothing())
+        return succeed(None)
 
     def disconnect(self) -> None:
         """Close the connection pool now."""
         self._closed = True
         self._pool.close()
-
-
-async def _refused() -> Any:
-    raise StorageUnavailable("the server is shutting down")
-
-
-async def _nothing() -> None:
-    return None
 
 
 def _select_record(cursor: Any, key: bytes) -> Record | None:

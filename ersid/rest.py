@@ -425,6 +425,7 @@ def _finish(body: bytes, request: IRequest) -> None:
     Write a body that came late; twisted.web sets Content-Length only for
     bodies returned at once, and must not for 204 and 304.
     """
+    # notifyFinish() would say the same at the price of a Deferred per request.
     if not request.finished and not request._disconnected:
         if request.code not in _NO_BODY_CODES and request.method != b"HEAD":
             request.setHeader(b"Content-Length", b"%d" % (len(body),))

@@ -46,6 +46,7 @@ __all__ = [
     "Snapshotter",
     "load_snapshot",
     "remove_stale_temporaries",
+    "write_snapshot",
 ]
 
 FORMAT_VERSION = 1
@@ -100,17 +101,6 @@ def _encode_entry(key: str, record: Record) -> list[Any]:
     return [key, record.version, record.content_type, value]
 
 
-def _header(revision: int) -> bytes:
-    return b'{"ersid_snapshot": %d, "revision": %d, "pages": [\n' % (
-        FORMAT_VERSION,
-        revision,
-    )
-
-
-def _footer(count: int) -> bytes:
-    return b'], "count": %d}\n' % (count,)
-
-
 class _AtomicFile:
     """
     A file written under a temporary name in its final directory and renamed
@@ -146,29 +136,55 @@ class _AtomicFile:
             pass
 
 
-def _encode_page(items: list[tuple[str, Record]]) -> bytes:
-    entries = [_encode_entry(key, record) for key, record in items]
-    return json.dumps(entries, ensure_ascii=False).encode("utf-8")
+class _Layout:
+    """
+    The snapshot document a piece at a time: the header, a line per page
+    (a comma ending every line but the last), and the footer with the count.
+    """
+
+    def __init__(self, revision: int) -> None:
+        self.revision = revision
+        self.count = 0
+
+    def header(self) -> bytes:
+        return b'{"ersid_snapshot": %d, "revision": %d, "pages": [\n' % (
+            FORMAT_VERSION,
+            self.revision,
+        )
+
+    def page(self, items: list[tuple[str, Record]]) -> bytes:
+        entries = [_encode_entry(key, record) for key, record in items]
+        line = json.dumps(entries, ensure_ascii=False).encode("utf-8")
+        separator = b",\n" if self.count else b""
+        self.count += len(items)
+        return separator + line
+
+    def footer(self) -> bytes:
+        return b'%s], "count": %d}\n' % (b"\n" if self.count else b"", self.count)
 
 
-def _write_all(
+def write_snapshot(
     path: str, revision: int, items: Iterable[tuple[str, Record]]
 ) -> tuple[int, int]:
-    """Write a whole snapshot, blocking: what a forked child does."""
+    """
+    Write a whole snapshot of C{items} at C{revision} atomically, blocking:
+    what a forked child does.
+
+    @return: the number of keys and of bytes written.
+    """
+    layout = _Layout(revision)
     target = _AtomicFile(path)
     try:
-        size = target.write(_header(revision))
-        count = 0
+        size = target.write(layout.header())
         iterator = iter(items)
         while page := list(itertools.islice(iterator, _PAGE_SIZE)):
-            size += target.write((b",\n" if count else b"") + _encode_page(page))
-            count += len(page)
-        size += target.write(b"\n" + _footer(count) if count else _footer(count))
+            size += target.write(layout.page(page))
+        size += target.write(layout.footer())
         target.commit()
     except BaseException:
         target.abort()
         raise
-    return count, size
+    return layout.count, size
 
 
 class _ChildFailed(Exception):
@@ -202,7 +218,7 @@ def _child(
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:
-            keys, size = _write_all(path, revision, items())
+            keys, size = write_snapshot(path, revision, items())
             outcome: dict[str, Any] = {"keys": keys, "bytes": size}
             status = 0
         except OSError as e:
@@ -336,35 +352,31 @@ class Snapshotter:
         return outcome["keys"], outcome["bytes"]
 
     async def _write(self, revision: int) -> tuple[int, int]:
+        """Write a page per reactor turn, and the file in the thread pool."""
+        layout = _Layout(revision)
         target = await self._in_thread(_AtomicFile, self.path)
         try:
-            pending = [_header(revision)]
-            pending_size = len(pending[0])
-            count = size = 0
+            pending = [layout.header()]
+            size = 0
             page = await self.storage.scan(None, _PAGE_SIZE)
             while True:
                 if page.items:
-                    line = _encode_page(page.items)
-                    pending.append((b",\n" if count else b"") + line)
-                    pending_size += len(pending[-1])
-                    count += len(page.items)
+                    pending.append(layout.page(page.items))
                 if page.cursor is None:
                     break
-                if pending_size >= _WRITE_CHUNK:
-                    await self._in_thread(target.write, b"".join(pending))
-                    size += pending_size
-                    pending, pending_size = [], 0
+                if sum(map(len, pending)) >= _WRITE_CHUNK:
+                    size += await self._in_thread(target.write, b"".join(pending))
+                    pending = []
                 else:
                     await deferLater(self._reactor, 0, lambda: None)
                 page = await self.storage.scan(page.cursor, _PAGE_SIZE)
-            pending.append(b"\n" + _footer(count) if count else _footer(count))
-            pending_size += len(pending[-1])
-            await self._in_thread(target.write, b"".join(pending))
+            pending.append(layout.footer())
+            size += await self._in_thread(target.write, b"".join(pending))
             await self._in_thread(target.commit)
         except BaseException:
             await self._in_thread(target.abort)
             raise
-        return count, size + pending_size
+        return layout.count, size
 
 
 class SnapshotService(TimerService):

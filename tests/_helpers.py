@@ -109,12 +109,16 @@ class Daemon:
     """
 
     def __init__(
-        self, args: list[str], env: dict[str, str] | None = None, cwd: str = CHECKOUT
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cwd: str = CHECKOUT,
+        terminal: bool = False,
     ) -> None:
         self._child = _Child()
         environment = {**os.environ, "PYTHONPATH": CHECKOUT, **(env or {})}
         self.process = reactor.spawnProcess(
-            self._child, args[0], args, env=environment, path=cwd
+            self._child, args[0], args, env=environment, path=cwd, usePTY=terminal
         )
         self.ended = self._child.ended
 
@@ -180,8 +184,27 @@ async def serve(test, service) -> str:
     from twisted.internet.endpoints import serverFromString
 
     from ersid.rest import makeSite
+    from ersid.tap import _endpoint_description
 
-    endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+    # As the daemon listens: loopback, with its backlog.
+    endpoint = serverFromString(reactor, _endpoint_description("0"))
     port = await endpoint.listen(makeSite(service))
     test.addCleanup(port.stopListening)
     return f"http://127.0.0.1:{port.getHost().port}"
+
+
+def captured_log(test) -> list[str]:
+    """
+    The text of every log event emitted from now until the end of C{test},
+    growing as they come.
+    """
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    messages: list[str] = []
+
+    def observe(event: dict) -> None:
+        messages.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    test.addCleanup(globalLogPublisher.removeObserver, observe)
+    return messages

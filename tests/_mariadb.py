@@ -17,19 +17,13 @@ import MySQLdb
 
 from ersid.mysql import MySQLSettings
 
-from ._helpers import CHECKOUT, require
+from ._helpers import CHECKOUT, free_port_holder, require
 
 INSTALL_HINT = (
     "needs a MariaDB server: apt-get install mariadb-server libmariadb-dev "
     "pkg-config (bin/dev test does this as root)"
 )
 PASSWORD = "ersid-test-password"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class MariaDB:
@@ -39,7 +33,8 @@ class MariaDB:
         self.root = root
         self.data = os.path.join(root, "data")
         self.socket = os.path.join(root, "mysqld.sock")
-        self.port = _free_port()
+        holder, self.port = free_port_holder()
+        holder.close()
         self.process: subprocess.Popen[bytes] | None = None
         arguments = ["--no-defaults", f"--datadir={self.data}"]
         if os.geteuid() == 0:

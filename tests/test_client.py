@@ -188,6 +188,21 @@ class CommandTests(_ServerTestCase):
 
         return self.run_async(check())
 
+    def test_bench_shows_progress_on_a_terminal(self):
+        async def check():
+            command = Daemon(
+                [
+                    *(sys.executable, "-c", "from ersid.bench import main; main()"),
+                    *("--url", self.url, "-d", "1", "-c", "2", "--keys", "5"),
+                ],
+                terminal=True,
+            )
+            self.assertEqual(await command.ended, 0)
+            self.assertRegex(command.output, r"\r\[#+ *\] +\d+% \d+ requests")
+            self.assertIn("throughput:", command.output)
+
+        return self.run_async(check())
+
     def test_bench_reports_json(self):
         async def check():
             command = Daemon(

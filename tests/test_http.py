@@ -6,6 +6,7 @@ what is tested: body limits before buffering, HEAD, keep-alive.
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 
 import treq
 from twisted.internet import reactor
@@ -14,7 +15,6 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     connectProtocol,
-    serverFromString,
 )
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
@@ -24,9 +24,8 @@ from twisted.web.client import HTTPConnectionPool
 
 from ersid.memory import DictStorage
 from ersid.rest import Service, makeSite
-from ersid.tap import _endpoint_description
 
-from ._helpers import raw_exchange
+from ._helpers import raw_exchange, serve
 
 LIMIT = 1000
 
@@ -36,17 +35,14 @@ class _ServedTestCase(TestCase):
 
     def setUp(self):
         self.storage = DictStorage()
-        endpoint = serverFromString(reactor, _endpoint_description("0"))
-        listening = endpoint.listen(makeSite(Service(self.storage, LIMIT)))
-
-        def listened(port):
-            self.addCleanup(port.stopListening)
-            self.port = port.getHost().port
-            self.url = f"http://127.0.0.1:{self.port}"
-
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(self.pool.closeCachedConnections)
-        return listening.addCallback(listened)
+
+        async def start():
+            self.url = await serve(self, Service(self.storage, LIMIT))
+            self.port = urlsplit(self.url).port
+
+        return Deferred.fromCoroutine(start())
 
     def run_async(self, coroutine) -> Deferred:
         return Deferred.fromCoroutine(coroutine)
@@ -154,13 +150,17 @@ class SlowClientTests(TestCase):
         self.channel.makeConnection(self.transport)
         self.addCleanup(self.channel.connectionLost, None)
 
-    def test_body_one_byte_a_second_cut_off_at_deadline(self):
+    def trickle(self, length: int, seconds: int) -> None:
+        """Send a PUT of C{length} bytes, one byte a second for C{seconds}."""
         self.channel.dataReceived(
-            b"PUT /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+            b"PUT /slow HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % length
         )
-        for _ in range(29):
+        for _ in range(seconds):
             self.clock.advance(1)
             self.channel.dataReceived(b"x")
+
+    def test_body_one_byte_a_second_cut_off_at_deadline(self):
+        self.trickle(100, 29)
         self.assertFalse(self.transport.disconnecting)
         self.clock.advance(1)
         head, _, body = self.transport.value().partition(b"\r\n\r\n")
@@ -170,12 +170,7 @@ class SlowClientTests(TestCase):
         self.assertIsNone(self.successResultOf(self.storage.get("slow")))
 
     def test_slow_but_complete_body_accepted(self):
-        self.channel.dataReceived(
-            b"PUT /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
-        )
-        for _ in range(10):
-            self.clock.advance(1)
-            self.channel.dataReceived(b"x")
+        self.trickle(10, 10)
         self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 201 "))
         self.assertEqual(
             self.successResultOf(self.storage.get("slow")).value, b"x" * 10

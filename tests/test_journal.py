@@ -10,17 +10,19 @@ import os
 import shutil
 import subprocess
 
+from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from ersid.journal import Journal, JournalCorrupt, JournalEntry, read_journal
 from ersid.memory import DictStorage
+from ersid.rest import Service
 from ersid.snapshot import Snapshotter, load_snapshot
 from ersid.storage import Precondition, Record, StorageUnavailable
+from ersid.tap import _health
 
-from ._helpers import require
+from ._helpers import captured_log, require
 
 
 def _replayed(directory: str, after: int = 0) -> dict[str, Record]:
@@ -39,10 +41,7 @@ class _JournalTestCase(TestCase):
     def setUp(self):
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
-        self.logged: list[str] = []
-        observer = lambda event: self.logged.append(formatEvent(event))  # noqa: E731
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.logged = captured_log(self)
 
     def open(self, directory: str | None = None) -> DictStorage:
         directory = directory or self.directory
@@ -207,6 +206,17 @@ class DiskFullTests(_JournalTestCase):
         )
         self.addCleanup(subprocess.run, ["umount", "-l", self.small], check=True)
 
+    async def health(self, storage: DictStorage) -> dict:
+        """/_health of a daemon persisting C{storage} with its journal."""
+        snapshotter = Snapshotter(
+            storage,
+            os.path.join(self.directory, "s.json"),
+            reactor,
+            journal=storage.journal,
+        )
+        api = StubTreq(Service(storage, health=lambda: _health(snapshotter)).resource())
+        return await (await api.get("http://ersid.test/_health")).json()
+
     def test_full_disk_refuses_then_recovers(self):
         async def check():
             storage = self.open(self.small)
@@ -223,6 +233,9 @@ class DiskFullTests(_JournalTestCase):
             self.assertIsNone(await storage.get(failed_key))
             self.assertEqual((await storage.get("before")).value, b"ok")
             self.assertEqual(storage.journal.error, "No space left on device")
+            health = await self.health(storage)
+            self.assertEqual(health["status"], "degraded")
+            self.assertEqual(health["journal"]["error"], "No space left on device")
             with self.assertRaises(StorageUnavailable):
                 await storage.set("before", b"y" * 30_000)
             self.assertEqual((await storage.get("before")).value, b"ok")
@@ -230,6 +243,7 @@ class DiskFullTests(_JournalTestCase):
             os.unlink(filler)
             await storage.set("after", b"room again")
             self.assertIsNone(storage.journal.error)
+            self.assertEqual((await self.health(storage))["status"], "ok")
             await storage.journal.stop()
             replayed = _replayed(self.small)
             self.assertEqual(set(replayed), set(await storage.keys(limit=1000)))

@@ -27,7 +27,7 @@ from ersid.manhole import (
 )
 from ersid.tap import Options, makeService
 
-from ._helpers import Daemon, http, require
+from ._helpers import Daemon, captured_log, http, require
 
 
 def _ssh_keygen(path: str, kind: str = "ed25519") -> str:
@@ -155,8 +155,16 @@ class ManholeOptionsTests(TestCase):
 
     def test_off_without_credentials(self):
         nowhere = os.path.join(self.data_dir, "no-such-file")
+        logged = captured_log(self)
         children = self.children("--manhole-authorized-keys", nowhere)
         self.assertNotIn("SSH manhole", children)
+        self.assertTrue(
+            any(
+                f"SSH manhole off: no keys in {nowhere} and no --manhole-passwd" in m
+                for m in logged
+            ),
+            logged,
+        )
         self.assertFalse(os.path.exists(os.path.join(self.data_dir, HOST_KEY_NAME)))
 
     def test_none_turns_it_off(self):
@@ -186,6 +194,7 @@ class OpenSSHSessionTests(TestCase):
 
     def setUp(self):
         _require_openssh()
+        self.logged = captured_log(self)
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
         self.key = os.path.join(self.directory, "operator")
@@ -279,6 +288,9 @@ class OpenSSHSessionTests(TestCase):
             self.assertEqual(await response.content(), b"from-ssh")
             client.process.write(b"\x04")
             self.assertEqual(await client.ended, 0)
+            self.assertIn(
+                "Manhole login by operator from 127.0.0.1 (publickey)", self.logged
+            )
 
         return self.run_async(check())
 
@@ -289,6 +301,13 @@ class OpenSSHSessionTests(TestCase):
             client = self.key_login(stranger)
             self.assertEqual(await client.ended, 255)
             self.assertIn("Permission denied", client.output)
+            self.assertIn(
+                "Manhole login refused for operator from 127.0.0.1 (publickey)",
+                self.logged,
+            )
+            self.assertNotIn(
+                "Manhole login by operator from 127.0.0.1 (publickey)", self.logged
+            )
 
         return self.run_async(check())
 
@@ -306,5 +325,8 @@ class OpenSSHSessionTests(TestCase):
             client = self.password_login("guess")
             self.assertEqual(await client.ended, 255)
             self.assertIn("Permission denied", client.output)
+            self.assertIn(
+                "Manhole login refused for ops from 127.0.0.1 (password)", self.logged
+            )
 
         return self.run_async(check())

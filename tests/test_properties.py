@@ -77,7 +77,7 @@ class _ModelCheck:
         current = self.model.get(key)
         precondition = _precondition(condition, current)
         expected_to_apply = precondition is None or precondition.holds(
-            None if current is None else _record(current)
+            None if current is None else Record(*current)
         )
         try:
             result = self.call(self.storage.set, key, value, content_type, precondition)
@@ -96,7 +96,7 @@ class _ModelCheck:
         if precondition is not None and precondition.exists is False:
             precondition = None
         expected_to_apply = precondition is None or precondition.holds(
-            None if current is None else _record(current)
+            None if current is None else Record(*current)
         )
         try:
             deleted = self.call(self.storage.delete, key, precondition)
@@ -130,10 +130,6 @@ class _ModelCheck:
     def finish(self) -> None:
         count, _ = self.call(self.storage.stats)
         self.test.assertEqual(count, len(self.model))
-
-
-def _record(entry):
-    return Record(*entry)
 
 
 class _PropertyMixin:

@@ -12,7 +12,6 @@ import os
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from ersid.memory import DictStorage
@@ -24,6 +23,8 @@ from ersid.snapshot import (
     remove_stale_temporaries,
 )
 from ersid.storage import Record, StorageUnavailable
+
+from ._helpers import captured_log
 
 SAMPLE = [
     ("text", Record(b"myvalue", "text/plain", 3)),
@@ -52,14 +53,10 @@ class SnapshotTestsMixin:
         self.directory = self.mktemp()
         os.makedirs(self.directory)
         self.path = os.path.join(self.directory, "snapshot.json")
-        self.logged: list[dict] = []
-        globalLogPublisher.addObserver(self.logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
+        self.logged = captured_log(self)
 
     def messages(self) -> list[str]:
-        from twisted.logger import formatEvent
-
-        return [formatEvent(event) for event in self.logged]
+        return self.logged
 
 
 class SnapshotterTests(SnapshotTestsMixin, TestCase):
