@@ -6,6 +6,7 @@ from ersid.memory import DictStorage
 from ersid.rest import Service, makeSite
 from ersid.storage import (
     DEFAULT_CONTENT_TYPE,
+    IImmediateReads,
     IStorage,
     Page,
     Precondition,
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "DictStorage",
+    "IImmediateReads",
     "IStorage",
     "Page",
     "Precondition",

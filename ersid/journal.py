@@ -21,7 +21,7 @@ import struct
 import sys
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -49,6 +49,7 @@ _PREFIX = "journal."
 _MAX_ENTRY = 1 << 31
 
 _log = Logger()
+_T = TypeVar("_T")
 
 
 class JournalCorrupt(Exception):
@@ -175,7 +176,8 @@ def read_journal(directory: str, after: int) -> Iterator[JournalEntry]:
 class _Pending:
     data: bytes
     undo: Callable[[], None]
-    done: Deferred[None]
+    done: Deferred[Any]
+    result: Any
 
 
 class Journal:
@@ -236,13 +238,16 @@ class Journal:
             self._stop_waiters.append(stopped)
         return stopped
 
-    def append(self, entry: JournalEntry, undo: Callable[[], None]) -> Deferred[None]:
+    def append(
+        self, entry: JournalEntry, undo: Callable[[], None], result: _T
+    ) -> Deferred[_T]:
         """
-        Queue C{entry}, whose change is already made in memory; C{undo}
-        reverts that change if the entry cannot be written.
+        Queue C{entry}, whose change is already made in memory, and fire
+        with C{result} once it is written; C{undo} reverts the change if the
+        entry cannot be written.
         """
-        done: Deferred[None] = Deferred()
-        self._queue.append(_Pending(entry.encode(), undo, done))
+        done: Deferred[_T] = Deferred()
+        self._queue.append(_Pending(entry.encode(), undo, done, result))
         self._kick()
         return done
 
@@ -361,7 +366,7 @@ class Journal:
                 _log.info("Journal {path} writable again", path=self._path)
                 self.error = None
             for pending in entries:
-                pending.done.callback(None)
+                pending.done.callback(pending.result)
         else:
             self._refuse(entries, outcome)
         # The callbacks above may already have started the next batch.

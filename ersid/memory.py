@@ -16,6 +16,7 @@ from zope.interface import implementer
 from ersid.journal import Journal, JournalEntry
 from ersid.storage import (
     DEFAULT_CONTENT_TYPE,
+    IImmediateReads,
     IStorage,
     Page,
     Precondition,
@@ -36,7 +37,7 @@ class _ScanCursor:
     position: int = 0
 
 
-@implementer(IStorage)
+@implementer(IStorage, IImmediateReads)
 class DictStorage:
     """
     Keep every record in a dict, with a sorted index of the keys for
@@ -84,8 +85,7 @@ class DictStorage:
         if self.journal is None:
             return succeed(result)
         entry = JournalEntry(self._revision, key, record)
-        written = self.journal.append(entry, lambda: self._restore(key, previous))
-        return written.addCallback(lambda _: result)
+        return self.journal.append(entry, lambda: self._restore(key, previous), result)
 
     def _restore(self, key: str, previous: Record | None) -> None:
         present = key in self._records
@@ -100,6 +100,9 @@ class DictStorage:
 
     def get(self, key: str) -> Deferred[Record | None]:
         return succeed(self._records.get(key))
+
+    def get_now(self, key: str) -> Record | None:
+        return self._records.get(key)
 
     def set(
         self,

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +27,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ersid.storage import (
     DEFAULT_CONTENT_TYPE,
+    IImmediateReads,
     IStorage,
     Precondition,
     PreconditionFailed,
@@ -93,7 +94,7 @@ def _decode_key(raw_path: bytes) -> str:
     Turn the raw request path into a key: strip the leading slash,
     percent-decode, and insist on UTF-8 within the size limit.
     """
-    encoded = unquote_to_bytes(raw_path[1:])
+    encoded = unquote_to_bytes(raw_path[1:]) if b"%" in raw_path else raw_path[1:]
     if not encoded:
         raise ApiError(400, "bad_key", "the key must not be empty")
     if len(encoded) > MAX_KEY_BYTES:
@@ -234,6 +235,7 @@ class Service:
         self.storage = storage
         self.max_value_size = max_value_size
         self._health = health
+        self._get_now = storage.get_now if IImmediateReads.providedBy(storage) else None
 
     def resource(self) -> IResource:
         """
@@ -308,13 +310,15 @@ class Service:
         raise ApiError(400, "bad_key", "the key must not be empty")
 
     # The key routes do their checks, then make one storage call and render
-    # its result in a callback: no coroutine, so that the fast path of
-    # L{resource} can run them with little more than a Deferred's cost.
+    # its result, at once if they can or else in a callback: no coroutine,
+    # so that the fast path of L{resource} can run them at little cost.
 
     @app.route("/<path:_>", methods=["GET", "HEAD"])
-    def get_key(self, request: IRequest, _: str | None) -> Deferred[bytes]:
+    def get_key(self, request: IRequest, _: str | None) -> bytes | Deferred[bytes]:
         """Return a value byte for byte, with its content type and ETag."""
         key = _key_of(request)
+        if self._get_now is not None:
+            return _render_record(self._get_now(key), request, key)
         return self.storage.get(key).addCallback(_render_record, request, key)
 
     @app.route("/<path:_>", methods=["PUT", "POST"])
@@ -401,20 +405,23 @@ class _FastPath(Resource):
         try:
             rendering = handler(request, None)
         except Exception:
-            rendering = fail()
-        bodies: list[bytes] = []
+            rendering = self._service.render_failure(request, Failure())
+        if isinstance(rendering, bytes):
+            if request.code in _NO_BODY_CODES:
+                _finish(rendering, request)
+                return NOT_DONE_YET
+            # twisted.web writes it with its Content-Length in one go.
+            return rendering
         rendering.addCallbacks(
-            bodies.append,
-            lambda failure: bodies.append(
-                self._service.render_failure(request, failure)
-            ),
+            _finish,
+            self._finish_failure,
+            callbackArgs=(request,),
+            errbackArgs=(request,),
         )
-        if bodies and request.code not in _NO_BODY_CODES:
-            # Already answered (the dict backend): let twisted.web write it
-            # in one go, as it does for any resource that returns bytes.
-            return bodies[0]
-        rendering.addCallback(lambda _: _finish(bodies[0], request))
         return NOT_DONE_YET
+
+    def _finish_failure(self, failure: Failure, request: IRequest) -> None:
+        _finish(self._service.render_failure(request, failure), request)
 
 
 _NO_BODY_CODES = (204, 304)
@@ -429,7 +436,8 @@ def _finish(body: bytes, request: IRequest) -> None:
     if not request.finished and not request._disconnected:
         if request.code not in _NO_BODY_CODES and request.method != b"HEAD":
             request.setHeader(b"Content-Length", b"%d" % (len(body),))
-        request.write(body)
+        if body:
+            request.write(body)
         request.finish()
 
 
@@ -438,13 +446,19 @@ class _BoundedRequest(Request):
     A request that refuses a body larger than its site's C{max_body_size}
     as soon as the size is known, before buffering it, and a body that takes
     longer than C{body_timeout} seconds to arrive, however steadily it
-    trickles in (Twisted's idle timeout restarts with every byte).
+    trickles in (Twisted's idle timeout restarts with every byte, and closes
+    a connection whose body never starts after a minute).
+
+    The deadline's timer is set only once a body turns out not to arrive in
+    one piece, which a small body almost always does.
     """
 
     _parsePOSTFormSubmission = False
     defaultContentType = None
     _refused = False
     _received = 0
+    _expected: int | None = 0
+    _started = 0.0
     _deadline: Any = None
 
     def gotLength(self, length: int | None) -> None:
@@ -453,20 +467,26 @@ class _BoundedRequest(Request):
             self._refuse(413, _too_large(site.max_body_size))
             return
         super().gotLength(length)
+        self._expected = length
         if length != 0:
-            self._deadline = site.reactor.callLater(site.body_timeout, self._too_slow)
+            self._started = site.reactor.seconds()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
             return
         self._received += len(data)
-        if self._received > self.channel.site.max_body_size:
-            self._refuse(413, _too_large(self.channel.site.max_body_size))
-        else:
-            super().handleContentChunk(data)
+        site = self.channel.site
+        if self._received > site.max_body_size:
+            self._refuse(413, _too_large(site.max_body_size))
+            return
+        super().handleContentChunk(data)
+        if self._deadline is None and self._received != self._expected:
+            remaining = self._started + site.body_timeout - site.reactor.seconds()
+            self._deadline = site.reactor.callLater(max(remaining, 0), self._too_slow)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        self._cancel_deadline()
+        if self._deadline is not None:
+            self._cancel_deadline()
         if not self._refused:
             super().requestReceived(command, path, version)
 

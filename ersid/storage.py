@@ -5,6 +5,7 @@ return Deferreds, and speaks in L{Record}s and L{Precondition}s.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 import attrs
@@ -12,6 +13,7 @@ from zope.interface import Attribute, Interface
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
+    "IImmediateReads",
     "IStorage",
     "Page",
     "Precondition",
@@ -32,7 +34,8 @@ class Record:
     """
 
     value: bytes
-    content_type: str = DEFAULT_CONTENT_TYPE
+    # Interned: a million records share a handful of content types.
+    content_type: str = attrs.field(default=DEFAULT_CONTENT_TYPE, converter=sys.intern)
     version: int = 0
 
 
@@ -178,4 +181,17 @@ class IStorage(Interface):
         Release the backend's resources.
 
         @return: Deferred firing when done.
+        """
+
+
+class IImmediateReads(Interface):
+    """
+    A backend that holds its data in memory and can answer a read at once,
+    so that the REST service need not wrap every read in a Deferred.
+    """
+
+    def get_now(key: str):
+        """
+        @return: the L{Record} of C{key}, or C{None}: what L{IStorage.get}
+            would fire with.
         """

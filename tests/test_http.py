@@ -169,6 +169,14 @@ class SlowClientTests(TestCase):
         self.assertTrue(self.transport.disconnecting)
         self.assertIsNone(self.successResultOf(self.storage.get("slow")))
 
+    def test_body_that_never_starts_dropped_by_idle_timeout(self):
+        self.trickle(100, 0)
+        self.clock.advance(59)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertIsNone(self.successResultOf(self.storage.get("slow")))
+
     def test_slow_but_complete_body_accepted(self):
         self.trickle(10, 10)
         self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 201 "))

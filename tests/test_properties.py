@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from ersid.journal import Journal, read_journal
 from ersid.memory import DictStorage
-from ersid.storage import Precondition, PreconditionFailed, Record
+from ersid.storage import IImmediateReads, Precondition, PreconditionFailed, Record
 
 KEYS = st.sampled_from(["a", "A", "a ", "a/b", "a/c", "b", "é", "🔑", "a%2F"])
 VALUES = st.binary(max_size=20)
@@ -108,14 +108,17 @@ class _ModelCheck:
         self.model.pop(key, None)
 
     def get(self, key) -> None:
-        record = self.call(self.storage.get, key)
+        records = [self.call(self.storage.get, key)]
+        if IImmediateReads.providedBy(self.storage):
+            records.append(self.call(self.storage.get_now, key))
         expected = self.model.get(key)
-        if expected is None:
-            self.test.assertIsNone(record)
-        else:
-            self.test.assertEqual(
-                (record.value, record.content_type, record.version), expected
-            )
+        for record in records:
+            if expected is None:
+                self.test.assertIsNone(record)
+            else:
+                self.test.assertEqual(
+                    (record.value, record.content_type, record.version), expected
+                )
 
     def keys(self, prefix, after, limit) -> None:
         expected = sorted(

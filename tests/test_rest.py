@@ -10,15 +10,26 @@ from urllib.parse import quote
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer_only
 
 from ersid.memory import DictStorage
 from ersid.rest import MAX_KEY_BYTES, Service
-from ersid.storage import Record
+from ersid.storage import IStorage, Record
 
 BASE = "http://ersid.test"
 
 
 class _BrokenStorage(DictStorage):
+    """A bug in reads answered at once."""
+
+    def get_now(self, key):
+        raise ZeroDivisionError("a bug")
+
+
+@implementer_only(IStorage)
+class _BrokenLaterStorage(DictStorage):
+    """A bug in reads answered through a Deferred."""
+
     def get(self, key):
         return fail(ZeroDivisionError("a bug"))
 
@@ -359,14 +370,14 @@ class RestTests(TestCase):
         return self.run_async(check())
 
     def test_unexpected_error_is_json_without_traceback(self):
-        self.http = StubTreq(Service(_BrokenStorage()).resource())
-
         async def check():
-            response, content = await self.request("GET", "/k")
-            self.assertEqual(response.code, 500)
-            self.assertEqual(json.loads(content)["error"], "internal")
-            self.assertNotIn(b"Traceback", content)
-            self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+            for storage in _BrokenStorage(), _BrokenLaterStorage():
+                self.http = StubTreq(Service(storage).resource())
+                response, content = await self.request("GET", "/k")
+                self.assertEqual(response.code, 500)
+                self.assertEqual(json.loads(content)["error"], "internal")
+                self.assertNotIn(b"Traceback", content)
+                self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
         return self.run_async(check())
 
