@@ -276,7 +276,8 @@ def scale(count: int, seconds: float) -> dict:
             finally:
                 writer.kill()
             _, peak = _memory_mb(process.pid)
-            log = (process.startup_output + process.stdout.read1(1 << 20)).decode()
+        # Read once the daemon has stopped: all of its log is there then.
+        log = (process.startup_output + process.stdout.read()).decode()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     snapshots = re.findall(r"Dumping (\d+) keys in (\d+) bytes", log)
