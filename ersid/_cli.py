@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
 from ersid.client import (
@@ -22,6 +23,7 @@ from ersid.client import (
     PreconditionFailed,
     ServerUnavailable,
 )
+from ersid.storage import DEFAULT_CONTENT_TYPE
 
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
@@ -54,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     put = commands.add_parser("set", help="store a value ('-' reads stdin)")
     put.add_argument("key")
     put.add_argument("value")
-    put.add_argument("--content-type", default="application/octet-stream")
+    put.add_argument("--content-type", default=DEFAULT_CONTENT_TYPE)
     put.add_argument("--if-match", metavar="ETAG", help="only if the ETag matches")
     put.add_argument("--create-only", action="store_true", help="only if absent")
     delete = commands.add_parser("delete", help="remove a key")
@@ -100,7 +102,5 @@ def main(argv: list[str] | None = None) -> None:
         except ClientError as e:
             print(f"ersid: {e}", file=sys.stderr)
             raise SystemExit(_EXIT_CODES.get(type(e), EXIT_REJECTED)) from None
-
-    from twisted.internet.defer import Deferred
 
     react(lambda reactor: Deferred.fromCoroutine(run(reactor)))

@@ -16,6 +16,8 @@ from twisted.internet.error import ConnectError, ConnectionLost
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.iweb import IResponse
 
+from ersid.storage import DEFAULT_CONTENT_TYPE
+
 __all__ = [
     "Client",
     "ClientError",
@@ -118,7 +120,7 @@ class Client:
             headers = response.headers
             return Value(
                 body,
-                headers.getRawHeaders("content-type", ["application/octet-stream"])[0],
+                headers.getRawHeaders("content-type", [DEFAULT_CONTENT_TYPE])[0],
                 headers.getRawHeaders("etag", [""])[0],
             )
 
@@ -128,7 +130,7 @@ class Client:
         self,
         key: str,
         data: bytes,
-        content_type: str = "application/octet-stream",
+        content_type: str = DEFAULT_CONTENT_TYPE,
         if_match: str | None = None,
         create_only: bool = False,
     ) -> Deferred[str]:

@@ -302,14 +302,18 @@ class MySQLStorage:
         self._pool.close()
 
 
-def _select_record(cursor: Any, key: bytes) -> Record | None:
+def _select_record(cursor: Any, key: bytes, for_update: bool = False) -> Record | None:
     cursor.execute(
         "SELECT ersid_value, content_type, version FROM ersid_data "
-        "WHERE ersid_key = %s",
+        "WHERE ersid_key = %s" + (" FOR UPDATE" if for_update else ""),
         (key,),
     )
     row = cursor.fetchone()
-    return None if row is None else Record(bytes(row[0]), row[1], int(row[2]))
+    return None if row is None else _record(*row)
+
+
+def _record(value: Any, content_type: str, version: Any) -> Record:
+    return Record(bytes(value), content_type, int(version))
 
 
 def _next_revision(cursor: Any) -> int:
@@ -324,13 +328,7 @@ def _check(
 ) -> None:
     if precondition is None:
         return
-    cursor.execute(
-        "SELECT ersid_value, content_type, version FROM ersid_data "
-        "WHERE ersid_key = %s FOR UPDATE",
-        (encoded,),
-    )
-    row = cursor.fetchone()
-    current = None if row is None else Record(bytes(row[0]), row[1], int(row[2]))
+    current = _select_record(cursor, encoded, for_update=True)
     if not precondition.holds(current):
         raise PreconditionFailed(key, current)
 
@@ -402,9 +400,6 @@ def _select_page(cursor: Any, after: object | None, limit: int) -> Page:
         (after or b"", limit),
     )
     rows = cursor.fetchall()
-    items = [
-        (bytes(key).decode("utf-8"), Record(bytes(value), content_type, int(version)))
-        for key, value, content_type, version in rows
-    ]
+    items = [(bytes(row[0]).decode("utf-8"), _record(*row[1:])) for row in rows]
     last = bytes(rows[-1][0]) if len(rows) == limit else None
     return Page(items, last)

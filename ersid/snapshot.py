@@ -251,8 +251,10 @@ class Snapshotter:
     Writes snapshots of a store to one path, one at a time, never failing:
     the outcome of each attempt is logged and kept in L{last}.
 
-    Serialising happens on the reactor thread a page at a time, yielding to
-    the reactor between pages; file I/O happens in the reactor's thread pool.
+    Given C{fork_with} (the dict backend's records), a forked child writes
+    each snapshot; otherwise serialising happens on the reactor thread a
+    page at a time, yielding to the reactor between pages, and file I/O in
+    the reactor's thread pool.
     """
 
     def __init__(
