@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES
+from twisted.web.http import RESPONSES, datetimeToString, unquote
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -441,6 +441,25 @@ def _finish(body: bytes, request: IRequest) -> None:
         request.finish()
 
 
+class _DateHeader:
+    """
+    The value of the Date header, formatted once a second instead of once a
+    request.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._second = -1
+        self._value = b""
+
+    def __call__(self) -> bytes:
+        second = int(self._clock.seconds())
+        if second != self._second:
+            self._second = second
+            self._value = datetimeToString(second)
+        return self._value
+
+
 class _BoundedRequest(Request):
     """
     A request that refuses a body larger than its site's C{max_body_size}
@@ -452,6 +471,36 @@ class _BoundedRequest(Request):
     The deadline's timer is set only once a body turns out not to arrive in
     one piece, which a small body almost always does.
     """
+
+    _postpath: list[bytes] | None = None
+
+    def process(self) -> None:
+        """
+        Twisted's C{process} less the work this site does not need, a tenth
+        of the cost of a small request: no traversal (the site's resource is
+        a leaf), no C{postpath} unless Klein asks for it, the Date header
+        formatted once a second, and no Server header advertising versions.
+        """
+        if self.path == b"*":
+            return super().process()
+        site = self.site = self.channel.site
+        self.responseHeaders.setRawHeaders(b"Date", [site.date_header()])
+        self.prepath = []
+        self.sitepath = []
+        try:
+            self.render(site.resource)
+        except BaseException:
+            self.processingFailed(Failure())
+
+    @property  # type: ignore[override]
+    def postpath(self) -> list[bytes]:
+        if self._postpath is None:
+            self._postpath = [unquote(part) for part in self.path[1:].split(b"/")]
+        return self._postpath
+
+    @postpath.setter
+    def postpath(self, segments: list[bytes]) -> None:
+        self._postpath = segments
 
     _parsePOSTFormSubmission = False
     defaultContentType = None
@@ -544,6 +593,7 @@ def makeSite(
         reactor=reactor,
     )
     site.body_timeout = body_timeout
+    site.date_header = _DateHeader(site.reactor)
     if access_log is None:
         site.log = lambda request: None
     site.max_body_size = service.max_value_size

@@ -136,11 +136,12 @@ class LoopbackTests(_ServedTestCase):
         return self.run_async(check())
 
 
-class SlowClientTests(TestCase):
-    """A body that trickles in is given a deadline, measured on a Clock."""
+class _ClockedTestCase(TestCase):
+    """The site over an in-memory connection, its time told by a Clock."""
 
     def setUp(self):
         self.clock = Clock()
+        self.clock.advance(1_700_000_000)  # Tue, 14 Nov 2023 22:13:20 GMT
         self.storage = DictStorage()
         site = makeSite(
             Service(self.storage, LIMIT), body_timeout=30, reactor=self.clock
@@ -149,6 +150,45 @@ class SlowClientTests(TestCase):
         self.transport = StringTransport()
         self.channel.makeConnection(self.transport)
         self.addCleanup(self.channel.connectionLost, None)
+
+
+class ResponseHeaderTests(_ClockedTestCase):
+    def response_head(self, request: bytes) -> list[bytes]:
+        self.transport.clear()
+        self.channel.dataReceived(request)
+        return self.transport.value().partition(b"\r\n\r\n")[0].split(b"\r\n")
+
+    def test_date_header_tells_the_current_second(self):
+        self.clock.advance(0.7)
+        get = b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n"
+        self.assertIn(b"Date: Tue, 14 Nov 2023 22:13:20 GMT", self.response_head(get))
+        self.clock.advance(0.2)
+        self.assertIn(b"Date: Tue, 14 Nov 2023 22:13:20 GMT", self.response_head(get))
+        self.clock.advance(0.2)
+        self.assertIn(b"Date: Tue, 14 Nov 2023 22:13:21 GMT", self.response_head(get))
+
+    def test_no_server_header_advertising_versions(self):
+        head = self.response_head(b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(head[0].startswith(b"HTTP/1.1 404 "), head)
+        self.assertFalse([line for line in head if line.lower().startswith(b"server:")])
+
+    def test_options_star_answered_by_twisted(self):
+        head = self.response_head(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(head[0].startswith(b"HTTP/1.1 200 "), head)
+
+    def test_api_endpoints_routed_by_klein_see_their_path(self):
+        self.channel.dataReceived(
+            b"PUT /a%2Fb HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv"
+        )
+        self.transport.clear()
+        self.channel.dataReceived(b"GET /_keys?prefix=a HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = self.transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+        self.assertEqual(json.loads(body)["keys"], ["a/b"])
+
+
+class SlowClientTests(_ClockedTestCase):
+    """A body that trickles in is given a deadline, measured on a Clock."""
 
     def trickle(self, length: int, seconds: int) -> None:
         """Send a PUT of C{length} bytes, one byte a second for C{seconds}."""
