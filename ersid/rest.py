@@ -470,8 +470,18 @@ class _BoundedRequest(Request):
 
     The deadline's timer is set only once a body turns out not to arrive in
     one piece, which a small body almost always does.
+
+    It also processes itself with less work than a twisted.web request (see
+    L{process}).
     """
 
+    _parsePOSTFormSubmission = False
+    defaultContentType = None
+    _refused = False
+    _received = 0
+    _expected: int | None = 0
+    _started = 0.0
+    _deadline: Any = None
     _postpath: list[bytes] | None = None
 
     def process(self) -> None:
@@ -501,14 +511,6 @@ class _BoundedRequest(Request):
     @postpath.setter
     def postpath(self, segments: list[bytes]) -> None:
         self._postpath = segments
-
-    _parsePOSTFormSubmission = False
-    defaultContentType = None
-    _refused = False
-    _received = 0
-    _expected: int | None = 0
-    _started = 0.0
-    _deadline: Any = None
 
     def gotLength(self, length: int | None) -> None:
         site = self.channel.site
