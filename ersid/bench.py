@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import time
@@ -49,11 +50,14 @@ def parse_mix(text: str) -> dict[str, int]:
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
-    """The value below which C{fraction} of C{sorted_values} lie."""
+    """
+    The nearest-rank percentile: the least of C{sorted_values} that at least
+    C{fraction} of them do not exceed.
+    """
     if not sorted_values:
         return 0.0
-    index = min(len(sorted_values) - 1, int(fraction * len(sorted_values)))
-    return sorted_values[index]
+    rank = math.ceil(fraction * len(sorted_values) - 1e-9)  # 0.07 * 100 > 7
+    return sorted_values[min(max(rank, 1), len(sorted_values)) - 1]
 
 
 class _Run:

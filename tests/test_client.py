@@ -244,6 +244,10 @@ class BenchHelperTests(TestCase):
 
     def test_percentile(self):
         values = [float(i) for i in range(1, 101)]
-        self.assertEqual(percentile(values, 0.5), 51.0)
-        self.assertEqual(percentile(values, 0.99), 100.0)
+        self.assertEqual(percentile(values, 0.5), 50.0)
+        self.assertEqual(percentile(values, 0.99), 99.0)
+        self.assertEqual(percentile(values, 0.999), 100.0)
+        self.assertEqual(percentile(values, 0.07), 7.0)
+        self.assertEqual(percentile(values, 0.0), 1.0)
+        self.assertEqual(percentile([7.0], 0.5), 7.0)
         self.assertEqual(percentile([], 0.5), 0.0)
