@@ -214,6 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("concurrency", "requests", "keys"):
         if getattr(arguments, name) < 1:
             _parser().error(f"--{name} must be at least 1")
+    if arguments.duration is not None and arguments.duration <= 0:
+        _parser().error("--duration must be more than 0 seconds")
+    if arguments.value_size < 0:
+        _parser().error("--value-size must not be negative")
 
     async def run(reactor: Any) -> None:
         report = await _benchmark(reactor, arguments)

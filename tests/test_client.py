@@ -6,13 +6,16 @@ Ersid on loopback.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
+from contextlib import redirect_stderr
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
+from ersid.bench import main as bench_main
 from ersid.bench import parse_mix, percentile
 from ersid.client import (
     Client,
@@ -241,6 +244,19 @@ class BenchHelperTests(TestCase):
         self.assertEqual(parse_mix("get=90, put=10"), {"GET": 90, "PUT": 10})
         for bad in ["get", "post=1", "get=x", "get=0"]:
             self.assertRaises(argparse.ArgumentTypeError, parse_mix, bad)
+
+    def test_bad_options_refused_with_usage_status(self):
+        for argv, complaint in [
+            (["-c", "0"], "--concurrency must be at least 1"),
+            (["-d", "0"], "--duration must be more than 0"),
+            (["--value-size", "-1"], "--value-size must not be negative"),
+            (["--mix", "post=1"], "post"),
+        ]:
+            stderr = io.StringIO()
+            with self.assertRaises(SystemExit) as exited, redirect_stderr(stderr):
+                bench_main(argv)
+            self.assertEqual(exited.exception.code, 2)
+            self.assertIn(complaint, stderr.getvalue())
 
     def test_percentile(self):
         values = [float(i) for i in range(1, 101)]
