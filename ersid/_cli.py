@@ -22,6 +22,7 @@ from ersid.client import (
     KeyNotFound,
     PreconditionFailed,
     ServerUnavailable,
+    check_url,
 )
 from ersid.storage import DEFAULT_CONTENT_TYPE
 
@@ -38,6 +39,14 @@ _EXIT_CODES = {
 }
 
 
+def url_argument(text: str) -> str:
+    """C{--url}, checked as the client will use it."""
+    try:
+        return check_url(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ersid",
@@ -47,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--url",
+        type=url_argument,
         default=os.environ.get("ERSID_URL", "http://localhost:8080"),
         help="server URL (default: $ERSID_URL, else http://localhost:8080)",
     )

@@ -21,6 +21,8 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import LoopingCall, cooperate, react
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from ersid._cli import url_argument
+
 __all__ = ["main", "parallel_map", "parse_mix", "percentile"]
 
 
@@ -190,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ersid-bench", description="Benchmark an Ersid server."
     )
-    parser.add_argument("--url", default="http://localhost:8080")
+    parser.add_argument("--url", type=url_argument, default="http://localhost:8080")
     parser.add_argument("-c", "--concurrency", type=int, default=10)
     parser.add_argument("-n", "--requests", type=int, default=10000)
     parser.add_argument(

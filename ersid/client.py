@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import attrs
 import treq
+from hyperlink import EncodedURL
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectError, ConnectionLost
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.internet.error import ConnectError, ConnectionClosed, DNSLookupError
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseFailed,
+)
 from twisted.web.iweb import IResponse
 
 from ersid.storage import DEFAULT_CONTENT_TYPE
@@ -27,6 +33,7 @@ __all__ = [
     "ServerUnavailable",
     "Value",
     "ValueTooLarge",
+    "check_url",
 ]
 
 
@@ -80,15 +87,62 @@ _ERRORS = {
 }
 
 
+_UNREACHABLE = (
+    ConnectError,
+    DNSLookupError,
+    ConnectionClosed,
+    ResponseFailed,
+    RequestTransmissionFailed,
+)
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, (ResponseFailed, RequestTransmissionFailed)):
+        return "; ".join(reason.getErrorMessage() for reason in error.reasons)
+    return str(error)
+
+
+def check_url(url: str) -> str:
+    """
+    Return C{url} if it can name an Ersid server: http or https, a host name
+    or IPv4 address, an optional port and path, no query or fragment.
+
+    IPv6 literals are refused: treq cannot request them (hyperlink issue 68);
+    a host name that resolves to the address works.
+
+    @raise ValueError: if it cannot, saying why.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a bad port raises ValueError)
+    except ValueError as e:
+        raise ValueError(f"bad URL {url!r}: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"bad URL {url!r}: expected http://HOST[:PORT]")
+    if parts.query or parts.fragment:
+        raise ValueError(f"bad URL {url!r}: a query or fragment makes no sense here")
+    if ":" in parts.hostname:
+        raise ValueError(
+            f"bad URL {url!r}: treq cannot use IPv6 literals; use a host name"
+        )
+    try:
+        EncodedURL.from_text(url).to_uri()  # as treq will, host name and all
+    except ValueError as e:
+        raise ValueError(f"bad URL {url!r}: {e}") from None
+    return url
+
+
 class Client:
     """
     Talk to the Ersid server at C{url}, such as C{http://localhost:8080}.
+
+    @raise ValueError: if C{url} is not an http or https URL (L{check_url}).
     """
 
     def __init__(self, url: str, reactor: Any = None, persistent: bool = True) -> None:
         if reactor is None:
             from twisted.internet import reactor
-        self.url = url.rstrip("/")
+        self.url = check_url(url).rstrip("/")
         self.pool = HTTPConnectionPool(reactor, persistent=persistent)
         self.pool.maxPersistentPerHost = 64
         self._http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
@@ -99,8 +153,8 @@ class Client:
         try:
             response = await self._http.request(method, self.url + path, **kw)
             body = await treq.content(response)
-        except (ConnectError, ConnectionLost, ResponseFailed) as e:
-            raise ServerUnavailable(f"cannot reach {self.url}: {e}") from None
+        except _UNREACHABLE as e:
+            raise ServerUnavailable(f"cannot reach {self.url}: {_why(e)}") from None
         if response.code not in expected:
             try:
                 message = json.loads(body)["message"]

@@ -13,6 +13,8 @@ from contextlib import redirect_stderr
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
 from ersid.bench import main as bench_main
@@ -24,6 +26,7 @@ from ersid.client import (
     RequestRejected,
     ServerUnavailable,
     ValueTooLarge,
+    check_url,
 )
 from ersid.memory import DictStorage
 from ersid.rest import Service
@@ -120,6 +123,57 @@ class ClientTests(_ServerTestCase):
 
         return self.run_async(check())
 
+    def test_server_hanging_up_is_unavailable_in_words(self):
+        async def check():
+            port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+                Factory.forProtocol(_HangUp)
+            )
+            self.addCleanup(port.stopListening)
+            client = Client(f"http://127.0.0.1:{port.getHost().port}", reactor)
+            with self.assertRaises(ServerUnavailable) as raised:
+                await client.get("k")
+            message = str(raised.exception)
+            self.assertIn("cannot reach http://127.0.0.1:", message)
+            self.assertIn("closed cleanly", message)
+            self.assertNotIn("Failure", message)
+
+        return self.run_async(check())
+
+
+class _HangUp(Protocol):
+    """A server that closes every connection as soon as a request arrives."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.loseConnection()
+
+
+class URLTests(TestCase):
+    def test_server_urls_accepted(self):
+        for url in [
+            "http://localhost:8080",
+            "https://kv.example.com/",
+            "http://127.0.0.1:8080/prefix",
+            "http://é.example",
+        ]:
+            self.assertEqual(check_url(url), url)
+
+    def test_urls_that_cannot_name_a_server_refused(self):
+        for url, complaint in [
+            ("localhost:8080", "expected http://HOST[:PORT]"),
+            ("ftp://localhost", "expected http://HOST[:PORT]"),
+            ("http://", "expected http://HOST[:PORT]"),
+            ("http://localhost:99999", "Port out of range"),
+            ("http://[::1", "Invalid IPv6 URL"),
+            ("http://[::1]:8080", "IPv6 literals"),
+            ("http://exa mple", "not allowed"),
+            ("http://" + "x" * 64 + ".example", "Label too long"),
+            ("http://localhost/?a=1", "query or fragment"),
+        ]:
+            with self.assertRaises(ValueError) as raised:
+                Client(url, reactor)
+            self.assertIn(complaint, str(raised.exception))
+            self.assertIn(repr(url), str(raised.exception))
+
 
 class CommandTests(_ServerTestCase):
     def ersid(self, *args: str, stdin: bytes | None = None) -> Daemon:
@@ -178,6 +232,12 @@ class CommandTests(_ServerTestCase):
             self.assertNotIn("Traceback", output)
             status, _ = await self.outcome("frobnicate")
             self.assertEqual(status, 2)
+            status, output = await self.outcome(
+                "--url", "http://[::1]:8080", "get", "k"
+            )
+            self.assertEqual(status, 2)
+            self.assertIn("IPv6 literals", output)
+            self.assertNotIn("Traceback", output)
 
         return self.run_async(check())
 
