@@ -14,8 +14,10 @@ from contextlib import redirect_stderr
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IHostnameResolver, IHostResolution
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from ersid.bench import main as bench_main
 from ersid.bench import parse_mix, percentile
@@ -138,6 +140,38 @@ class ClientTests(_ServerTestCase):
             self.assertNotIn("Failure", message)
 
         return self.run_async(check())
+
+    def test_host_name_that_does_not_resolve_is_unavailable(self):
+        previous = reactor.installNameResolver(_NoAddresses())
+        self.addCleanup(reactor.installNameResolver, previous)
+        client = Client("http://nowhere.example:8080", reactor)
+
+        async def check():
+            with self.assertRaises(ServerUnavailable) as raised:
+                await client.get("k")
+            self.assertIn("DNS lookup failed", str(raised.exception))
+
+        return self.run_async(check())
+
+
+@implementer(IHostResolution)
+class _Resolution:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass
+
+
+@implementer(IHostnameResolver)
+class _NoAddresses:
+    """A name resolver that finds no address for any name, at once."""
+
+    def resolveHostName(self, receiver, hostName, *args, **kwargs):
+        resolution = _Resolution(hostName)
+        receiver.resolutionBegan(resolution)
+        receiver.resolutionComplete()
+        return resolution
 
 
 class _HangUp(Protocol):
