@@ -21,6 +21,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from ersid.memory import DictStorage
 from ersid.rest import Service, makeSite
@@ -143,10 +145,11 @@ class _ClockedTestCase(TestCase):
         self.clock = Clock()
         self.clock.advance(1_700_000_000)  # Tue, 14 Nov 2023 22:13:20 GMT
         self.storage = DictStorage()
-        site = makeSite(
+        self.site = makeSite(
             Service(self.storage, LIMIT), body_timeout=30, reactor=self.clock
         )
-        self.channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        address = IPv4Address("TCP", "127.0.0.1", 50000)
+        self.channel = self.site.buildProtocol(address)
         self.transport = StringTransport()
         self.channel.makeConnection(self.transport)
         self.addCleanup(self.channel.connectionLost, None)
@@ -185,6 +188,65 @@ class ResponseHeaderTests(_ClockedTestCase):
         head, _, body = self.transport.value().partition(b"\r\n\r\n")
         self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
         self.assertEqual(json.loads(body)["keys"], ["a/b"])
+
+
+class IdleTimeoutTests(_ClockedTestCase):
+    """
+    A connection that sends nothing for a minute, while none of its requests
+    is being answered, is dropped; on a Clock.
+    """
+
+    GET = b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def test_idle_keep_alive_connection_dropped_after_a_minute(self):
+        self.channel.dataReceived(self.GET)
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 404 "))
+        self.clock.advance(59.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_each_request_restarts_the_minute(self):
+        for _ in range(3):
+            self.clock.advance(59)
+            self.channel.dataReceived(self.GET)
+        self.clock.advance(59.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.assertEqual(self.transport.value().count(b"HTTP/1.1 404 "), 3)
+        self.clock.advance(0.1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_request_being_answered_is_not_timed_out(self):
+        pending = _Pending()
+        self.site.resource = pending
+        self.channel.dataReceived(self.GET)
+        self.clock.advance(600)
+        self.assertFalse(self.transport.disconnecting)
+        pending.requests[0].finish()
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 200 "))
+        self.clock.advance(59.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_no_timer_left_behind_by_a_closed_connection(self):
+        self.channel.dataReceived(self.GET)
+        self.channel.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class _Pending(Resource):
+    """A resource that answers only when told to."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list = []
+
+    def render(self, request):
+        self.requests.append(request)
+        return NOT_DONE_YET
 
 
 class SlowClientTests(_ClockedTestCase):
