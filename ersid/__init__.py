@@ -3,7 +3,8 @@ Ersid: a durable HTTP key-value store built on Twisted.
 """
 
 from ersid.memory import DictStorage
-from ersid.rest import Service, makeSite
+from ersid.rest import Service
+from ersid.site import makeSite
 from ersid.storage import (
     DEFAULT_CONTENT_TYPE,
     IImmediateReads,

@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ersid import manhole, rest
+from ersid import manhole, rest, site
 from ersid.journal import FSYNC_POLICIES, Journal, JournalCorrupt, read_journal
 from ersid.memory import DictStorage
 from ersid.snapshot import (
@@ -396,7 +396,7 @@ def makeService(options: Options) -> IService:
 
     daemon = MultiService()
     _Listener(
-        "REST API", options["rest-port"], rest.makeSite(api, options["access-log"])
+        "REST API", options["rest-port"], site.makeSite(api, options["access-log"])
     ).setServiceParent(daemon)
     namespace = {"service": api, "storage": storage, "reactor": reactor}
     try:

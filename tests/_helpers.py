@@ -183,7 +183,7 @@ async def serve(test, service) -> str:
     """
     from twisted.internet.endpoints import serverFromString
 
-    from ersid.rest import makeSite
+    from ersid.site import makeSite
     from ersid.tap import _endpoint_description
 
     # As the daemon listens: loopback, with its backlog.

@@ -25,7 +25,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ersid.memory import DictStorage
-from ersid.rest import Service, makeSite
+from ersid.rest import Service
+from ersid.site import makeSite
 
 from ._helpers import raw_exchange, serve
 
