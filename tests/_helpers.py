@@ -17,7 +17,6 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest
 from twisted.web.client import Agent, HTTPConnectionPool
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,15 +34,12 @@ def http_with_pool(pool: HTTPConnectionPool) -> HTTPClient:
 
 def require(condition: bool, reason: str) -> None:
     """
-    Skip the calling test with C{reason} unless C{condition}; under CI
-    (C{CI} set in the environment) a missing requirement fails instead,
-    so that a skip is never counted as a pass there.
+    Fail the calling test with C{reason} unless C{condition}: a test whose
+    requirement is missing fails rather than skips, so that no skip is ever
+    counted as a pass (C{bin/dev test} installs every requirement).
     """
-    if condition:
-        return
-    if os.environ.get("CI"):
-        raise AssertionError(f"required under CI: {reason}")
-    raise SkipTest(reason)
+    if not condition:
+        raise AssertionError(f"missing requirement: {reason}")
 
 
 class _Collector(Protocol):

@@ -143,7 +143,7 @@ _shared: MariaDB | None = None
 def shared_server() -> MariaDB:
     """
     The MariaDB server shared by the tests of one run, started on first use;
-    the test calling this is skipped (or failed, under CI) without one.
+    the test calling this fails, saying what to install, without one.
     """
     global _shared
     require(
