@@ -112,23 +112,22 @@ def check_url(url: str) -> str:
 
     @raise ValueError: if it cannot, saying why.
     """
+    problem = None
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (a bad port raises ValueError)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problem = "expected http://HOST[:PORT]"
+        elif parts.query or parts.fragment:
+            problem = "a query or fragment makes no sense here"
+        elif ":" in parts.hostname:
+            problem = "treq cannot use IPv6 literals; use a host name"
+        else:
+            EncodedURL.from_text(url).to_uri()  # as treq will, host name and all
     except ValueError as e:
-        raise ValueError(f"bad URL {url!r}: {e}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"bad URL {url!r}: expected http://HOST[:PORT]")
-    if parts.query or parts.fragment:
-        raise ValueError(f"bad URL {url!r}: a query or fragment makes no sense here")
-    if ":" in parts.hostname:
-        raise ValueError(
-            f"bad URL {url!r}: treq cannot use IPv6 literals; use a host name"
-        )
-    try:
-        EncodedURL.from_text(url).to_uri()  # as treq will, host name and all
-    except ValueError as e:
-        raise ValueError(f"bad URL {url!r}: {e}") from None
+        problem = str(e)
+    if problem is not None:
+        raise ValueError(f"bad URL {url!r}: {problem}")
     return url
 
 

@@ -48,6 +48,8 @@ DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 _MAX_CONTENT_TYPE_BYTES = 255
 
+_NO_BODY_CODES = (204, 304)
+
 _log = Logger()
 _OPENAPI = resources.files("ersid").joinpath("openapi.json").read_bytes()
 
@@ -63,9 +65,19 @@ class ApiError(Exception):
         self.code = code
         self.message = message
 
+    @property
+    def document(self) -> dict[str, str]:
+        """The JSON body that tells the client."""
+        return {"error": self.code, "message": self.message}
+
+
+def _json_bytes(document: dict[str, Any]) -> bytes:
+    """A JSON response body: one line of UTF-8."""
+    return json.dumps(document).encode("utf-8") + b"\n"
+
 
 def _json_body(request: IRequest, status: int, document: dict[str, Any]) -> bytes:
-    body = json.dumps(document).encode("utf-8") + b"\n"
+    body = _json_bytes(document)
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Content-Length", b"%d" % (len(body),))
@@ -74,15 +86,13 @@ def _json_body(request: IRequest, status: int, document: dict[str, Any]) -> byte
 
 def _empty(request: IRequest, status: int) -> bytes:
     request.setResponseCode(status)
-    if status not in (204, 304):
+    if status not in _NO_BODY_CODES:
         request.setHeader(b"Content-Length", b"0")
     return b""
 
 
 def _error_body(request: IRequest, error: ApiError) -> bytes:
-    return _json_body(
-        request, error.status, {"error": error.code, "message": error.message}
-    )
+    return _json_body(request, error.status, error.document)
 
 
 def _decode_key(raw_path: bytes) -> str:
@@ -418,9 +428,6 @@ class _FastPath(Resource):
 
     def _finish_failure(self, failure: Failure, request: IRequest) -> None:
         _finish(self._service.render_failure(request, failure), request)
-
-
-_NO_BODY_CODES = (204, 304)
 
 
 def _finish(body: bytes, request: IRequest) -> None:

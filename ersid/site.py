@@ -6,7 +6,6 @@ without per-request work a one-resource site does not need.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
@@ -14,7 +13,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, HTTPChannel, datetimeToString, unquote
 from twisted.web.server import Request, Site
 
-from ersid.rest import ApiError, Service, _too_large
+from ersid.rest import ApiError, Service, _json_bytes, _too_large
 
 __all__ = ["DEFAULT_BODY_TIMEOUT", "makeSite"]
 
@@ -197,7 +196,7 @@ class _BoundedRequest(Request):
         self.content = None
         # No "100 Continue": the client should not send the body at all.
         self.requestHeaders.removeHeader(b"Expect")
-        body = json.dumps({"error": error.code, "message": error.message}).encode()
+        body = _json_bytes(error.document)
         reason = RESPONSES.get(status, b"Error")
         head = (
             b"HTTP/1.1 %d %s\r\n"

@@ -279,7 +279,9 @@ class Snapshotter:
     def snapshot(self, force: bool = False) -> Deferred[SnapshotOutcome | None]:
         """
         Write a snapshot unless nothing changed since the last one written
-        (or C{force}); if one is being written, wait for it instead.
+        (or C{force}). If one is being written, wait for it, then for one
+        more if writes came in meanwhile (one for every caller that waited),
+        so that what is returned covers the store as it was when asked.
 
         @return: Deferred firing with the L{SnapshotOutcome}, or C{None} if
             nothing needed writing; it never fails.
@@ -294,8 +296,13 @@ class Snapshotter:
     def _finished(self, outcome: SnapshotOutcome | None) -> SnapshotOutcome | None:
         self._running = None
         waiting, self._waiting = self._waiting, []
-        for waiter in waiting:
-            waiter.callback(outcome)
+        if waiting:
+
+            def deliver(newer: SnapshotOutcome | None) -> None:
+                for waiter in waiting:
+                    waiter.callback(newer or outcome)
+
+            self.snapshot().addCallback(deliver)
         return outcome
 
     async def _attempt(self, force: bool) -> SnapshotOutcome | None:

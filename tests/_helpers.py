@@ -140,7 +140,12 @@ class Daemon:
 
     @property
     def output(self) -> str:
-        return self._child.output.decode("utf-8", "replace")
+        return self.output_bytes.decode("utf-8", "replace")
+
+    @property
+    def output_bytes(self) -> bytes:
+        """What it wrote to stdout and stderr, byte for byte."""
+        return self._child.output
 
     def said(self, pattern: bytes) -> Deferred[re.Match[bytes]]:
         match = re.search(pattern, self._child.output)

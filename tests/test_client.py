@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IHostnameResolver, IHostResolution
 from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -32,6 +33,7 @@ from ersid.client import (
 )
 from ersid.memory import DictStorage
 from ersid.rest import Service
+from ersid.site import makeSite
 
 from ._helpers import Daemon, free_port_holder, serve
 
@@ -141,6 +143,22 @@ class ClientTests(_ServerTestCase):
 
         return self.run_async(check())
 
+    def test_one_connection_serves_a_series_of_requests(self):
+        async def check():
+            counting = _CountingFactory(makeSite(Service(DictStorage())))
+            endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+            port = await endpoint.listen(counting)
+            self.addCleanup(port.stopListening)
+            client = Client(f"http://127.0.0.1:{port.getHost().port}", reactor)
+            self.addCleanup(client.close)
+            await client.set("k", b"v")
+            await client.get("k")
+            self.assertEqual(await client.list(), ["k"])
+            await client.delete("k")
+            self.assertEqual(counting.built, 1)
+
+        return self.run_async(check())
+
     def test_host_name_that_does_not_resolve_is_unavailable(self):
         previous = reactor.installNameResolver(_NoAddresses())
         self.addCleanup(reactor.installNameResolver, previous)
@@ -172,6 +190,16 @@ class _NoAddresses:
         receiver.resolutionBegan(resolution)
         receiver.resolutionComplete()
         return resolution
+
+
+class _CountingFactory(WrappingFactory):
+    """Count the connections a factory is asked to serve."""
+
+    built = 0
+
+    def buildProtocol(self, addr):
+        self.built += 1
+        return super().buildProtocol(addr)
 
 
 class _HangUp(Protocol):
@@ -243,6 +271,9 @@ class CommandTests(_ServerTestCase):
             self.assertEqual(
                 (record.value, record.content_type), (b"\x00\xff\n", "x/y")
             )
+            command = self.ersid("get", "bin")
+            self.assertEqual(await command.ended, 0)
+            self.assertEqual(command.output_bytes, b"\x00\xff\n")
 
         return self.run_async(check())
 

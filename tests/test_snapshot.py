@@ -190,6 +190,22 @@ class SnapshotterTests(SnapshotTestsMixin, TestCase):
 
         return self.run_async(check())
 
+    def test_request_during_a_write_gets_one_with_the_writes_made_meanwhile(self):
+        storage = DictStorage(SAMPLE, 12)
+        snapshotter = Snapshotter(storage, self.path, reactor)
+
+        async def check():
+            first = snapshotter.snapshot()
+            await storage.set("late", b"write")
+            second = snapshotter.snapshot()
+            self.assertEqual((await first).revision, 12)
+            self.assertEqual((await second).revision, 13)
+            self.assertEqual(snapshotter.last.revision, 13)
+            _, revision = load_snapshot(self.path)
+            self.assertEqual(revision, 13)
+
+        return self.run_async(check())
+
 
 class SnapshotServiceTests(SnapshotTestsMixin, TestCase):
     def test_timer_survives_failures(self):
