@@ -1,11 +1,12 @@
 """
 L{DictStorage}: the embedded default backend, a dict in the daemon's memory
-made durable by snapshots (see L{ersid.snapshot}).
+made durable by snapshots (see L{ersid.snapshot}) and the journal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import TypeVar
 
 import attrs
@@ -26,9 +27,71 @@ from ersid.storage import (
     WriteResult,
 )
 
-__all__ = ["DictStorage"]
+__all__ = ["DictStorage", "PackedRecords"]
 
 _T = TypeVar("_T")
+_HEADER = struct.Struct(">QH")
+_DEFAULT_TYPE = 0xFFFF
+
+
+def _pack(record: Record) -> bytes:
+    """
+    One bytes object: version, content type (its length, or C{0xFFFF} for
+    the default) and value.
+    """
+    if record.content_type == DEFAULT_CONTENT_TYPE:
+        return _HEADER.pack(record.version, _DEFAULT_TYPE) + record.value
+    content_type = record.content_type.encode("utf-8")
+    if len(content_type) >= _DEFAULT_TYPE:
+        raise ValueError("the content type is too long")
+    header = _HEADER.pack(record.version, len(content_type))
+    return b"".join([header, content_type, record.value])
+
+
+def _unpack(packed: bytes) -> Record:
+    version, type_length = _HEADER.unpack_from(packed)
+    if type_length == _DEFAULT_TYPE:
+        return Record(packed[_HEADER.size :], DEFAULT_CONTENT_TYPE, version)
+    start = _HEADER.size + type_length
+    content_type = packed[_HEADER.size : start].decode("utf-8")
+    return Record(packed[start:], content_type, version)
+
+
+class PackedRecords(MutableMapping[str, Record]):
+    """
+    Records by key, each kept packed in one bytes object rather than as a
+    L{Record} with its version: at a million keys that is 100 MB less.
+
+    @ivar highest_version: the highest version ever stored, which the
+        store's revision must not fall below.
+    """
+
+    def __init__(
+        self, records: Mapping[str, Record] | Iterable[tuple[str, Record]] = ()
+    ) -> None:
+        self._packed: dict[str, bytes] = {}
+        self.highest_version = 0
+        self.update(records)
+
+    def __getitem__(self, key: str) -> Record:
+        return _unpack(self._packed[key])
+
+    def __setitem__(self, key: str, record: Record) -> None:
+        self._packed[key] = _pack(record)
+        if record.version > self.highest_version:
+            self.highest_version = record.version
+
+    def __delitem__(self, key: str) -> None:
+        del self._packed[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._packed
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._packed)
+
+    def __len__(self) -> int:
+        return len(self._packed)
 
 
 @attrs.define
@@ -40,43 +103,47 @@ class _ScanCursor:
 @implementer(IStorage, IImmediateReads)
 class DictStorage:
     """
-    Keep every record in a dict, with a sorted index of the keys for
-    listing by prefix.
+    Keep every record in a dict, packed (see L{PackedRecords}), with a
+    sorted index of the keys for listing by prefix.
     """
 
     name = "dict"
 
     def __init__(
         self,
-        records: dict[str, Record] | Iterable[tuple[str, Record]] = (),
+        records: Mapping[str, Record] | Iterable[tuple[str, Record]] = (),
         revision: int = 0,
         journal: Journal | None = None,
     ) -> None:
         self.journal = journal
-        # A dict is taken as it is, not copied: a restart hands over millions.
-        self._records = records if isinstance(records, dict) else dict(records)
-        self._sorted_keys = SortedList(self._records)
-        self._revision = max(
-            [revision, *(record.version for record in self._records.values())]
-        )
+        # Packed records are taken as they are, not copied: a restart hands
+        # over millions.
+        if not isinstance(records, PackedRecords):
+            records = PackedRecords(records)
+        self._packed = records._packed
+        self._sorted_keys = SortedList(self._packed)
+        self._revision = max(revision, records.highest_version)
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"<DictStorage: {len(self._records)} keys, revision {self._revision}>"
+        return f"<DictStorage: {len(self._packed)} keys, revision {self._revision}>"
 
-    def _writable(self, key: str, precondition: Precondition | None) -> Record | None:
+    def _writable(self, key: str, precondition: Precondition | None) -> bytes | None:
         """
-        The key's current record, once sure that a write to it may proceed.
+        The key's current record, packed, once sure that a write to it may
+        proceed.
         """
         if self._closed:
             raise StorageUnavailable("the server is shutting down")
-        current = self._records.get(key)
-        if precondition is not None and not precondition.holds(current):
-            raise PreconditionFailed(key, current)
-        return current
+        packed = self._packed.get(key)
+        if precondition is not None:
+            current = None if packed is None else _unpack(packed)
+            if not precondition.holds(current):
+                raise PreconditionFailed(key, current)
+        return packed
 
     def _journaled(
-        self, key: str, record: Record | None, previous: Record | None, result: _T
+        self, key: str, record: Record | None, previous: bytes | None, result: _T
     ) -> Deferred[_T]:
         """
         C{result} once the change just made is in the journal, if there is
@@ -87,22 +154,23 @@ class DictStorage:
         entry = JournalEntry(self._revision, key, record)
         return self.journal.append(entry, lambda: self._restore(key, previous), result)
 
-    def _restore(self, key: str, previous: Record | None) -> None:
-        present = key in self._records
+    def _restore(self, key: str, previous: bytes | None) -> None:
+        present = key in self._packed
         if previous is None:
             if present:
-                del self._records[key]
+                del self._packed[key]
                 self._sorted_keys.remove(key)
         else:
             if not present:
                 self._sorted_keys.add(key)
-            self._records[key] = previous
+            self._packed[key] = previous
 
     def get(self, key: str) -> Deferred[Record | None]:
-        return succeed(self._records.get(key))
+        return succeed(self.get_now(key))
 
     def get_now(self, key: str) -> Record | None:
-        return self._records.get(key)
+        packed = self._packed.get(key)
+        return None if packed is None else _unpack(packed)
 
     def set(
         self,
@@ -113,10 +181,12 @@ class DictStorage:
     ) -> Deferred[WriteResult]:
         try:
             current = self._writable(key, precondition)
-        except (StorageUnavailable, PreconditionFailed):
+            record = Record(value, content_type, self._revision + 1)
+            packed = _pack(record)
+        except (StorageUnavailable, PreconditionFailed, ValueError):
             return fail()
         self._revision += 1
-        record = self._records[key] = Record(value, content_type, self._revision)
+        self._packed[key] = packed
         if current is None:
             self._sorted_keys.add(key)
         result = WriteResult(self._revision, created=current is None)
@@ -132,7 +202,7 @@ class DictStorage:
         if current is None:
             return succeed(False)
         self._revision += 1
-        del self._records[key]
+        del self._packed[key]
         self._sorted_keys.remove(key)
         return self._journaled(key, None, current, True)
 
@@ -149,24 +219,24 @@ class DictStorage:
         return succeed(matching)
 
     def stats(self) -> Deferred[tuple[int, int]]:
-        return succeed((len(self._records), self._revision))
+        return succeed((len(self._packed), self._revision))
 
     def records(self) -> Iterable[tuple[str, Record]]:
         """
         Every record as it is now, for a forked snapshot writer, whose copy
         of the store cannot change under it; nothing else should use it.
         """
-        return self._records.items()
+        return ((key, _unpack(packed)) for key, packed in self._packed.items())
 
     def scan(self, cursor: object | None = None, limit: int = 1000) -> Deferred[Page]:
         if cursor is None:
-            cursor = _ScanCursor(list(self._records))
+            cursor = _ScanCursor(list(self._packed))
         assert isinstance(cursor, _ScanCursor)
         end = cursor.position + limit
         batch = cursor.keys[cursor.position : end]
         cursor.position = end
-        records = self._records
-        items = [(key, records[key]) for key in batch if key in records]
+        packed = self._packed
+        items = [(key, _unpack(packed[key])) for key in batch if key in packed]
         more = end < len(cursor.keys)
         return succeed(Page(items, cursor if more else None))
 

@@ -24,7 +24,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, NoReturn, TypeVar
 
 import attrs
@@ -421,10 +421,14 @@ class SnapshotService(TimerService):
         return Deferred.fromCoroutine(final())
 
 
-def load_snapshot(path: str) -> tuple[dict[str, Record], int] | None:
+def load_snapshot(
+    path: str, into: MutableMapping[str, Record] | None = None
+) -> tuple[MutableMapping[str, Record], int] | None:
     """
     Read the snapshot at C{path}, blocking: call it before the reactor runs.
 
+    @param into: an empty mapping to put the records in (a new dict if not
+        given).
     @return: the records by key and the revision, or C{None} if there is no
         file.
     @raise SnapshotError: if the file cannot be read or is not a complete
@@ -436,7 +440,7 @@ def load_snapshot(path: str) -> tuple[dict[str, Record], int] | None:
         return None
     except OSError as e:
         raise SnapshotError(f"cannot read snapshot {path}: {e.strerror}") from None
-    records: dict[str, Record] = {}
+    records: MutableMapping[str, Record] = {} if into is None else into
     with snapshot:
         try:
             header = json.loads(snapshot.readline() + b"]}")
@@ -463,7 +467,7 @@ def load_snapshot(path: str) -> tuple[dict[str, Record], int] | None:
     return records, header["revision"]
 
 
-def _decode_page(page: list[list[Any]], into: dict[str, Record]) -> None:
+def _decode_page(page: list[list[Any]], into: MutableMapping[str, Record]) -> None:
     # The hot loop of a restart: a million entries should load in a second.
     for key, version, content_type, value in page:
         if value.__class__ is str:

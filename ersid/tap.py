@@ -22,7 +22,7 @@ from twisted.python import usage
 
 from ersid import manhole, rest, site
 from ersid.journal import FSYNC_POLICIES, Journal, JournalCorrupt, read_journal
-from ersid.memory import DictStorage
+from ersid.memory import DictStorage, PackedRecords
 from ersid.snapshot import (
     SnapshotError,
     SnapshotService,
@@ -214,8 +214,8 @@ def _open_dict_storage(options: Options) -> _Opened:
     """
     path = options["dump-file"]
     started = time.monotonic()
-    loaded = load_snapshot(path)
-    records, revision = loaded if loaded is not None else ({}, 0)
+    loaded = load_snapshot(path, into=PackedRecords())
+    records, revision = loaded if loaded is not None else (PackedRecords(), 0)
     _log.info(
         "Loaded {count} keys at revision {revision} from {path} in {seconds:.2f} s",
         count=len(records),

@@ -1,6 +1,6 @@
 from twisted.trial.unittest import TestCase
 
-from ersid.memory import DictStorage
+from ersid.memory import DictStorage, PackedRecords
 from ersid.storage import Record, StorageUnavailable
 
 from .storage_contract import StorageContractMixin
@@ -28,3 +28,53 @@ class DictStorageTests(TestCase):
         self.failureResultOf(storage.set("k", b"new"), StorageUnavailable)
         self.failureResultOf(storage.delete("k"), StorageUnavailable)
         self.assertEqual(self.successResultOf(storage.get("k")).value, b"v")
+
+
+class PackedRecordsTests(TestCase):
+    """
+    Records packed into one bytes object each come back exactly as they
+    were stored, whatever their content type and value.
+    """
+
+    RECORDS = {
+        "default": Record(b"v" * 100, version=7),
+        "text": Record(b"hello", "text/plain; charset=utf-8", 8),
+        "unicode type": Record(b"\x00\xff", "x/\u00e9\U0001f511", 9),
+        "empty type": Record(b"v", "", 10),
+        "empty value": Record(b"", "text/plain", 11),
+        "largest version": Record(b"v", version=2**64 - 1),
+    }
+
+    def test_round_trip(self):
+        packed = PackedRecords(self.RECORDS)
+        self.assertEqual(dict(packed), self.RECORDS)
+        self.assertEqual(len(packed), len(self.RECORDS))
+        self.assertEqual(packed.highest_version, 2**64 - 1)
+
+    def test_mapping(self):
+        packed = PackedRecords()
+        self.assertIsNone(packed.get("k"))
+        self.assertNotIn("k", packed)
+        packed["k"] = Record(b"one", version=3)
+        packed["k"] = Record(b"two", version=2)
+        self.assertEqual(packed["k"], Record(b"two", version=2))
+        self.assertEqual(packed.highest_version, 3)
+        del packed["k"]
+        self.assertEqual(list(packed), [])
+        with self.assertRaises(KeyError):
+            packed["k"]
+
+    def test_storage_takes_packed_records_as_they_are(self):
+        """
+        The records a restart loads are not copied, and the store goes on
+        from the highest version among them.
+        """
+        packed = PackedRecords([("old", Record(b"v", version=41))])
+        storage = DictStorage(packed, revision=5)
+        self.successResultOf(storage.set("new", b"x"))
+        self.assertEqual(packed["new"], Record(b"x", version=42))
+
+    def test_content_type_too_long_is_refused(self):
+        storage = DictStorage()
+        self.failureResultOf(storage.set("k", b"v", "x" * 70_000), ValueError)
+        self.assertEqual(self.successResultOf(storage.stats()), (0, 0))
