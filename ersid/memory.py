@@ -62,8 +62,9 @@ class PackedRecords(MutableMapping[str, Record]):
     Records by key, each kept packed in one bytes object rather than as a
     L{Record} with its version: at a million keys that is 100 MB less.
 
-    @ivar highest_version: the highest version ever stored, which the
-        store's revision must not fall below.
+    @ivar highest_version: the highest version stored through this mapping
+        (a L{DictStorage} given it writes past it), which the store's
+        revision must not fall below.
     """
 
     def __init__(
