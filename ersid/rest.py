@@ -65,10 +65,18 @@ class ApiError(Exception):
         self.code = code
         self.message = message
 
+    @classmethod
+    def value_too_large(cls, limit: int) -> ApiError:
+        return cls(413, "value_too_large", f"values are at most {limit} bytes")
+
     @property
     def document(self) -> dict[str, str]:
-        """The JSON body that tells the client."""
+        """The JSON object that tells the client."""
         return {"error": self.code, "message": self.message}
+
+    def body(self) -> bytes:
+        """The response body that tells the client."""
+        return _json_bytes(self.document)
 
 
 def _json_bytes(document: dict[str, Any]) -> bytes:
@@ -214,12 +222,8 @@ def _read_body(request: IRequest, limit: int) -> bytes:
     request.content.seek(0)
     body = request.content.read(limit + 1)
     if len(body) > limit:
-        raise _too_large(limit)
+        raise ApiError.value_too_large(limit)
     return body
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "value_too_large", f"values are at most {limit} bytes")
 
 
 class Service:

@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES, HTTPChannel, datetimeToString, unquote
 from twisted.web.server import Request, Site
 
-from ersid.rest import ApiError, Service, _json_bytes, _too_large
+from ersid.rest import ApiError, Service
 
 __all__ = ["DEFAULT_BODY_TIMEOUT", "makeSite"]
 
@@ -147,7 +147,7 @@ class _BoundedRequest(Request):
     def gotLength(self, length: int | None) -> None:
         site = self.channel.site
         if length is not None and length > site.max_body_size:
-            self._refuse(413, _too_large(site.max_body_size))
+            self._refuse(ApiError.value_too_large(site.max_body_size))
             return
         super().gotLength(length)
         self._expected = length
@@ -160,7 +160,7 @@ class _BoundedRequest(Request):
         self._received += len(data)
         site = self.channel.site
         if self._received > site.max_body_size:
-            self._refuse(413, _too_large(site.max_body_size))
+            self._refuse(ApiError.value_too_large(site.max_body_size))
             return
         super().handleContentChunk(data)
         if self._deadline is None and self._received != self._expected:
@@ -184,9 +184,9 @@ class _BoundedRequest(Request):
     def _too_slow(self) -> None:
         seconds = self.channel.site.body_timeout
         message = f"the request body did not arrive within {seconds} seconds"
-        self._refuse(408, ApiError(408, "request_timeout", message))
+        self._refuse(ApiError(408, "request_timeout", message))
 
-    def _refuse(self, status: int, error: ApiError) -> None:
+    def _refuse(self, error: ApiError) -> None:
         """
         Answer on the raw connection and close it: this request has not been
         parsed far enough to respond through the usual machinery.
@@ -196,13 +196,13 @@ class _BoundedRequest(Request):
         self.content = None
         # No "100 Continue": the client should not send the body at all.
         self.requestHeaders.removeHeader(b"Expect")
-        body = _json_bytes(error.document)
-        reason = RESPONSES.get(status, b"Error")
+        body = error.body()
+        reason = RESPONSES.get(error.status, b"Error")
         head = (
             b"HTTP/1.1 %d %s\r\n"
             b"Content-Type: application/json\r\n"
             b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (status, reason, len(body))
+            b"Connection: close\r\n\r\n" % (error.status, reason, len(body))
         )
         self.channel.transport.write(head + body)
         self.channel.transport.loseConnection()
