@@ -37,6 +37,8 @@ __all__ = [
     "Journal",
     "JournalCorrupt",
     "JournalEntry",
+    "encode_delete",
+    "encode_set",
     "read_journal",
 ]
 
@@ -59,6 +61,27 @@ class JournalCorrupt(Exception):
     """
 
 
+def _framed(body: bytes) -> bytes:
+    return _FRAME.pack(len(body), zlib.crc32(body)) + body
+
+
+def encode_set(revision: int, key: str, content_type: str, value: bytes) -> bytes:
+    """
+    The journal entry of a set, framed, made straight from its parts: every
+    write pays for this, so it builds no L{Record} or L{JournalEntry}.
+    """
+    key_bytes = key.encode("utf-8")
+    type_bytes = content_type.encode("utf-8")
+    fixed = _FIXED.pack(_SET, revision, len(key_bytes), len(type_bytes))
+    return _framed(b"".join([fixed, key_bytes, type_bytes, value]))
+
+
+def encode_delete(revision: int, key: str) -> bytes:
+    """The journal entry of a delete, framed."""
+    key_bytes = key.encode("utf-8")
+    return _framed(_FIXED.pack(_DELETE, revision, len(key_bytes), 0) + key_bytes)
+
+
 @attrs.frozen
 class JournalEntry:
     """One change: a set (with its record) or a delete (record C{None})."""
@@ -68,20 +91,10 @@ class JournalEntry:
     record: Record | None
 
     def encode(self) -> bytes:
-        key = self.key.encode("utf-8")
         if self.record is None:
-            body = _FIXED.pack(_DELETE, self.revision, len(key), 0) + key
-        else:
-            content_type = self.record.content_type.encode("utf-8")
-            body = b"".join(
-                [
-                    _FIXED.pack(_SET, self.revision, len(key), len(content_type)),
-                    key,
-                    content_type,
-                    self.record.value,
-                ]
-            )
-        return _FRAME.pack(len(body), zlib.crc32(body)) + body
+            return encode_delete(self.revision, self.key)
+        record = self.record
+        return encode_set(self.revision, self.key, record.content_type, record.value)
 
     @classmethod
     def decode(cls, body: bytes) -> JournalEntry:
@@ -239,15 +252,15 @@ class Journal:
         return stopped
 
     def append(
-        self, entry: JournalEntry, undo: Callable[[], None], result: _T
+        self, entry: bytes, undo: Callable[[], None], result: _T
     ) -> Deferred[_T]:
         """
-        Queue C{entry}, whose change is already made in memory, and fire
-        with C{result} once it is written; C{undo} reverts the change if the
-        entry cannot be written.
+        Queue C{entry} (encoded, see L{encode_set}), whose change is already
+        made in memory, and fire with C{result} once it is written; C{undo}
+        reverts the change if the entry cannot be written.
         """
         done: Deferred[_T] = Deferred()
-        self._queue.append(_Pending(entry.encode(), undo, done, result))
+        self._queue.append(_Pending(entry, undo, done, result))
         self._kick()
         return done
 

@@ -14,7 +14,7 @@ from sortedcontainers import SortedList
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from ersid.journal import Journal, JournalEntry
+from ersid.journal import Journal, encode_delete, encode_set
 from ersid.storage import (
     DEFAULT_CONTENT_TYPE,
     IImmediateReads,
@@ -34,18 +34,17 @@ _HEADER = struct.Struct(">QH")
 _DEFAULT_TYPE = 0xFFFF
 
 
-def _pack(record: Record) -> bytes:
+def _pack(version: int, content_type: str, value: bytes) -> bytes:
     """
     One bytes object: version, content type (its length, or C{0xFFFF} for
     the default) and value.
     """
-    if record.content_type == DEFAULT_CONTENT_TYPE:
-        return _HEADER.pack(record.version, _DEFAULT_TYPE) + record.value
-    content_type = record.content_type.encode("utf-8")
-    if len(content_type) >= _DEFAULT_TYPE:
+    if content_type == DEFAULT_CONTENT_TYPE:
+        return _HEADER.pack(version, _DEFAULT_TYPE) + value
+    type_bytes = content_type.encode("utf-8")
+    if len(type_bytes) >= _DEFAULT_TYPE:
         raise ValueError("the content type is too long")
-    header = _HEADER.pack(record.version, len(content_type))
-    return b"".join([header, content_type, record.value])
+    return b"".join([_HEADER.pack(version, len(type_bytes)), type_bytes, value])
 
 
 def _unpack(packed: bytes) -> Record:
@@ -78,7 +77,7 @@ class PackedRecords(MutableMapping[str, Record]):
         return _unpack(self._packed[key])
 
     def __setitem__(self, key: str, record: Record) -> None:
-        self._packed[key] = _pack(record)
+        self._packed[key] = _pack(record.version, record.content_type, record.value)
         if record.version > self.highest_version:
             self.highest_version = record.version
 
@@ -144,15 +143,16 @@ class DictStorage:
         return packed
 
     def _journaled(
-        self, key: str, record: Record | None, previous: bytes | None, result: _T
+        self, entry: bytes | None, key: str, previous: bytes | None, result: _T
     ) -> Deferred[_T]:
         """
-        C{result} once the change just made is in the journal, if there is
-        one; if it cannot be written, the change is undone.
+        C{result} once the change just made, encoded as C{entry}, is in the
+        journal, if there is one; if it cannot be written, the change is
+        undone.
         """
         if self.journal is None:
             return succeed(result)
-        entry = JournalEntry(self._revision, key, record)
+        assert entry is not None
         return self.journal.append(entry, lambda: self._restore(key, previous), result)
 
     def _restore(self, key: str, previous: bytes | None) -> None:
@@ -180,32 +180,39 @@ class DictStorage:
         content_type: str = DEFAULT_CONTENT_TYPE,
         precondition: Precondition | None = None,
     ) -> Deferred[WriteResult]:
+        revision = self._revision + 1
+        entry = None
         try:
             current = self._writable(key, precondition)
-            record = Record(value, content_type, self._revision + 1)
-            packed = _pack(record)
+            packed = _pack(revision, content_type, value)
+            if self.journal is not None:
+                entry = encode_set(revision, key, content_type, value)
         except (StorageUnavailable, PreconditionFailed, ValueError):
             return fail()
-        self._revision += 1
+        self._revision = revision
         self._packed[key] = packed
         if current is None:
             self._sorted_keys.add(key)
-        result = WriteResult(self._revision, created=current is None)
-        return self._journaled(key, record, current, result)
+        result = WriteResult(revision, created=current is None)
+        return self._journaled(entry, key, current, result)
 
     def delete(
         self, key: str, precondition: Precondition | None = None
     ) -> Deferred[bool]:
+        revision = self._revision + 1
+        entry = None
         try:
             current = self._writable(key, precondition)
-        except (StorageUnavailable, PreconditionFailed):
+            if current is not None and self.journal is not None:
+                entry = encode_delete(revision, key)
+        except (StorageUnavailable, PreconditionFailed, ValueError):
             return fail()
         if current is None:
             return succeed(False)
-        self._revision += 1
+        self._revision = revision
         del self._packed[key]
         self._sorted_keys.remove(key)
-        return self._journaled(key, None, current, True)
+        return self._journaled(entry, key, current, True)
 
     def keys(
         self, prefix: str = "", after: str | None = None, limit: int = 100

@@ -98,6 +98,27 @@ class JournalTests(_JournalTestCase):
 
         return self.run_async(check())
 
+    def test_unencodable_key_changes_nothing(self):
+        """
+        A key that is not valid Unicode (only the Python API can pass one)
+        fails the write before anything changes, in memory or on disk.
+        """
+
+        async def check():
+            storage = self.open()
+            await storage.set("kept", b"v")
+            bad = "bad\ud800"
+            with self.assertRaises(UnicodeEncodeError):
+                await storage.set(bad, b"x")
+            self.assertEqual(await storage.stats(), (1, 1))
+            self.assertEqual(await storage.keys(), ["kept"])
+            await storage.set("after", b"w")
+            await storage.journal.stop()
+            self.assertEqual(set(_replayed(self.directory)), {"kept", "after"})
+            self.assertEqual((await storage.get("after")).version, 2)
+
+        return self.run_async(check())
+
     def test_concurrent_writes_share_fsyncs(self):
         """With fsync=always, writes arriving together share one fsync."""
         synced = []
