@@ -77,9 +77,19 @@ class PackedRecords(MutableMapping[str, Record]):
         return _unpack(self._packed[key])
 
     def __setitem__(self, key: str, record: Record) -> None:
-        self._packed[key] = _pack(record.version, record.content_type, record.value)
-        if record.version > self.highest_version:
-            self.highest_version = record.version
+        self.put(key, record.value, record.content_type, record.version)
+
+    def put(self, key: str, value: bytes, content_type: str, version: int) -> None:
+        """
+        Store a record given as its parts, building no L{Record}: a restart
+        does this a million times.
+
+        @raise ValueError: if the content type cannot be packed.
+        @raise struct.error: if the version is not a 64-bit unsigned number.
+        """
+        self._packed[key] = _pack(version, content_type, value)
+        if version > self.highest_version:
+            self.highest_version = version
 
     def __delitem__(self, key: str) -> None:
         del self._packed[key]

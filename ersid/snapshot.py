@@ -21,10 +21,11 @@ import itertools
 import json
 import os
 import signal
+import struct
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, TypeVar
 
 import attrs
@@ -36,6 +37,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from ersid.journal import Journal
+from ersid.memory import PackedRecords
 from ersid.storage import IStorage, Record
 
 __all__ = [
@@ -421,16 +423,12 @@ class SnapshotService(TimerService):
         return Deferred.fromCoroutine(final())
 
 
-def load_snapshot(
-    path: str, into: MutableMapping[str, Record] | None = None
-) -> tuple[MutableMapping[str, Record], int] | None:
+def load_snapshot(path: str) -> tuple[PackedRecords, int] | None:
     """
     Read the snapshot at C{path}, blocking: call it before the reactor runs.
 
-    @param into: an empty mapping to put the records in (a new dict if not
-        given).
-    @return: the records by key and the revision, or C{None} if there is no
-        file.
+    @return: the records by key, packed as a L{DictStorage} keeps them, and
+        the revision; or C{None} if there is no file.
     @raise SnapshotError: if the file cannot be read or is not a complete
         Ersid snapshot.
     """
@@ -440,7 +438,7 @@ def load_snapshot(
         return None
     except OSError as e:
         raise SnapshotError(f"cannot read snapshot {path}: {e.strerror}") from None
-    records: MutableMapping[str, Record] = {} if into is None else into
+    records = PackedRecords()
     with snapshot:
         try:
             header = json.loads(snapshot.readline() + b"]}")
@@ -459,7 +457,7 @@ def load_snapshot(
                 raise ValueError(f"it holds {len(records)} entries, not {count}")
         except OSError as e:
             raise SnapshotError(f"cannot read snapshot {path}: {e.strerror}") from None
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError, struct.error) as e:
             raise SnapshotError(
                 f"snapshot {path} is corrupt: {e}; move it aside to start "
                 "empty, or restore it from a backup"
@@ -467,8 +465,9 @@ def load_snapshot(
     return records, header["revision"]
 
 
-def _decode_page(page: list[list[Any]], into: MutableMapping[str, Record]) -> None:
+def _decode_page(page: list[list[Any]], into: PackedRecords) -> None:
     # The hot loop of a restart: a million entries should load in a second.
+    put = into.put
     for key, version, content_type, value in page:
         if value.__class__ is str:
             data = value.encode("utf-8")
@@ -476,7 +475,7 @@ def _decode_page(page: list[list[Any]], into: MutableMapping[str, Record]) -> No
             data = base64.b64decode(value["base64"], validate=True)
         if key.__class__ is not str or version.__class__ is not int:
             raise ValueError(f"bad entry for key {key!r}")
-        into[key] = Record(data, content_type, version)
+        put(key, data, content_type, version)
 
 
 def remove_stale_temporaries(path: str) -> None:

@@ -214,7 +214,7 @@ def _open_dict_storage(options: Options) -> _Opened:
     """
     path = options["dump-file"]
     started = time.monotonic()
-    loaded = load_snapshot(path, into=PackedRecords())
+    loaded = load_snapshot(path)
     records, revision = loaded if loaded is not None else (PackedRecords(), 0)
     _log.info(
         "Loaded {count} keys at revision {revision} from {path} in {seconds:.2f} s",

@@ -319,6 +319,26 @@ class LoadSnapshotTests(TestCase):
             "corrupt",
         )
 
+    def test_bad_entry_fields(self):
+        """
+        Entries whose fields have the wrong type or range are refused, not
+        loaded and not a crash.
+        """
+        for entry in [
+            b'[1, 1, "t", "v"]',
+            b'["k", "1", "t", "v"]',
+            b'["k", -1, "t", "v"]',
+            b'["k", 18446744073709551616, "t", "v"]',
+            b'["k", 1, 7, "v"]',
+            b'["k", 1, "\\ud800", "v"]',
+            b'["k", 1, "t", 5]',
+        ]:
+            self.assert_corrupt(
+                b'{"ersid_snapshot": 1, "revision": 4, "pages": [\n'
+                b"[" + entry + b"]\n], " + b'"count": 1}\n',
+                "corrupt",
+            )
+
     def test_unreadable(self):
         os.mkdir(self.path)
         with self.assertRaises(SnapshotError) as raised:
