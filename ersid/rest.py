@@ -78,6 +78,10 @@ class ApiError(Exception):
         """The response body that tells the client."""
         return _json_bytes(self.document)
 
+    def render(self, request: IRequest) -> bytes:
+        """Set C{request}'s status and headers for this error; the body."""
+        return _json_body(request, self.status, self.document)
+
 
 def _json_bytes(document: dict[str, Any]) -> bytes:
     """A JSON response body: one line of UTF-8."""
@@ -97,10 +101,6 @@ def _empty(request: IRequest, status: int) -> bytes:
     if status not in _NO_BODY_CODES:
         request.setHeader(b"Content-Length", b"0")
     return b""
-
-
-def _error_body(request: IRequest, error: ApiError) -> bytes:
-    return _json_body(request, error.status, error.document)
 
 
 def _decode_key(raw_path: bytes) -> str:
@@ -259,27 +259,26 @@ class Service:
         """Render any failure as a JSON error; only bugs give a 500."""
         error = failure.value
         if isinstance(error, ApiError):
-            return _error_body(request, error)
+            return error.render(request)
         if isinstance(error, PreconditionFailed):
             if error.current is not None:
                 request.setHeader(b"ETag", _etag(error.current.version))
             message = "the key's current state does not match the request's condition"
-            return _error_body(request, ApiError(412, "precondition_failed", message))
+            return ApiError(412, "precondition_failed", message).render(request)
         if isinstance(error, StorageUnavailable):
             request.setHeader(b"Retry-After", b"1")
             message = f"storage unavailable: {error}"
-            return _error_body(request, ApiError(503, "unavailable", message))
+            return ApiError(503, "unavailable", message).render(request)
         if isinstance(error, NotFound):
-            return _error_body(request, ApiError(404, "not_found", "no such endpoint"))
+            return ApiError(404, "not_found", "no such endpoint").render(request)
         if isinstance(error, MethodNotAllowed):
             allowed = ", ".join(error.valid_methods or ())
             request.setHeader(b"Allow", allowed.encode("ascii"))
             message = f"method not allowed here; allowed: {allowed}"
-            return _error_body(request, ApiError(405, "method_not_allowed", message))
+            return ApiError(405, "method_not_allowed", message).render(request)
         _log.failure("Unexpected error serving {uri}", failure, uri=request.uri)
-        return _error_body(
-            request, ApiError(500, "internal", "internal error; see the server log")
-        )
+        internal = ApiError(500, "internal", "internal error; see the server log")
+        return internal.render(request)
 
     @app.route("/_health", methods=["GET"])
     async def health(self, request: IRequest) -> bytes:
@@ -408,9 +407,8 @@ class _FastPath(Resource):
             try:
                 unquote_to_bytes(request.path).decode("utf-8")
             except UnicodeDecodeError:
-                return _error_body(
-                    request, ApiError(400, "bad_key", "the path is not valid UTF-8")
-                )
+                error = ApiError(400, "bad_key", "the path is not valid UTF-8")
+                return error.render(request)
             return self._klein.render(request)
         try:
             rendering = handler(request, None)

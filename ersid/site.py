@@ -92,6 +92,18 @@ class _DateHeader:
         return self._value
 
 
+def _path_of_absolute_form(target: bytes) -> bytes | None:
+    """
+    The path of an C{http} or C{https} URL (C{/} if it has none), or
+    C{None} if C{target} is no such URL.
+    """
+    scheme, separator, rest = target.partition(b"://")
+    if not separator or scheme.lower() not in (b"http", b"https"):
+        return None
+    slash = rest.find(b"/")
+    return b"/" if slash == -1 else rest[slash:]
+
+
 class _BoundedRequest(Request):
     """
     A request that refuses a body larger than its site's C{max_body_size}
@@ -122,6 +134,10 @@ class _BoundedRequest(Request):
         of the cost of a small request: no traversal (the site's resource is
         a leaf), no C{postpath} unless Klein asks for it, the Date header
         formatted once a second, and no Server header advertising versions.
+
+        A request target in absolute form (C{http://host/key}), which
+        HTTP/1.1 servers must accept, is served as its path; twisted.web
+        would take the whole URL for the path.
         """
         if self.path == b"*":
             return super().process()
@@ -129,6 +145,15 @@ class _BoundedRequest(Request):
         self.responseHeaders.setRawHeaders(b"Date", [site.date_header()])
         self.prepath = []
         self.sitepath = []
+        if not self.path.startswith(b"/"):
+            path = _path_of_absolute_form(self.path)
+            if path is None:
+                message = "the request target must be a path, such as /key"
+                error = ApiError(400, "bad_request_target", message)
+                self.write(error.render(self))
+                self.finish()
+                return
+            self.path = path
         try:
             self.render(site.resource)
         except BaseException:

@@ -191,6 +191,53 @@ class ResponseHeaderTests(_ClockedTestCase):
         self.assertEqual(json.loads(body)["keys"], ["a/b"])
 
 
+class RequestTargetTests(_ClockedTestCase):
+    """
+    A request target in absolute form, which HTTP/1.1 servers must accept,
+    names the key in its path; anything else that is not a path is refused
+    with a JSON error and changes nothing.
+    """
+
+    def exchange(self, request: bytes) -> tuple[bytes, bytes]:
+        self.transport.clear()
+        self.channel.dataReceived(request)
+        head, _, body = self.transport.value().partition(b"\r\n\r\n")
+        return head.split(b"\r\n")[0], body
+
+    def test_absolute_form_names_the_key_in_its_path(self):
+        status, _ = self.exchange(
+            b"PUT http://ersid.test:8080/a%2Fb?x=1 HTTP/1.1\r\n"
+            b"Host: ersid.test:8080\r\nContent-Length: 1\r\n\r\nv"
+        )
+        self.assertTrue(status.startswith(b"HTTP/1.1 201 "), status)
+        self.assertEqual(self.successResultOf(self.storage.keys()), ["a/b"])
+        status, body = self.exchange(
+            b"GET HTTPS://ersid.test/a%2Fb HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        self.assertEqual((status, body), (b"HTTP/1.1 200 OK", b"v"))
+        _, body = self.exchange(
+            b"GET http://ersid.test/_keys?prefix=a HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        self.assertEqual(json.loads(body)["keys"], ["a/b"])
+
+    def test_absolute_form_without_a_path_is_the_empty_key(self):
+        status, body = self.exchange(
+            b"PUT http://ersid.test HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv"
+        )
+        self.assertTrue(status.startswith(b"HTTP/1.1 400 "), status)
+        self.assertEqual(json.loads(body)["error"], "bad_key")
+        self.assertEqual(self.successResultOf(self.storage.stats()), (0, 0))
+
+    def test_other_targets_refused(self):
+        for target in [b"k", b"ftp://host/k", b"http:/k", b"ersid.test:80"]:
+            status, body = self.exchange(
+                b"PUT " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv"
+            )
+            self.assertTrue(status.startswith(b"HTTP/1.1 400 "), (target, status))
+            self.assertEqual(json.loads(body)["error"], "bad_request_target")
+        self.assertEqual(self.successResultOf(self.storage.stats()), (0, 0))
+
+
 class IdleTimeoutTests(_ClockedTestCase):
     """
     A connection that sends nothing for a minute, while none of its requests
