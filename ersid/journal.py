@@ -112,13 +112,13 @@ class JournalEntry:
 
 
 def _segments(directory: str) -> list[str]:
-    names = [
-        name
-        for name in os.listdir(directory)
-        if name.startswith(_PREFIX) and name[len(_PREFIX) :].isdigit()
-    ]
-    names.sort(key=lambda name: int(name[len(_PREFIX) :]))
-    return [os.path.join(directory, name) for name in names]
+    """The journal's segment files in C{directory}, oldest first."""
+    numbered = []
+    for name in os.listdir(directory):
+        number = name.removeprefix(_PREFIX)
+        if number != name and number.isascii() and number.isdigit():
+            numbered.append((int(number), os.path.join(directory, name)))
+    return [path for _, path in sorted(numbered)]
 
 
 def _entries(path: str, is_last: bool) -> Iterator[tuple[int, JournalEntry]]:

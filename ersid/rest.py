@@ -9,6 +9,7 @@ C{{"error": code, "message": text}} with a 4xx or 5xx status.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from importlib import resources
 from typing import Any, NoReturn
@@ -49,6 +50,7 @@ MAX_LIST_LIMIT = 1000
 _MAX_CONTENT_TYPE_BYTES = 255
 
 _NO_BODY_CODES = (204, 304)
+_WHOLE_NUMBER = re.compile("[0-9]{1,9}")
 
 _log = Logger()
 _OPENAPI = resources.files("ersid").joinpath("openapi.json").read_bytes()
@@ -141,9 +143,13 @@ def _entity_tags(header: bytes) -> list[bytes]:
 
 
 def _version_of(tag: bytes) -> int | None:
-    """The version a strong ETag names, or C{None} for any other tag."""
-    if len(tag) > 2 and tag[:1] == tag[-1:] == b'"' and tag[1:-1].isdigit():
-        return int(tag[1:-1])
+    """
+    The version a strong ETag names, or C{None} for any other tag (and for
+    one with more digits than a version, a 64-bit number, can have).
+    """
+    digits = tag[1:-1]
+    if tag[:1] == tag[-1:] == b'"' and digits.isdigit() and len(digits) <= 20:
+        return int(digits)
     return None
 
 
@@ -211,7 +217,7 @@ def _list_limit(request: IRequest) -> int:
     text = _query_text(request, "limit")
     if text is None:
         return DEFAULT_LIST_LIMIT
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIST_LIMIT:
+    if not _WHOLE_NUMBER.fullmatch(text) or not 1 <= int(text) <= MAX_LIST_LIMIT:
         raise ApiError(
             400, "bad_query", f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}"
         )

@@ -59,7 +59,7 @@ def _endpoint_description(value: str) -> str:
     listen backlog for bursts of connections; anything else is a Twisted
     endpoint description, checked here.
     """
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         if not 0 <= int(value) <= 65535:
             raise usage.UsageError(f"port {value} is out of range")
         return f"tcp:{value}:interface=127.0.0.1:backlog={_BACKLOG}"

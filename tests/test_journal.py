@@ -98,6 +98,26 @@ class JournalTests(_JournalTestCase):
 
         return self.run_async(check())
 
+    def test_other_files_in_the_directory_ignored(self):
+        """
+        Files that are not segments, however close their names, are left
+        alone: not read, not deleted by compaction.
+        """
+        strays = ["journal.\u00b2", "journal.", "journal.1.bak", "notes.txt"]
+        for name in strays:
+            with open(os.path.join(self.directory, name), "wb") as f:
+                f.write(b"not a journal")
+
+        async def check():
+            storage = self.open()
+            await storage.set("k", b"v")
+            await storage.journal.stop()
+            self.assertEqual(set(_replayed(self.directory)), {"k"})
+            (segment,) = set(os.listdir(self.directory)) - set(strays)
+            self.assertEqual(segment, f"journal.{0:020d}")
+
+        return self.run_async(check())
+
     def test_unencodable_key_changes_nothing(self):
         """
         A key that is not valid Unicode (only the Python API can pass one)

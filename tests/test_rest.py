@@ -295,6 +295,31 @@ class RestTests(TestCase):
 
         return self.run_async(check())
 
+    def test_etags_too_long_to_be_a_version_match_nothing(self):
+        """
+        An entity tag of thousands of digits (more than Python converts to
+        an int) names no version: no 500.
+        """
+        huge = '"' + "9" * 5000 + '"'
+
+        async def check():
+            await self.request("PUT", "/k", b"1")
+            response, content = await self.request(
+                "GET", "/k", headers={"If-None-Match": [huge]}
+            )
+            self.assertEqual((response.code, content), (200, b"1"))
+            for method in ("PUT", "DELETE"):
+                await self.expect_error(
+                    method,
+                    "/k",
+                    412,
+                    "precondition_failed",
+                    headers={"If-Match": [huge]},
+                )
+            self.assertEqual((await self.storage.get("k")).value, b"1")
+
+        return self.run_async(check())
+
     def test_list_keys(self):
         async def check():
             for key in ["app/b", "app/a", "app/c", "other"]:
@@ -314,7 +339,16 @@ class RestTests(TestCase):
 
     def test_list_keys_bad_query(self):
         async def check():
-            for query in ["limit=0", "limit=1001", "limit=x", "limit=-1", "prefix=%FF"]:
+            for query in [
+                "limit=0",
+                "limit=1001",
+                "limit=x",
+                "limit=-1",
+                "limit=" + "9" * 5000,  # more digits than Python makes an int of
+                "limit=%C2%B2",  # a superscript two: a digit to isdigit()
+                "limit=%D9%A3",  # an Arabic-Indic three: a number to int()
+                "prefix=%FF",
+            ]:
                 await self.expect_error("GET", "/_keys?" + query, 400, "bad_query")
 
         return self.run_async(check())

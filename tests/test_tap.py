@@ -52,6 +52,7 @@ class OptionsTests(TestCase):
         for args in [
             ["-p", "tcp:notaport"],
             ["-p", "70000"],
+            ["-p", "\u00b2"],  # a digit to str.isdigit(), not to int()
             ["-p", "carrier-pigeon:1"],
             ["-i", "0"],
             ["-i", "soon"],
