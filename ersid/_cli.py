@@ -3,7 +3,7 @@ The C{ersid} command: get, set, delete and list keys of an Ersid server.
 
 Exit status: 0 done; 1 no such key; 2 usage error; 3 precondition failed;
 4 request rejected (bad key, value too large); 5 server unreachable or
-unavailable.
+unavailable; 6 standard input or output failed (a closed pipe, a full disk).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ EXIT_USAGE = 2
 EXIT_PRECONDITION_FAILED = 3
 EXIT_REJECTED = 4
 EXIT_UNAVAILABLE = 5
+EXIT_LOCAL_IO = 6
 
 _EXIT_CODES = {
     KeyNotFound: EXIT_NOT_FOUND,
@@ -52,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="ersid",
         description="Get, set, delete and list the keys of an Ersid server.",
         epilog="Exit status: 0 done, 1 no such key, 2 usage error, 3 precondition "
-        "failed, 4 request rejected, 5 server unreachable or unavailable.",
+        "failed, 4 request rejected, 5 server unreachable or unavailable, "
+        "6 standard input or output failed.",
     )
     parser.add_argument(
         "--url",
@@ -112,5 +114,14 @@ def main(argv: list[str] | None = None) -> None:
         except ClientError as e:
             print(f"ersid: {e}", file=sys.stderr)
             raise SystemExit(_EXIT_CODES.get(type(e), EXIT_REJECTED)) from None
+        except BrokenPipeError:
+            # Whoever read the output has gone (as "| head" does): stop
+            # quietly, and keep Python from failing to flush it at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(EXIT_LOCAL_IO) from None
+        except OSError as e:
+            # The client's own failures are ClientErrors: this is stdin or stdout.
+            print(f"ersid: standard input or output: {e.strerror}", file=sys.stderr)
+            raise SystemExit(EXIT_LOCAL_IO) from None
 
     react(lambda reactor: Deferred.fromCoroutine(run(reactor)))

@@ -105,7 +105,8 @@ def _why(error: Exception) -> str:
 def check_url(url: str) -> str:
     """
     Return C{url} if it can name an Ersid server: http or https, a host name
-    or IPv4 address, an optional port and path, no query or fragment.
+    or IPv4 address, an optional port and path, no query, fragment or user
+    name.
 
     IPv6 literals are refused: treq cannot request them (hyperlink issue 68);
     a host name that resolves to the address works.
@@ -120,6 +121,8 @@ def check_url(url: str) -> str:
             problem = "expected http://HOST[:PORT]"
         elif parts.query or parts.fragment:
             problem = "a query or fragment makes no sense here"
+        elif "@" in parts.netloc:
+            problem = "user names and passwords in the URL are not supported"
         elif ":" in parts.hostname:
             problem = "treq cannot use IPv6 literals; use a host name"
         else:

@@ -230,6 +230,8 @@ class URLTests(TestCase):
             ("http://exa mple", "not allowed"),
             ("http://" + "x" * 64 + ".example", "Label too long"),
             ("http://localhost/?a=1", "query or fragment"),
+            ("http://user:secret@localhost:8080", "user names and passwords"),
+            ("http://@localhost", "user names and passwords"),
         ]:
             with self.assertRaises(ValueError) as raised:
                 Client(url, reactor)
@@ -274,6 +276,42 @@ class CommandTests(_ServerTestCase):
             command = self.ersid("get", "bin")
             self.assertEqual(await command.ended, 0)
             self.assertEqual(command.output_bytes, b"\x00\xff\n")
+
+        return self.run_async(check())
+
+    def test_output_that_cannot_be_written(self):
+        """
+        A reader that has gone away ends the command quietly; an output that
+        cannot take the value is one line on stderr. Never a traceback.
+        """
+        # Runs ersid with its stdout on a pipe nobody reads, or on a file.
+        with_output = (
+            "import os, subprocess, sys\n"
+            "if sys.argv[1] == 'closed-pipe':\n"
+            "    reading, output = os.pipe()\n"
+            "    os.close(reading)\n"
+            "else:\n"
+            "    output = os.open(sys.argv[1], os.O_WRONLY)\n"
+            "ersid = [sys.executable, '-c', 'from ersid._cli import main; main()']\n"
+            "sys.exit(subprocess.call([*ersid, *sys.argv[2:]], stdout=output))\n"
+        )
+
+        async def ersid_writing_to(output: str, *args: str) -> tuple[int, str]:
+            command = Daemon(
+                [sys.executable, "-c", with_output, output, *args],
+                env={"ERSID_URL": self.url},
+            )
+            command.process.closeStdin()
+            return await command.ended, command.output
+
+        async def check():
+            self.successResultOf(self.storage.set("k", b"value"))
+            self.assertEqual(await ersid_writing_to("closed-pipe", "get", "k"), (6, ""))
+            self.assertEqual(await ersid_writing_to("closed-pipe", "list"), (6, ""))
+            self.assertEqual(
+                await ersid_writing_to("/dev/full", "get", "k"),
+                (6, "ersid: standard input or output: No space left on device\n"),
+            )
 
         return self.run_async(check())
 
