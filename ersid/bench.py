@@ -153,6 +153,13 @@ async def _benchmark(reactor: Any, arguments: argparse.Namespace) -> dict[str, A
             )
             if run.errors == arguments.keys:
                 raise SystemExit(f"ersid-bench: cannot reach {run.url}")
+            refused = {code: n for code, n in run.statuses.items() if code[0] != "2"}
+            if refused:
+                statuses = ", ".join(f"{n} times {code}" for code, n in refused.items())
+                raise SystemExit(
+                    f"ersid-bench: preloading the {arguments.keys} keys it reads "
+                    f"failed: the server answered {statuses}"
+                )
             run.latencies, run.statuses, run.errors = [], Counter(), 0
         ticker = None
         run.started = time.monotonic()

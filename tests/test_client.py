@@ -401,6 +401,29 @@ class CommandTests(_ServerTestCase):
 
         return self.run_async(check())
 
+    def test_bench_stops_when_preloading_fails(self):
+        """
+        Keys the server refuses to store (here, values over its limit) would
+        turn every read into a 404: the benchmark stops and says so.
+        """
+
+        async def check():
+            command = Daemon(
+                [
+                    *(sys.executable, "-c", "from ersid.bench import main; main()"),
+                    *("--url", self.url, "-n", "50", "--keys", "5"),
+                    *("--value-size", "2000"),
+                ]
+            )
+            self.assertEqual(await command.ended, 1)
+            self.assertRegex(
+                command.output,
+                r"^ersid-bench: preloading the 5 keys it reads failed: "
+                r"the server answered [1-5] times 413\n$",
+            )
+
+        return self.run_async(check())
+
 
 class BenchHelperTests(TestCase):
     def test_parse_mix(self):
