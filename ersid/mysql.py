@@ -75,13 +75,21 @@ class MySQLSettings:
                 "do not put the password in the URL, where the process list "
                 "shows it: use --mysql-password-file or $ERSID_MYSQL_PASSWORD"
             )
-        query = parse_qs(parts.query)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        unknown = sorted(set(query) - {"unix_socket"})
+        if unknown:
+            raise ValueError(
+                f"unknown option {unknown[0]!r} in {url!r}: the only one is unix_socket"
+            )
+        sockets = query.get("unix_socket", [None])
+        if len(sockets) != 1 or sockets[0] == "":
+            raise ValueError(f"give unix_socket once, as a path, in {url!r}")
         return cls(
             database=unquote(parts.path[1:]),
             user=unquote(parts.username),
             host=parts.hostname or "localhost",
             port=parts.port or 3306,
-            unix_socket=query.get("unix_socket", [None])[0],
+            unix_socket=sockets[0],
             password=password,
         )
 

@@ -59,6 +59,21 @@ class MySQLSettingsTests(TestCase):
         for url in ["postgres://a@b/c", "mysql://localhost/kv", "mysql://a@b/"]:
             self.assertRaises(ValueError, MySQLSettings.from_url, url)
 
+    def test_options_other_than_one_socket_refused(self):
+        """
+        A mistyped option would otherwise be ignored, and the daemon would
+        quietly connect somewhere else.
+        """
+        for query, complaint in [
+            ("socket=/run/m.sock", "unknown option 'socket'"),
+            ("unix_socket=/a&ssl=1", "unknown option 'ssl'"),
+            ("unix_socket=", "give unix_socket once"),
+            ("unix_socket=/a&unix_socket=/b", "give unix_socket once"),
+        ]:
+            with self.assertRaises(ValueError) as raised:
+                MySQLSettings.from_url(f"mysql://app@localhost/kv?{query}")
+            self.assertIn(complaint, str(raised.exception))
+
 
 class SchemaTests(TestCase):
     def test_fresh_schema_passes(self):
