@@ -51,6 +51,7 @@ _MAX_CONTENT_TYPE_BYTES = 255
 
 _NO_BODY_CODES = (204, 304)
 _WHOLE_NUMBER = re.compile("[0-9]{1,9}")
+_PRINTABLE_ASCII = re.compile(b"[\x20-\x7e]+")
 
 _log = Logger()
 _OPENAPI = resources.files("ersid").joinpath("openapi.json").read_bytes()
@@ -194,11 +195,12 @@ def _content_type_of(request: IRequest) -> str:
     raw = request.getHeader(b"Content-Type")
     if raw is None:
         return DEFAULT_CONTENT_TYPE
-    if len(raw) > _MAX_CONTENT_TYPE_BYTES or not raw.isascii() or not raw.strip():
+    raw = raw.strip()
+    if len(raw) > _MAX_CONTENT_TYPE_BYTES or not _PRINTABLE_ASCII.fullmatch(raw):
         raise ApiError(
             400, "bad_content_type", "Content-Type must be short, printable ASCII"
         )
-    return raw.decode("ascii").strip()
+    return raw.decode("ascii")
 
 
 def _query_text(request: IRequest, name: str) -> str | None:
@@ -357,6 +359,16 @@ class Service:
         return deleted.addCallback(_render_delete, request, key)
 
 
+def _header_value(text: str) -> bytes:
+    """
+    C{text} for a response header, escaped if a header cannot carry it (a
+    content type stored through the Python API may be any text).
+    """
+    if text.isascii() and text.isprintable():
+        return text.encode("ascii")
+    return text.encode("unicode_escape")
+
+
 def _render_record(record: Record | None, request: IRequest, key: str) -> bytes:
     if record is None:
         raise ApiError(404, "not_found", f"no such key: {key!r}")
@@ -365,7 +377,7 @@ def _render_record(record: Record | None, request: IRequest, key: str) -> bytes:
     headers.setRawHeaders(b"X-Content-Type-Options", [b"nosniff"])
     if _not_modified(request, record):
         return _empty(request, 304)
-    headers.setRawHeaders(b"Content-Type", [record.content_type.encode("ascii")])
+    headers.setRawHeaders(b"Content-Type", [_header_value(record.content_type)])
     if request.method == b"HEAD":
         headers.setRawHeaders(b"Content-Length", [b"%d" % (len(record.value),)])
         return b""

@@ -189,16 +189,42 @@ class RestTests(TestCase):
         return self.run_async(check())
 
     def test_bad_content_type(self):
-        return self.run_async(
-            self.expect_error(
-                "PUT",
-                "/k",
-                400,
-                "bad_content_type",
-                body=b"x",
-                headers={"Content-Type": ["x" * 300]},
+        async def check():
+            for content_type in [
+                b"x" * 300,
+                b"text/\xe9",
+                b"a\x01b",
+                b"a\tb",
+                b"a\x7fb",
+            ]:
+                await self.expect_error(
+                    "PUT",
+                    "/k",
+                    400,
+                    "bad_content_type",
+                    body=b"x",
+                    headers={b"Content-Type": [content_type]},
+                )
+            self.assertEqual(await self.storage.stats(), (0, 0))
+
+        return self.run_async(check())
+
+    def test_content_type_a_header_cannot_hold_is_escaped(self):
+        """
+        The Python API stores any content type; over HTTP, what a header
+        cannot carry comes back escaped rather than as a 500.
+        """
+
+        async def check():
+            await self.storage.set("k", b"v", "x/\u00e9\x01\U0001f511")
+            response, content = await self.request("GET", "/k")
+            self.assertEqual((response.code, content), (200, b"v"))
+            self.assertEqual(
+                response.headers.getRawHeaders(b"Content-Type"),
+                [b"x/\\xe9\\x01\\U0001f511"],
             )
-        )
+
+        return self.run_async(check())
 
     def test_if_match_is_compare_and_set(self):
         async def check():
