@@ -20,6 +20,22 @@ __all__ = ["DEFAULT_BODY_TIMEOUT", "makeSite"]
 DEFAULT_BODY_TIMEOUT = 30.0
 
 
+def _closing_response(error: ApiError) -> bytes:
+    """
+    A whole response telling C{error}, for a connection about to be closed
+    because its request could not be parsed far enough to answer otherwise.
+    """
+    body = error.body()
+    reason = RESPONSES.get(error.status, b"Error")
+    head = (
+        b"HTTP/1.1 %d %s\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: %d\r\n"
+        b"Connection: close\r\n\r\n" % (error.status, reason, len(body))
+    )
+    return head + body
+
+
 class _Channel(HTTPChannel):
     """
     An HTTP/1.1 connection without two costs twisted.web pays for every
@@ -71,6 +87,18 @@ class _Channel(HTTPChannel):
         if self._host is None:
             self._host = super().getHost()
         return self._host
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web answers requests it cannot parse (a bad request line,
+        # Content-Length or chunk, headers over its limits) with a bare 400;
+        # this API answers every error in JSON.
+        message = "the request is not valid HTTP/1.1 or its headers are too large"
+        self.transport.write(_closing_response(ApiError(400, "bad_request", message)))
+        self.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A request line or header over 16 KiB: twisted.web just hangs up."""
+        self._respondToBadRequestAndDisconnect()
 
 
 class _DateHeader:
@@ -221,15 +249,7 @@ class _BoundedRequest(Request):
         self.content = None
         # No "100 Continue": the client should not send the body at all.
         self.requestHeaders.removeHeader(b"Expect")
-        body = error.body()
-        reason = RESPONSES.get(error.status, b"Error")
-        head = (
-            b"HTTP/1.1 %d %s\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (error.status, reason, len(body))
-        )
-        self.channel.transport.write(head + body)
+        self.channel.transport.write(_closing_response(error))
         self.channel.transport.loseConnection()
 
 

@@ -149,6 +149,10 @@ class _ClockedTestCase(TestCase):
         self.site = makeSite(
             Service(self.storage, LIMIT), body_timeout=30, reactor=self.clock
         )
+        self.connect()
+
+    def connect(self) -> None:
+        """A new client connection, as C{self.channel} and C{self.transport}."""
         address = IPv4Address("TCP", "127.0.0.1", 50000)
         self.channel = self.site.buildProtocol(address)
         self.transport = StringTransport()
@@ -235,6 +239,20 @@ class RequestTargetTests(_ClockedTestCase):
             )
             self.assertTrue(status.startswith(b"HTTP/1.1 400 "), (target, status))
             self.assertEqual(json.loads(body)["error"], "bad_request_target")
+        self.assertEqual(self.successResultOf(self.storage.stats()), (0, 0))
+
+    def test_requests_twisted_cannot_parse_get_a_json_400(self):
+        for request in [
+            b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+            b"PUT /k HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nv",
+            b"GET /k HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 17000 + b"\r\n\r\n",
+            b"GET /k HTTP/9.9\r\nHost: x\r\n\r\n",
+        ]:
+            self.connect()
+            status, body = self.exchange(request)
+            self.assertEqual(status, b"HTTP/1.1 400 Bad Request", request[:40])
+            self.assertEqual(json.loads(body)["error"], "bad_request")
+            self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.successResultOf(self.storage.stats()), (0, 0))
 
 
