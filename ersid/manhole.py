@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 import warnings
 from typing import Any
 
@@ -32,7 +33,7 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import threads
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -146,8 +147,32 @@ def read_password_file(path: str) -> dict[bytes, bytes]:
                     f"line {number} of {path} is not 'user:hash' with a bcrypt or "
                     "crypt hash; plain-text passwords are not accepted"
                 )
+            if not _usable_hash(hashed):
+                raise ManholeError(
+                    f"line {number} of {path}: the hash is damaged or of a kind "
+                    "this system cannot check; make it again, e.g. with "
+                    "python3 -c 'import bcrypt, getpass; print(bcrypt.hashpw("
+                    "getpass.getpass().encode(), bcrypt.gensalt()).decode())'"
+                )
             hashes[user] = hashed
     return hashes
+
+
+# A well-formed bcrypt hash of bcrypt's default cost that no password is
+# known to match, checked for unknown users.
+_NO_USER = b"$2b$12$" + b"." * 53
+_BCRYPT_HASH = re.compile(rb"\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}")
+
+
+def _usable_hash(hashed: bytes) -> bool:
+    """Whether C{hashed} is a well-formed bcrypt hash or one crypt(3) can use."""
+    if hashed.startswith((b"$2a$", b"$2b$", b"$2y$")):
+        return _BCRYPT_HASH.fullmatch(hashed) is not None
+    if _crypt is None or not hashed.isascii():
+        return False
+    # crypt(3) answers a hash it cannot use with None or a "*" token.
+    computed = _crypt.crypt("", hashed.decode())
+    return computed is not None and not computed.startswith("*")
 
 
 @implementer(IAuthorizedKeysDB)
@@ -183,13 +208,14 @@ class HashedPasswordChecker:
         self._hashes = hashes
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> Deferred[bytes]:
-        hashed = self._hashes.get(credentials.username)
-        if hashed is None:
-            return fail(UnauthorizedLogin("unknown user"))
+        known = credentials.username in self._hashes
+        # An unknown user costs the same check, so that timing does not tell
+        # which user names exist.
+        hashed = self._hashes.get(credentials.username, _NO_USER)
 
         def checked(matches: bool) -> bytes:
-            if not matches:
-                raise UnauthorizedLogin("wrong password")
+            if not (known and matches):
+                raise UnauthorizedLogin("wrong user name or password")
             return credentials.username
 
         matching = threads.deferToThread(

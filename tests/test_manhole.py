@@ -41,7 +41,7 @@ def _ssh_keygen(path: str, kind: str = "ed25519") -> str:
 
 
 def _write_private(path: str, text: str) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as f:
         f.write(text)
 
@@ -116,6 +116,19 @@ class CredentialFileTests(TestCase):
         with self.assertRaises(ManholeError) as raised:
             read_password_file(self.path("passwd"))
         self.assertIn("plain-text passwords are not accepted", str(raised.exception))
+
+    def test_damaged_or_unusable_hash_refused(self):
+        """
+        A hash that could never be checked stops the start, rather than
+        failing every login with an error in the log.
+        """
+        good = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
+        for hashed in [good[:-1], "$2b$12$short", "$9$unknown$method", "$6$\u00e9$x"]:
+            _write_private(self.path("passwd"), f"ops:{hashed}\n")
+            with self.assertRaises(ManholeError) as raised:
+                read_password_file(self.path("passwd"))
+            self.assertIn("line 1", str(raised.exception))
+            self.assertIn("damaged", str(raised.exception))
 
     def test_password_file_readable_by_others_refused(self):
         hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
