@@ -134,6 +134,21 @@ class DaemonTests(TestCase):
 
         return self.run_async(check())
 
+    def test_tac_file_with_bad_options_says_so_in_one_line(self):
+        async def check():
+            daemon = Daemon.twistd(
+                "-ny",
+                "service.tac",
+                "--pidfile=",
+                env={"ERSID_OPTIONS": "-p 99999"},
+            )
+            self.assertEqual(await daemon.ended, 1)
+            self.assertEqual(
+                daemon.output, "ersid: port 99999 is out of range (in $ERSID_OPTIONS)\n"
+            )
+
+        return self.run_async(check())
+
     def test_bin_service(self):
         async def check():
             script = os.path.join(CHECKOUT, "bin", "service")
