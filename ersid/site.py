@@ -20,22 +20,6 @@ __all__ = ["DEFAULT_BODY_TIMEOUT", "makeSite"]
 DEFAULT_BODY_TIMEOUT = 30.0
 
 
-def _closing_response(error: ApiError) -> bytes:
-    """
-    A whole response telling C{error}, for a connection about to be closed
-    because its request could not be parsed far enough to answer otherwise.
-    """
-    body = error.body()
-    reason = RESPONSES.get(error.status, b"Error")
-    head = (
-        b"HTTP/1.1 %d %s\r\n"
-        b"Content-Type: application/json\r\n"
-        b"Content-Length: %d\r\n"
-        b"Connection: close\r\n\r\n" % (error.status, reason, len(body))
-    )
-    return head + body
-
-
 class _Channel(HTTPChannel):
     """
     An HTTP/1.1 connection without two costs twisted.web pays for every
@@ -88,13 +72,29 @@ class _Channel(HTTPChannel):
             self._host = super().getHost()
         return self._host
 
+    def refuse(self, error: ApiError) -> None:
+        """
+        Answer C{error} on the raw connection and close it, for a request
+        that was not parsed far enough to respond through the usual
+        machinery.
+        """
+        body = error.body()
+        reason = RESPONSES.get(error.status, b"Error")
+        head = (
+            b"HTTP/1.1 %d %s\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % (error.status, reason, len(body))
+        )
+        self.transport.write(head + body)
+        self.loseConnection()
+
     def _respondToBadRequestAndDisconnect(self) -> None:
         # twisted.web answers requests it cannot parse (a bad request line,
         # Content-Length or chunk, headers over its limits) with a bare 400;
         # this API answers every error in JSON.
         message = "the request is not valid HTTP/1.1 or its headers are too large"
-        self.transport.write(_closing_response(ApiError(400, "bad_request", message)))
-        self.loseConnection()
+        self.refuse(ApiError(400, "bad_request", message))
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """A request line or header over 16 KiB: twisted.web just hangs up."""
@@ -240,17 +240,13 @@ class _BoundedRequest(Request):
         self._refuse(ApiError(408, "request_timeout", message))
 
     def _refuse(self, error: ApiError) -> None:
-        """
-        Answer on the raw connection and close it: this request has not been
-        parsed far enough to respond through the usual machinery.
-        """
+        """Stop reading this request and answer C{error} (see L{_Channel.refuse})."""
         self._refused = True
         self._cancel_deadline()
         self.content = None
         # No "100 Continue": the client should not send the body at all.
         self.requestHeaders.removeHeader(b"Expect")
-        self.channel.transport.write(_closing_response(error))
-        self.channel.transport.loseConnection()
+        self.channel.refuse(error)
 
 
 def makeSite(
