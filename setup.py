@@ -15,7 +15,6 @@ setup(
         "treq>=24.9",
         "attrs>=23.1",
         "zope.interface>=6",
-        "sortedcontainers>=2.4",
     ],
     entry_points={
         "console_scripts": [

@@ -36,8 +36,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from ersid._records import PackedRecords
 from ersid.journal import Journal
-from ersid.memory import PackedRecords
 from ersid.storage import IStorage, Record
 
 __all__ = [

@@ -21,8 +21,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from ersid import manhole, rest, site
+from ersid._records import PackedRecords
 from ersid.journal import FSYNC_POLICIES, Journal, JournalCorrupt, read_journal
-from ersid.memory import DictStorage, PackedRecords
+from ersid.memory import DictStorage
 from ersid.snapshot import (
     SnapshotError,
     SnapshotService,

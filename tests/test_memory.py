@@ -1,6 +1,12 @@
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
-from ersid.memory import DictStorage, PackedRecords
+from ersid import _records
+from ersid._records import PackedRecords
+from ersid.memory import DictStorage
 from ersid.storage import Record, StorageUnavailable
 
 from .storage_contract import StorageContractMixin
@@ -78,3 +84,71 @@ class PackedRecordsTests(TestCase):
         storage = DictStorage()
         self.failureResultOf(storage.set("k", b"v", "x" * 70_000), ValueError)
         self.assertEqual(self.successResultOf(storage.stats()), (0, 0))
+
+
+# Few characters, so that keys repeat and prefix one another; a NUL, a lone
+# surrogate (the Python API takes any str) and the empty key included.
+_KEYS = st.text(alphabet="ab\x00\xff\ud800\U0001f511", max_size=2)
+
+
+class PackedRecordsOrderTests(TestCase):
+    """
+    Any sequence of writes and deletes leaves the same records, in the
+    same order, as a dict sorted afterwards. Blocks hold four keys here, so
+    that they split and merge all the time.
+    """
+
+    def setUp(self):
+        self.patch(_records, "_BLOCK_SIZE", 4)
+
+    def assertConsistent(self, packed: PackedRecords, model: dict[str, Record]):
+        self.assertEqual(list(packed), sorted(model))
+        self.assertEqual({key: packed[key] for key in packed}, model)
+        self.assertEqual(len(packed), len(model))
+        blocks = packed._blocks
+        self.assertEqual(
+            packed._firsts,
+            [block.key_list()[0].decode("utf-8", "surrogatepass") for block in blocks],
+        )
+        for block in blocks:
+            self.assertTrue(1 <= len(block.records) <= 4)
+            self.assertEqual(len(block.key_list()), len(block.records))
+        # Deletes merge blocks: a store never gets emptier than half full.
+        for block, following in itertools.pairwise(blocks):
+            self.assertGreater(len(block.records) + len(following.records), 2)
+
+    @settings(max_examples=300, derandomize=True, database=None, deadline=None)
+    @given(
+        st.lists(st.tuples(st.booleans(), _KEYS), max_size=100),
+        st.lists(_KEYS, max_size=3),
+    )
+    def test_agrees_with_a_sorted_dict(self, operations, starts):
+        packed = PackedRecords()
+        model: dict[str, Record] = {}
+        for version, (is_write, key) in enumerate(operations, 1):
+            if is_write:
+                record = Record(b"%d" % version, version=version)
+                packed[key] = record
+                model[key] = record
+            else:
+                self.assertEqual(packed.pop_packed(key) is not None, key in model)
+                model.pop(key, None)
+                self.assertNotIn(key, packed)
+            self.assertConsistent(packed, model)
+        for start in starts:
+            self.assertEqual(
+                [key for key, _ in packed.items_from(start)],
+                sorted(key for key in model if key >= start),
+            )
+
+    def test_deletes_merge_blocks(self):
+        model = {f"k{i:02d}": Record(b"v") for i in range(40)}
+        packed = PackedRecords(model)
+        for i in range(40):
+            if i % 4:
+                del packed[f"k{i:02d}"], model[f"k{i:02d}"]
+        self.assertConsistent(packed, model)
+
+    def test_keys_loaded_in_order_fill_whole_blocks(self):
+        packed = PackedRecords((f"k{i:02d}", Record(b"v")) for i in range(10))
+        self.assertEqual([len(block.records) for block in packed._blocks], [4, 4, 2])

@@ -20,6 +20,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.trial.unittest import TestCase
 
+from ersid import _records
 from ersid.journal import Journal, read_journal
 from ersid.memory import DictStorage
 from ersid.storage import IImmediateReads, Precondition, PreconditionFailed, Record
@@ -149,6 +150,7 @@ class _PropertyMixin:
     def test_agrees_with_a_dict(self):
         @settings(
             max_examples=self.examples,
+            derandomize=True,
             deadline=None,
             database=None,
             suppress_health_check=[HealthCheck.too_slow],
@@ -175,6 +177,10 @@ class _PropertyMixin:
 
 class DictStorageProperties(_PropertyMixin, TestCase):
     examples = 200
+
+    def setUp(self):
+        # Blocks of two keys: nine keys are enough to split and merge them.
+        self.patch(_records, "_BLOCK_SIZE", 2)
 
     def make_storage(self):
         return DictStorage()
