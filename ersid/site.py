@@ -165,9 +165,10 @@ class _BoundedRequest(Request):
 
         A request target in absolute form (C{http://host/key}), which
         HTTP/1.1 servers must accept, is served as its path; twisted.web
-        would take the whole URL for the path.
+        would take the whole URL for the path. C{*} is left to twisted.web
+        for C{OPTIONS}, the one method it is meant for.
         """
-        if self.path == b"*":
+        if self.path == b"*" and self.method == b"OPTIONS":
             return super().process()
         site = self.site = self.channel.site
         self.responseHeaders.setRawHeaders(b"Date", [site.date_header()])

@@ -233,7 +233,7 @@ class RequestTargetTests(_ClockedTestCase):
         self.assertEqual(self.successResultOf(self.storage.stats()), (0, 0))
 
     def test_other_targets_refused(self):
-        for target in [b"k", b"ftp://host/k", b"http:/k", b"ersid.test:80"]:
+        for target in [b"k", b"ftp://host/k", b"http:/k", b"ersid.test:80", b"*"]:
             status, body = self.exchange(
                 b"PUT " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv"
             )
