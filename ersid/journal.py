@@ -9,16 +9,19 @@ the operation, revision, key, content type and value. A snapshot starts a new
 segment, and once the snapshot is safely written the older segments, whose
 entries it covers, are deleted.
 
-All file I/O happens in a thread, one batch at a time: entries appended while
-a batch is being written go together into the next (group commit).
+All file I/O happens in the journal's own thread, one batch at a time:
+entries appended while a batch is being written go together into the next
+(group commit), which is written with one system call.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import queue
 import struct
 import sys
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -193,10 +196,15 @@ class _Pending:
     result: Any
 
 
+# What the journal's thread is handed: entries to write, and work on its
+# files (rotation, compaction) to do in order with them.
+_Batch = list[_Pending | Callable[[], None]]
+
+
 class Journal:
     """
-    Appends entries to the current segment in the reactor's thread pool,
-    batch after batch, and fires each entry's Deferred once its batch is
+    Appends entries to the current segment in a thread of its own, batch
+    after batch, and fires each entry's Deferred once its batch is
     written (and, with C{fsync="always"}, on disk).
 
     When a batch cannot be written (disk full, I/O error), the file is cut
@@ -211,12 +219,14 @@ class Journal:
         self.fsync = fsync
         self.error: str | None = None
         self._reactor = reactor
-        self._queue: list[_Pending | Callable[[], None]] = []
+        self._queue: _Batch = []
         self._busy = False
         self._unsynced = False
         self._file: Any = None
-        self._good_size = 0
+        self._good_size = self._size = 0
         self._stop_waiters: list[Deferred[None]] | None = None
+        self._batches: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
         self._ticker = LoopingCall(self._sync_every_second)
         self._ticker.clock = reactor
         self._open(revision)
@@ -225,9 +235,9 @@ class Journal:
         """Continue the newest segment, or start one at C{revision}."""
         segments = _segments(self.directory)
         path = segments[-1] if segments else self._segment_path(revision)
-        self._file = open(path, "ab")
+        self._file = open(path, "ab", buffering=0)
         self._path = path
-        self._good_size = self._file.tell()
+        self._good_size = self._size = self._file.tell()
 
     def _segment_path(self, revision: int) -> str:
         return os.path.join(self.directory, f"{_PREFIX}{revision:020d}")
@@ -275,9 +285,9 @@ class Journal:
         def switch() -> None:
             self._flush_and_sync()
             self._file.close()
-            self._file = open(new_path, "ab")
+            self._file = open(new_path, "ab", buffering=0)
             self._path = new_path
-            self._good_size = self._file.tell()
+            self._good_size = self._size = self._file.tell()
 
         self._queue.append(switch)
         self._kick()
@@ -321,7 +331,6 @@ class Journal:
         self.error = failure.value.strerror
 
     def _flush_and_sync(self) -> None:
-        self._file.flush()
         os.fsync(self._file.fileno())
         self._unsynced = False
 
@@ -330,28 +339,59 @@ class Journal:
             return
         self._busy = True
         batch, self._queue = self._queue, []
-        pool = self._reactor.getThreadPool()
-        written = deferToThreadPool(self._reactor, pool, self._write, batch)
-        written.addBoth(self._written, batch)
+        if self._writer is None:
+            self._writer = threading.Thread(
+                target=self._write_batches, name="ersid-journal", daemon=True
+            )
+            self._writer.start()
+        self._batches.put(batch)
 
-    def _write(self, batch: list[_Pending | Callable[[], None]]) -> str | None:
+    def _write_batches(self) -> None:
+        """
+        The journal's thread: write each batch handed over, and hand the
+        outcome back to the reactor. One thread of its own, rather than the
+        reactor's pool, halves the cost of the round trip (a pool dispatches
+        through several layers of Python), and the entries must be written
+        one batch after the other anyway.
+        """
+        while True:
+            batch = self._batches.get()
+            if batch is None:
+                return
+            try:
+                outcome = self._write(batch)
+            except BaseException:
+                outcome = Failure()
+            self._reactor.callFromThread(self._written, outcome, batch)
+
+    def _write(self, batch: _Batch) -> str | None:
         """In the thread: write the batch; return why it failed, if it did."""
         try:
+            chunk: list[bytes] = []
             for item in batch:
                 if isinstance(item, _Pending):
-                    self._file.write(item.data)
+                    chunk.append(item.data)
                 else:
+                    self._append(chunk)
                     item()
-            self._file.flush()
+            self._append(chunk)
             if self.fsync == "always":
                 os.fsync(self._file.fileno())
             else:
                 self._unsynced = True
-            self._good_size = self._file.tell()
+            self._good_size = self._size
             return None
         except OSError as e:
             self._cut_back()
             return e.strerror or errno.errorcode.get(e.errno or 0, str(e))
+
+    def _append(self, chunk: list[bytes]) -> None:
+        """Write the entries of C{chunk} in one system call, and empty it."""
+        data = memoryview(b"".join(chunk))
+        chunk.clear()
+        self._size += len(data)
+        while data:
+            data = data[self._file.write(data) :]
 
     def _cut_back(self) -> None:
         """Drop whatever part of a failed batch reached the file."""
@@ -364,11 +404,10 @@ class Journal:
                 f.truncate(self._good_size)
         except OSError:
             pass
-        self._file = open(self._path, "ab")
+        self._file = open(self._path, "ab", buffering=0)
+        self._size = self._good_size
 
-    def _written(
-        self, outcome: Any, batch: list[_Pending | Callable[[], None]]
-    ) -> None:
+    def _written(self, outcome: Any, batch: _Batch) -> None:
         self._busy = False
         entries = [item for item in batch if isinstance(item, _Pending)]
         if isinstance(outcome, Failure):
@@ -389,6 +428,8 @@ class Journal:
             self._kick()
         elif self._stop_waiters is not None and not self._file.closed:
             self._file.close()
+            self._batches.put(None)  # the thread ends; a later write starts another
+            self._writer = None
             for waiter in self._stop_waiters:
                 waiter.callback(None)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 
 from treq.testing import StubTreq
 from twisted.internet import reactor
@@ -155,6 +156,24 @@ class JournalTests(_JournalTestCase):
             await gatherResults([storage.set(f"k{i}", b"v") for i in range(100)])
             self.assertLess(len(synced), 10)
             self.assertEqual(len(_replayed(self.directory)), 100)
+
+        return self.run_async(check())
+
+    def test_stop_ends_its_thread(self):
+        """The journal writes in a thread of its own, which ends with stop()."""
+
+        def journal_threads():
+            return {t for t in threading.enumerate() if t.name == "ersid-journal"}
+
+        before = journal_threads()
+
+        async def check():
+            storage = self.open()
+            await storage.set("k", b"v")
+            (writer,) = journal_threads() - before
+            await storage.journal.stop()
+            writer.join(10)
+            self.assertFalse(writer.is_alive())
 
         return self.run_async(check())
 
