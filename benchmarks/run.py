@@ -6,11 +6,13 @@ interpreter: a bare twisted.web resource over a dict (bare_server.py).
 In one run, under the same load (wrk, 50 keep-alive connections, GET and PUT
 of 100-byte values over 1,000 keys; server on core 0, wrk on core 1 where
 there are two), it measures the bare server, Ersid with the dict backend and,
-when a MariaDB server can be started, Ersid with MySQL; then the cost of
+when a MariaDB server can be started, Ersid with MySQL, all running side by
+side and loaded in turn, in slices of a few seconds; then the cost of
 snapshots with 1,000,000 keys. Prints a table and writes results/latest.json
 and results/latest.png.
 
 Usage: bin/dev bench [--duration S] [--rounds N] [--no-scale] [--no-mysql]
+(--duration: seconds a slice)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
@@ -152,17 +154,15 @@ def _twistd(port: int, data_dir: str, *extra: str) -> list[str]:
     ]
 
 
-def _measure(
-    command: list[str], ready: bytes, port: int, seconds: float
-) -> dict[str, dict[str, float]]:
-    url = f"http://127.0.0.1:{port}"
-    with _server(command, ready):
-        _wrk(url, "PUT", 1)  # creates every key, and warms up
-        return {method: _wrk(url, method, seconds) for method in ("PUT", "GET")}
-
-
 def throughput(seconds: float, rounds: int, with_mysql: bool) -> dict:
-    """Requests/s and latency of each target in C{rounds} alternated rounds."""
+    """
+    Requests/s and latency of each target: all of them run side by side
+    (one at a time under load), and each round gives every target a slice
+    of C{seconds} of PUT, then of GET, in an order that alternates from one
+    round to the next. Short, interleaved slices measure the targets under
+    the same conditions: on a shared VM the machine's speed drifts by a
+    fifth within a minute.
+    """
     work = tempfile.mkdtemp(prefix="ersid-bench-")
     targets: dict[str, tuple[list[str], bytes, int]] = {}
     port = _free_port()
@@ -201,11 +201,22 @@ def throughput(seconds: float, rounds: int, with_mysql: bool) -> dict:
         )
     measured: dict[str, dict[str, list[dict[str, float]]]] = {}
     try:
-        for round_number in range(rounds):
-            for name, (command, ready, port) in targets.items():
-                print(f"  round {round_number + 1}/{rounds}: {name}", flush=True)
-                for method, figures in _measure(command, ready, port, seconds).items():
-                    measured.setdefault(name, {}).setdefault(method, []).append(figures)
+        with ExitStack() as running:
+            for command, ready, port in targets.values():
+                running.enter_context(_server(command, ready))
+                _wrk(f"http://127.0.0.1:{port}", "PUT", 1)  # creates the keys
+            for round_number in range(rounds):
+                print(f"  round {round_number + 1}/{rounds}", flush=True)
+                names = list(targets)
+                if round_number % 2:
+                    names.reverse()
+                for method in ("PUT", "GET"):
+                    for name in names:
+                        url = f"http://127.0.0.1:{targets[name][2]}"
+                        figures = _wrk(url, method, seconds)
+                        measured.setdefault(name, {}).setdefault(method, []).append(
+                            figures
+                        )
     finally:
         if mariadb is not None:
             mariadb.stop()
@@ -219,7 +230,7 @@ def summarize(
     """
     Each target's figures from its median round, with its ratio to the
     ceiling: the median of the ratios of the rounds, each round's target
-    against the same round's ceiling, measured just before it. On a shared
+    against the same round's ceiling, measured next to it. On a shared
     VM the ceiling itself varies by a fifth from one round to the next; a
     ratio of two best rounds follows whichever was luckier.
     """
@@ -343,8 +354,9 @@ def _chart(results: dict, path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=3, help="seconds a slice")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--scale-duration", type=int, default=10)
     parser.add_argument("--scale-keys", type=int, default=1_000_000)
     parser.add_argument("--no-scale", action="store_true")
     parser.add_argument("--no-throughput", action="store_true")
@@ -363,13 +375,13 @@ def main() -> None:
         },
     }
     if not arguments.no_throughput:
-        print("Throughput (median of alternated rounds):", flush=True)
+        print("Throughput (interleaved slices, order alternating):", flush=True)
         results["throughput"] = throughput(
             arguments.duration, arguments.rounds, not arguments.no_mysql
         )
     if not arguments.no_scale:
         print(f"Snapshots with {arguments.scale_keys:,} keys:", flush=True)
-        results["scale"] = scale(arguments.scale_keys, arguments.duration)
+        results["scale"] = scale(arguments.scale_keys, arguments.scale_duration)
 
     print()
     print(
