@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import random
+import resource
 import sys
 import time
 from collections import Counter
@@ -195,6 +196,29 @@ def _print(report: dict[str, Any]) -> None:
     print(f"statuses:    {statuses or 'none'}")
 
 
+# Descriptors beyond the connections: standard streams, the reactor's own.
+_SPARE_DESCRIPTORS = 32
+
+
+def _make_room_for(connections: int) -> str | None:
+    """
+    Raise the soft limit on open files, up to the hard one, to hold
+    C{connections}; or say why it cannot (past the limit, connections would
+    wait for descriptors and the run overrun its duration).
+    """
+    needed = connections + _SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return None
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        return (
+            f"--concurrency {connections} needs {needed} open files, over this "
+            f"process's limit of {hard} (see ulimit -n)"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ersid-bench", description="Benchmark an Ersid server."
@@ -227,6 +251,9 @@ def main(argv: list[str] | None = None) -> None:
         _parser().error("--duration must be more than 0 seconds")
     if arguments.value_size < 0:
         _parser().error("--value-size must not be negative")
+    problem = _make_room_for(arguments.concurrency)
+    if problem is not None:
+        _parser().error(problem)
 
     async def run(reactor: Any) -> None:
         report = await _benchmark(reactor, arguments)

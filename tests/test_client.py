@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import resource
 import sys
 from contextlib import redirect_stderr
 
@@ -20,6 +21,7 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from ersid import bench
 from ersid.bench import main as bench_main
 from ersid.bench import parse_mix, percentile
 from ersid.client import (
@@ -437,12 +439,26 @@ class BenchHelperTests(TestCase):
             (["-d", "0"], "--duration must be more than 0"),
             (["--value-size", "-1"], "--value-size must not be negative"),
             (["--mix", "post=1"], "post"),
+            (["-c", "100000000"], "open files, over this process's limit"),
         ]:
             stderr = io.StringIO()
             with self.assertRaises(SystemExit) as exited, redirect_stderr(stderr):
                 bench_main(argv)
             self.assertEqual(exited.exception.code, 2)
             self.assertIn(complaint, stderr.getvalue())
+
+    def test_open_file_limit_raised_for_the_connections(self):
+        """
+        A concurrency above the soft limit on open files raises it (up to
+        the hard limit): connections must not wait for descriptors.
+        """
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        connections = min(1000, hard - 64)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (connections // 4, hard))
+        self.assertIsNone(bench._make_room_for(connections))
+        raised, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.assertGreater(raised, connections)
 
     def test_percentile(self):
         values = [float(i) for i in range(1, 101)]
