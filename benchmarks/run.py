@@ -205,23 +205,30 @@ def throughput(seconds: float, rounds: int, with_mysql: bool) -> dict:
             for command, ready, port in targets.values():
                 running.enter_context(_server(command, ready))
                 _wrk(f"http://127.0.0.1:{port}", "PUT", 1)  # creates the keys
-            for round_number in range(rounds):
-                print(f"  round {round_number + 1}/{rounds}", flush=True)
-                names = list(targets)
-                if round_number % 2:
-                    names.reverse()
-                for method in ("PUT", "GET"):
-                    for name in names:
-                        url = f"http://127.0.0.1:{targets[name][2]}"
-                        figures = _wrk(url, method, seconds)
-                        measured.setdefault(name, {}).setdefault(method, []).append(
-                            figures
-                        )
+            for number, round_slices in enumerate(slices(list(targets), rounds), 1):
+                print(f"  round {number}/{rounds}", flush=True)
+                for method, name in round_slices:
+                    url = f"http://127.0.0.1:{targets[name][2]}"
+                    figures = _wrk(url, method, seconds)
+                    measured.setdefault(name, {}).setdefault(method, []).append(figures)
     finally:
         if mariadb is not None:
             mariadb.stop()
         shutil.rmtree(work, ignore_errors=True)
     return summarize(measured, CEILING)
+
+
+def slices(names: list[str], rounds: int) -> list[list[tuple[str, str]]]:
+    """
+    Each round's slices as (method, target): every target's PUT, then every
+    target's GET, their order reversed every other round so that no target
+    is always measured first.
+    """
+    schedule = []
+    for round_number in range(rounds):
+        order = names if round_number % 2 == 0 else names[::-1]
+        schedule.append([(method, name) for method in ("PUT", "GET") for name in order])
+    return schedule
 
 
 def summarize(

@@ -253,7 +253,7 @@ class Journal:
             self._stop_waiters = [stopped]
             if self._ticker.running:
                 self._ticker.stop()
-            self._queue.append(self._flush_and_sync)
+            self._queue.append(self._sync)
             self._kick()
         elif self._file.closed:
             stopped.callback(None)
@@ -283,7 +283,7 @@ class Journal:
         new_path = self._segment_path(revision)
 
         def switch() -> None:
-            self._flush_and_sync()
+            self._sync()
             self._file.close()
             self._file = open(new_path, "ab", buffering=0)
             self._path = new_path
@@ -330,7 +330,7 @@ class Journal:
         )
         self.error = failure.value.strerror
 
-    def _flush_and_sync(self) -> None:
+    def _sync(self) -> None:
         os.fsync(self._file.fileno())
         self._unsynced = False
 
@@ -386,7 +386,10 @@ class Journal:
             return e.strerror or errno.errorcode.get(e.errno or 0, str(e))
 
     def _append(self, chunk: list[bytes]) -> None:
-        """Write the entries of C{chunk} in one system call, and empty it."""
+        """
+        Write the entries of C{chunk} together (one system call, unless the
+        system takes part of them), and empty it.
+        """
         data = memoryview(b"".join(chunk))
         chunk.clear()
         self._size += len(data)

@@ -63,6 +63,35 @@ def _rounds(*requests_per_second: float) -> list[dict[str, float]]:
     return [{"requests_per_second": r, "p99_ms": r / 1000} for r in requests_per_second]
 
 
+class ScheduleTests(TestCase):
+    def test_slices_alternate_the_order_of_targets(self):
+        """
+        Each round measures every target once a method, side by side, and
+        whoever went first in one round goes last in the next.
+        """
+        self.assertEqual(
+            run.slices(["ceiling", "dict", "mysql"], 2),
+            [
+                [
+                    ("PUT", "ceiling"),
+                    ("PUT", "dict"),
+                    ("PUT", "mysql"),
+                    ("GET", "ceiling"),
+                    ("GET", "dict"),
+                    ("GET", "mysql"),
+                ],
+                [
+                    ("PUT", "mysql"),
+                    ("PUT", "dict"),
+                    ("PUT", "ceiling"),
+                    ("GET", "mysql"),
+                    ("GET", "dict"),
+                    ("GET", "ceiling"),
+                ],
+            ],
+        )
+
+
 class SummaryTests(TestCase):
     def test_ratio_is_the_median_of_paired_rounds(self):
         """
