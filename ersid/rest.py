@@ -8,6 +8,7 @@ C{{"error": code, "message": text}} with a 4xx or 5xx status.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -52,6 +53,8 @@ _MAX_CONTENT_TYPE_BYTES = 255
 _NO_BODY_CODES = (204, 304)
 _WHOLE_NUMBER = re.compile("[0-9]{1,9}")
 _PRINTABLE_ASCII = re.compile(b"[\x20-\x7e]+")
+
+_Handler = Callable[..., Any]
 
 _log = Logger()
 _OPENAPI = resources.files("ersid").joinpath("openapi.json").read_bytes()
@@ -234,6 +237,72 @@ def _read_body(request: IRequest, limit: int) -> bytes:
     return body
 
 
+def _header_value(text: str) -> bytes:
+    """
+    C{text} for a response header, escaped if a header cannot carry it (a
+    content type stored through the Python API may be any text).
+    """
+    if text.isascii() and text.isprintable():
+        return text.encode("ascii")
+    return text.encode("unicode_escape")
+
+
+def _not_found(request: IRequest) -> ApiError:
+    return ApiError(404, "not_found", f"no such key: {_key_of(request)!r}")
+
+
+def _render_record(record: Record | None, request: IRequest) -> bytes:
+    if record is None:
+        raise _not_found(request)
+    headers = request.responseHeaders
+    headers.setRawHeaders(b"ETag", [_etag(record.version)])
+    headers.setRawHeaders(b"X-Content-Type-Options", [b"nosniff"])
+    if _not_modified(request, record):
+        return _empty(request, 304)
+    headers.setRawHeaders(b"Content-Type", [_header_value(record.content_type)])
+    if request.method == b"HEAD":
+        headers.setRawHeaders(b"Content-Length", [b"%d" % (len(record.value),)])
+        return b""
+    # Content-Length is set when the body is written (see _FastPath).
+    return record.value
+
+
+def _render_write(result: WriteResult, request: IRequest) -> bytes:
+    request.setHeader(b"ETag", _etag(result.version))
+    return _empty(request, 201 if result.created else 204)
+
+
+def _render_delete(deleted: bool, request: IRequest) -> bytes:
+    if not deleted:
+        raise _not_found(request)
+    return _empty(request, 204)
+
+
+def _renders_with(
+    render: Callable[[Any, IRequest], bytes],
+) -> Callable[[_Handler], _Handler]:
+    """
+    Decorate C{start}, a method that checks a request and makes one storage
+    call, into a key route whose response C{render} makes of that call's
+    outcome. The route keeps both, as C{start} and C{render}, for
+    L{_FastPath}.
+    """
+
+    def route(start: _Handler) -> _Handler:
+        @functools.wraps(start)
+        def respond(self: Service, request: IRequest, _: str | None) -> Any:
+            outcome = start(self, request, _)
+            if isinstance(outcome, Deferred):
+                return outcome.addCallback(render, request)
+            return render(outcome, request)
+
+        respond.start = start  # type: ignore[attr-defined]
+        respond.render = render  # type: ignore[attr-defined]
+        return respond
+
+    return route
+
+
 class Service:
     """
     The REST service: one Klein app whose routes define the whole API.
@@ -326,82 +395,49 @@ class Service:
         """There is no empty key."""
         raise ApiError(400, "bad_key", "the key must not be empty")
 
-    # The key routes do their checks, then make one storage call and render
-    # its result, at once if they can or else in a callback: no coroutine,
-    # so that the fast path of L{resource} can run them at little cost.
+    # Each key route checks the request and makes one storage call; the
+    # function named in @_renders_with turns the call's result into the
+    # response. Kept apart, the two let the fast path of L{resource} render
+    # and finish a response in one callback.
 
     @app.route("/<path:_>", methods=["GET", "HEAD"])
-    def get_key(self, request: IRequest, _: str | None) -> bytes | Deferred[bytes]:
+    @_renders_with(_render_record)
+    def get_key(
+        self, request: IRequest, _: str | None
+    ) -> Record | Deferred[Record | None] | None:
         """Return a value byte for byte, with its content type and ETag."""
         key = _key_of(request)
         if self._get_now is not None:
-            return _render_record(self._get_now(key), request, key)
-        return self.storage.get(key).addCallback(_render_record, request, key)
+            return self._get_now(key)
+        return self.storage.get(key)
 
     @app.route("/<path:_>", methods=["PUT", "POST"])
-    def set_key(self, request: IRequest, _: str | None) -> Deferred[bytes]:
+    @_renders_with(_render_write)
+    def set_key(self, request: IRequest, _: str | None) -> Deferred[WriteResult]:
         """Store the body: 201 for a new key, 204 for a replaced one."""
         key = _key_of(request)
         precondition = _write_precondition(request)
         content_type = _content_type_of(request)
         value = _read_body(request, self.max_value_size)
-        written = self.storage.set(key, value, content_type, precondition)
-        return written.addCallback(_render_write, request)
+        return self.storage.set(key, value, content_type, precondition)
 
     @app.route("/<path:_>", methods=["DELETE"])
-    def delete_key(self, request: IRequest, _: str | None) -> Deferred[bytes]:
+    @_renders_with(_render_delete)
+    def delete_key(self, request: IRequest, _: str | None) -> Deferred[bool]:
         """Remove a key: 204, or 404 if there was none."""
         key = _key_of(request)
         precondition = _write_precondition(request)
         if precondition is not None and precondition.exists is False:
             raise ApiError(400, "bad_precondition", "If-None-Match makes no sense here")
-        deleted = self.storage.delete(key, precondition)
-        return deleted.addCallback(_render_delete, request, key)
-
-
-def _header_value(text: str) -> bytes:
-    """
-    C{text} for a response header, escaped if a header cannot carry it (a
-    content type stored through the Python API may be any text).
-    """
-    if text.isascii() and text.isprintable():
-        return text.encode("ascii")
-    return text.encode("unicode_escape")
-
-
-def _render_record(record: Record | None, request: IRequest, key: str) -> bytes:
-    if record is None:
-        raise ApiError(404, "not_found", f"no such key: {key!r}")
-    headers = request.responseHeaders
-    headers.setRawHeaders(b"ETag", [_etag(record.version)])
-    headers.setRawHeaders(b"X-Content-Type-Options", [b"nosniff"])
-    if _not_modified(request, record):
-        return _empty(request, 304)
-    headers.setRawHeaders(b"Content-Type", [_header_value(record.content_type)])
-    if request.method == b"HEAD":
-        headers.setRawHeaders(b"Content-Length", [b"%d" % (len(record.value),)])
-        return b""
-    # Content-Length is set when the body is written (see _FastPath).
-    return record.value
-
-
-def _render_write(result: WriteResult, request: IRequest) -> bytes:
-    request.setHeader(b"ETag", _etag(result.version))
-    return _empty(request, 201 if result.created else 204)
-
-
-def _render_delete(deleted: bool, request: IRequest, key: str) -> bytes:
-    if not deleted:
-        raise ApiError(404, "not_found", f"no such key: {key!r}")
-    return _empty(request, 204)
+        return self.storage.delete(key, precondition)
 
 
 class _FastPath(Resource):
     """
     The front of the API. Requests for keys go straight to the Klein app's
-    own handlers for their method, found in its route table, skipping
-    Klein's per-request routing and Deferred plumbing, the bulk of the cost
-    of a request; everything else (the C{/_} endpoints, unknown methods) is
+    own routes for their method, found in its route table, skipping Klein's
+    per-request routing and Deferred plumbing, the bulk of the cost of a
+    request; everything else (the C{/_} endpoints, unknown methods) is
     rendered by Klein. Paths that are not UTF-8 get a JSON 400 here, since
     Klein would answer them in plain text.
     """
@@ -412,41 +448,58 @@ class _FastPath(Resource):
         super().__init__()
         self._service = service
         self._klein = service.app.resource()
-        self._key_handlers = {
-            method.encode("ascii"): getattr(service, rule.endpoint)
+        self._key_routes = {
+            method.encode("ascii"): (
+                functools.partial(route.start, service),
+                route.render,
+            )
             for rule in service.app.url_map.iter_rules()
             if rule.rule == "/<path:_>"
+            for route in [getattr(Service, rule.endpoint)]
             for method in rule.methods or ()
         }
 
     def render(self, request: IRequest) -> bytes | int:
-        handler = self._key_handlers.get(request.method)
-        if handler is None or request.path[1:2] in (b"_", b""):
+        key_route = self._key_routes.get(request.method)
+        if key_route is None or request.path[1:2] in (b"_", b""):
             try:
                 unquote_to_bytes(request.path).decode("utf-8")
             except UnicodeDecodeError:
                 error = ApiError(400, "bad_key", "the path is not valid UTF-8")
                 return error.render(request)
             return self._klein.render(request)
+        start, render = key_route
         try:
-            rendering = handler(request, None)
-        except Exception:
-            rendering = self._service.render_failure(request, Failure())
-        if isinstance(rendering, bytes):
-            if request.code in _NO_BODY_CODES:
-                _finish(rendering, request)
+            outcome = start(request, None)
+            if isinstance(outcome, Deferred):
+                # Rendered and finished in one callback: a Deferred's
+                # callbacks cost a microsecond each.
+                outcome.addCallbacks(
+                    self._respond,
+                    self._respond_failure,
+                    callbackArgs=(render, request),
+                    errbackArgs=(request,),
+                )
                 return NOT_DONE_YET
-            # twisted.web writes it with its Content-Length in one go.
-            return rendering
-        rendering.addCallbacks(
-            _finish,
-            self._finish_failure,
-            callbackArgs=(request,),
-            errbackArgs=(request,),
-        )
-        return NOT_DONE_YET
+            body = render(outcome, request)
+        except Exception:
+            body = self._service.render_failure(request, Failure())
+        if request.code in _NO_BODY_CODES:
+            _finish(body, request)
+            return NOT_DONE_YET
+        # twisted.web writes it with its Content-Length in one go.
+        return body
 
-    def _finish_failure(self, failure: Failure, request: IRequest) -> None:
+    def _respond(
+        self, outcome: Any, render: Callable[[Any, IRequest], bytes], request: IRequest
+    ) -> None:
+        try:
+            body = render(outcome, request)
+        except Exception:
+            body = self._service.render_failure(request, Failure())
+        _finish(body, request)
+
+    def _respond_failure(self, failure: Failure, request: IRequest) -> None:
         _finish(self._service.render_failure(request, failure), request)
 
 

@@ -22,20 +22,22 @@ DEFAULT_BODY_TIMEOUT = 30.0
 
 class _Channel(HTTPChannel):
     """
-    An HTTP/1.1 connection without two costs twisted.web pays for every
+    An HTTP/1.1 connection without costs twisted.web pays for every
     request, together a tenth of a small one.
 
     Its idle timeout (a client that sends nothing for C{timeOut} seconds,
     while no request of its is being answered, is dropped) keeps one timer
     per connection, which checks when it fires whether the connection was
     idle all along and otherwise waits again; twisted.web cancels a timer
-    and makes a new one around every request. And it asks the socket for its
-    local address once, not for every request.
+    and makes a new one around every request. And it makes the objects for
+    its local and remote addresses once, not for every request (the local
+    one with a system call).
     """
 
     _idle_since: float | None = None
     _idle_timer: IDelayedCall | None = None
     _host: IAddress | None = None
+    _peer: IAddress | None = None
 
     def setTimeout(self, period: float | None) -> float | None:
         previous, self.timeOut = self.timeOut, period
@@ -71,6 +73,11 @@ class _Channel(HTTPChannel):
         if self._host is None:
             self._host = super().getHost()
         return self._host
+
+    def getPeer(self) -> IAddress:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
 
     def refuse(self, error: ApiError) -> None:
         """
