@@ -14,6 +14,7 @@ block's bytes for C{0xFF key 0xFE}, both in C.
 
 from __future__ import annotations
 
+import operator
 import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
@@ -166,6 +167,29 @@ class PackedRecords(MutableMapping[str, Record]):
             self._firsts.append(key)
             self._blocks.append(_Block([_encode(key)], [packed]))
 
+    def _all_after_greatest(self, keys: list[str]) -> bool:
+        """Do C{keys} ascend, from beyond the greatest key stored?"""
+        greatest = self._greatest
+        return (greatest is None or keys[0] > greatest) and all(
+            map(operator.lt, keys, keys[1:])
+        )
+
+    def _append_blocks(self, keys: list[str], packed: list[bytes]) -> None:
+        """L{_append} for many keys: fill the last block, then add whole ones."""
+        self._count += len(keys)
+        self._greatest = keys[-1]
+        encoded = [_encode(key) for key in keys]
+        start = 0
+        if self._blocks:
+            last = self._blocks[-1]
+            start = _BLOCK_SIZE - len(last.records)
+            last.entries = _joined(last.key_list() + encoded[:start])
+            last.records += packed[:start]
+        for i in range(start, len(keys), _BLOCK_SIZE):
+            end = i + _BLOCK_SIZE
+            self._firsts.append(keys[i])
+            self._blocks.append(_Block(encoded[i:end], packed[i:end]))
+
     def _insert(self, i: int, encoded: bytes, packed: bytes) -> None:
         """Add a new key to block C{i}, splitting the block if it is full."""
         self._count += 1
@@ -238,8 +262,7 @@ class PackedRecords(MutableMapping[str, Record]):
 
     def put(self, key: str, value: bytes, content_type: str, version: int) -> None:
         """
-        Store a record given as its parts, building no L{Record}: a restart
-        does this a million times.
+        Store a record given as its parts.
 
         @raise ValueError: if the content type cannot be packed.
         @raise struct.error: if the version is not a 64-bit unsigned number.
@@ -247,6 +270,21 @@ class PackedRecords(MutableMapping[str, Record]):
         self.swap(key, pack_record(version, content_type, value))
         if version > self.highest_version:
             self.highest_version = version
+
+    def put_packed(
+        self, keys: list[str], packed: list[bytes], highest_version: int
+    ) -> None:
+        """
+        Store records packed by L{pack_record} under C{keys}, the highest of
+        their versions C{highest_version}. Keys that ascend past every key
+        stored, as a restart loads a snapshot, go in whole blocks at once.
+        """
+        if keys and self._all_after_greatest(keys):
+            self._append_blocks(keys, packed)
+        else:
+            for key, record in zip(keys, packed, strict=True):
+                self.swap(key, record)
+        self.highest_version = max(self.highest_version, highest_version)
 
     def __getitem__(self, key: str) -> Record:
         packed = self.get_packed(key)

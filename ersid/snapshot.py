@@ -36,7 +36,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from ersid._records import PackedRecords
+from ersid._records import PackedRecords, pack_record
 from ersid.journal import Journal
 from ersid.storage import IStorage, Record
 
@@ -467,7 +467,9 @@ def load_snapshot(path: str) -> tuple[PackedRecords, int] | None:
 
 def _decode_page(page: list[list[Any]], into: PackedRecords) -> None:
     # The hot loop of a restart: a million entries should load in a second.
-    put = into.put
+    keys: list[str] = []
+    packed: list[bytes] = []
+    highest_version = 0
     for key, version, content_type, value in page:
         if value.__class__ is str:
             data = value.encode("utf-8")
@@ -475,7 +477,11 @@ def _decode_page(page: list[list[Any]], into: PackedRecords) -> None:
             data = base64.b64decode(value["base64"], validate=True)
         if key.__class__ is not str or version.__class__ is not int:
             raise ValueError(f"bad entry for key {key!r}")
-        put(key, data, content_type, version)
+        keys.append(key)
+        packed.append(pack_record(version, content_type, data))
+        if version > highest_version:
+            highest_version = version
+    into.put_packed(keys, packed, highest_version)
 
 
 def remove_stale_temporaries(path: str) -> None:

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
 from ersid import _records
-from ersid._records import PackedRecords
+from ersid._records import PackedRecords, pack_record
 from ersid.memory import DictStorage
 from ersid.storage import DEFAULT_CONTENT_TYPE, Record, StorageUnavailable
 
@@ -180,3 +180,37 @@ class PackedRecordsOrderTests(TestCase):
     def test_keys_loaded_in_order_fill_whole_blocks(self):
         packed = PackedRecords((f"k{i:02d}", Record(b"v")) for i in range(10))
         self.assertEqual([len(block.records) for block in packed._blocks], [4, 4, 2])
+
+    def put_pages(self, packed, model, pages):
+        """Put each page of keys at once, as a restart loads a snapshot."""
+        version = packed.highest_version
+        for page in pages:
+            records = [
+                Record(b"%d" % i, version=version + i) for i in range(1, len(page) + 1)
+            ]
+            version += len(page)
+            packing = [pack_record(r.version, r.content_type, r.value) for r in records]
+            packed.put_packed(page, packing, version)
+            model.update(zip(page, records, strict=True))
+            self.assertConsistent(packed, model)
+        self.assertEqual(packed.highest_version, version)
+
+    @settings(max_examples=200, derandomize=True, database=None, deadline=None)
+    @given(st.lists(st.lists(_KEYS, max_size=12), max_size=6), st.booleans())
+    def test_pages_agree_with_a_sorted_dict(self, pages, ascending):
+        """
+        Pages of records land as if written one by one, whether their keys
+        ascend past every key stored (put in whole blocks) or not.
+        """
+        if ascending:
+            keys = sorted({key for page in pages for key in page})
+            pages = [keys[i : i + 5] for i in range(0, len(keys), 5)]
+        self.put_pages(PackedRecords(), {}, pages)
+
+    def test_pages_loaded_in_order_fill_whole_blocks(self):
+        packed = PackedRecords()
+        keys = [f"k{i:02d}" for i in range(23)]
+        self.put_pages(packed, {}, [keys[i : i + 5] for i in range(0, 23, 5)])
+        self.assertEqual(
+            [len(block.records) for block in packed._blocks], [4] * 5 + [3]
+        )
