@@ -10,7 +10,13 @@ from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES, HTTPChannel, datetimeToString, unquote
+from twisted.web.http import (
+    RESPONSES,
+    HTTPChannel,
+    datetimeToString,
+    parse_qs,
+    unquote,
+)
 from twisted.web.server import Request, Site
 
 from ersid.rest import ApiError, Service
@@ -151,10 +157,9 @@ class _BoundedRequest(Request):
     one piece, which a small body almost always does.
 
     It also processes itself with less work than a twisted.web request (see
-    L{process}).
+    L{process} and L{requestReceived}).
     """
 
-    _parsePOSTFormSubmission = False
     defaultContentType = None
     _refused = False
     _received = 0
@@ -229,10 +234,22 @@ class _BoundedRequest(Request):
             self._deadline = site.reactor.callLater(max(remaining, 0), self._too_slow)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """
+        Twisted's C{requestReceived} less the look for a form to parse, which
+        this site never does.
+        """
         if self._deadline is not None:
             self._cancel_deadline()
-        if not self._refused:
-            super().requestReceived(command, path, version)
+        if self._refused:
+            return
+        self.content.seek(0)
+        self.method, self.uri, self.clientproto = command, path, version
+        self.path, question_mark, query = path.partition(b"?")
+        self.args = parse_qs(query, keep_blank_values=True) if question_mark else {}
+        self.process()
+
+    def parseCookies(self) -> None:
+        """The API reads no cookies: leave them unparsed."""
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_deadline()

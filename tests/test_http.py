@@ -194,6 +194,17 @@ class ResponseHeaderTests(_ClockedTestCase):
         self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
         self.assertEqual(json.loads(body)["keys"], ["a/b"])
 
+    def test_query_and_cookies_are_not_part_of_the_key(self):
+        self.channel.dataReceived(
+            b"PUT /k?version=2 HTTP/1.1\r\nHost: x\r\nCookie: a=b; c=d\r\n"
+            b"Content-Length: 1\r\n\r\nv"
+        )
+        self.transport.clear()
+        self.channel.dataReceived(b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = self.transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+        self.assertEqual(body, b"v")
+
 
 class RequestTargetTests(_ClockedTestCase):
     """
