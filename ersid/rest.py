@@ -471,19 +471,19 @@ class _FastPath(Resource):
         start, render = key_route
         try:
             outcome = start(request, None)
-            if isinstance(outcome, Deferred):
-                # Rendered and finished in one callback: a Deferred's
-                # callbacks cost a microsecond each.
-                outcome.addCallbacks(
-                    self._respond,
-                    self._respond_failure,
-                    callbackArgs=(render, request),
-                    errbackArgs=(request,),
-                )
-                return NOT_DONE_YET
-            body = render(outcome, request)
         except Exception:
-            body = self._service.render_failure(request, Failure())
+            outcome = Failure()
+        if isinstance(outcome, Deferred):
+            # Rendered and finished in one callback: a Deferred's callbacks
+            # cost a microsecond each.
+            outcome.addCallbacks(
+                self._respond,
+                self._respond,
+                callbackArgs=(render, request),
+                errbackArgs=(render, request),
+            )
+            return NOT_DONE_YET
+        body = self._body(outcome, render, request)
         if request.code in _NO_BODY_CODES:
             _finish(body, request)
             return NOT_DONE_YET
@@ -493,14 +493,18 @@ class _FastPath(Resource):
     def _respond(
         self, outcome: Any, render: Callable[[Any, IRequest], bytes], request: IRequest
     ) -> None:
-        try:
-            body = render(outcome, request)
-        except Exception:
-            body = self._service.render_failure(request, Failure())
-        _finish(body, request)
+        _finish(self._body(outcome, render, request), request)
 
-    def _respond_failure(self, failure: Failure, request: IRequest) -> None:
-        _finish(self._service.render_failure(request, failure), request)
+    def _body(
+        self, outcome: Any, render: Callable[[Any, IRequest], bytes], request: IRequest
+    ) -> bytes:
+        """The response body C{render} makes of C{outcome}, or of its failure."""
+        if not isinstance(outcome, Failure):
+            try:
+                return render(outcome, request)
+            except Exception:
+                outcome = Failure()
+        return self._service.render_failure(request, outcome)
 
 
 def _finish(body: bytes, request: IRequest) -> None:
