@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="ersid",
@@ -7,10 +7,16 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=["ersid", "twisted.plugins"],
-    package_data={"ersid": ["openapi.json"], "twisted.plugins": ["ersid_plugin.py"]},
+    packages=[*find_packages(include=["ersid", "ersid.*"]), "twisted.plugins"],
+    package_data={
+        "ersid.web": ["openapi.json"],
+        "ersid.mysql": ["mysql_schema.sql"],
+        "twisted.plugins": ["ersid_plugin.py"],
+    },
     install_requires=[
-        "twisted[conch]>=24.7",
+        # The Twisted releases Ersid is tested with; it overrides a few of
+        # twisted.web's private methods (tests/test_twisted_privates.py).
+        "twisted[conch]>=26.10,<27",
         "klein>=24.8",
         "treq>=24.9",
         "attrs>=23.1",
@@ -18,8 +24,8 @@ setup(
     ],
     entry_points={
         "console_scripts": [
-            "ersid = ersid._cli:main",
-            "ersid-bench = ersid.bench:main",
+            "ersid = ersid.client.cli:main",
+            "ersid-bench = ersid.client.bench:main",
         ]
     },
     extras_require={

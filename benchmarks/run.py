@@ -36,6 +36,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
 sys.path.insert(0, CHECKOUT)
 
+from ersid.testing import free_port  # noqa: E402 (after the path is set)
+
 WRK_SCRIPT = os.path.join(HERE, "wrk_mixed.lua")
 CONNECTIONS = 50
 CEILING = "twisted.web (ceiling)"
@@ -45,14 +47,6 @@ def _pinned(core: int, command: list[str]) -> list[str]:
     if os.cpu_count() and os.cpu_count() >= 2 and shutil.which("taskset"):
         return ["taskset", "-c", str(core), *command]
     return command
-
-
-def _free_port() -> int:
-    from tests._helpers import free_port_holder
-
-    holder, port = free_port_holder()
-    holder.close()
-    return port
 
 
 @contextmanager
@@ -110,7 +104,7 @@ def _wrk(
         text=True,
         check=True,
     ).stdout
-    return _parse_wrk(result)
+    return parse_wrk(result)
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -121,7 +115,7 @@ def _milliseconds(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def _parse_wrk(output: str) -> dict[str, float]:
+def parse_wrk(output: str) -> dict[str, float]:
     requests = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])
     latency = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)", output, re.M))
     maximum = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", output)[1]
@@ -165,13 +159,13 @@ def throughput(seconds: float, rounds: int, with_mysql: bool) -> dict:
     """
     work = tempfile.mkdtemp(prefix="ersid-bench-")
     targets: dict[str, tuple[list[str], bytes, int]] = {}
-    port = _free_port()
+    port = free_port()
     targets[CEILING] = (
         [sys.executable, os.path.join(HERE, "bare_server.py"), str(port)],
         b"listening",
         port,
     )
-    port = _free_port()
+    port = free_port()
     targets["ersid dict"] = (
         _twistd(port, os.path.join(work, "dict")),
         b"REST API listening",
@@ -179,12 +173,12 @@ def throughput(seconds: float, rounds: int, with_mysql: bool) -> dict:
     )
     mariadb = None
     if with_mysql and shutil.which("mariadbd"):
-        from tests._mariadb import PASSWORD, MariaDB
+        from ersid.testing.mariadb import PASSWORD, MariaDB
 
         mariadb = MariaDB(tempfile.mkdtemp(prefix="ersid-mariadb-"))
         mariadb.fresh_database()
         os.environ["ERSID_MYSQL_PASSWORD"] = PASSWORD
-        port = _free_port()
+        port = free_port()
         targets["ersid mysql"] = (
             _twistd(
                 port,
@@ -262,7 +256,7 @@ def summarize(
 
 def _write_snapshot(path: str, count: int) -> None:
     """A snapshot of C{count} keys with 100-byte values."""
-    from ersid.snapshot import write_snapshot
+    from ersid.snapshots import write_snapshot
     from ersid.storage import Record
 
     value = b"v" * 100
@@ -288,7 +282,7 @@ def scale(count: int, seconds: float) -> dict:
     work = tempfile.mkdtemp(prefix="ersid-scale-")
     try:
         _write_snapshot(os.path.join(work, "snapshot.json"), count)
-        port = _free_port()
+        port = free_port()
         started = time.monotonic()
         command = _twistd(port, work, "-i", "1")
         with _server(command, b"REST API listening") as process:

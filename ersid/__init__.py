@@ -1,35 +1,12 @@
 """
 Ersid: a durable HTTP key-value store built on Twisted.
-"""
 
-from ersid.memory import DictStorage
-from ersid.rest import Service
-from ersid.site import makeSite
-from ersid.storage import (
-    DEFAULT_CONTENT_TYPE,
-    IImmediateReads,
-    IStorage,
-    Page,
-    Precondition,
-    PreconditionFailed,
-    Record,
-    StorageUnavailable,
-    WriteResult,
-)
+The package's parts are folders: C{ersid.web} (the HTTP API),
+C{ersid.embedded} and C{ersid.mysql} (the storage backends),
+C{ersid.snapshots}, C{ersid.manhole} and C{ersid.client}; C{ersid.tap}
+composes the daemon. Importing C{ersid} loads none of them.
+"""
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DEFAULT_CONTENT_TYPE",
-    "DictStorage",
-    "IImmediateReads",
-    "IStorage",
-    "Page",
-    "Precondition",
-    "PreconditionFailed",
-    "Record",
-    "Service",
-    "StorageUnavailable",
-    "WriteResult",
-    "makeSite",
-]
+__all__ = ["__version__"]

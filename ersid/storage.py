@@ -6,15 +6,18 @@ return Deferreds, and speaks in L{Record}s and L{Precondition}s.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import attrs
+from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "IImmediateReads",
     "IStorage",
+    "OpenedStorage",
     "Page",
     "Precondition",
     "PreconditionFailed",
@@ -195,3 +198,16 @@ class IImmediateReads(Interface):
         @return: the L{Record} of C{key}, or C{None}: what L{IStorage.get}
             would fire with.
         """
+
+
+@attrs.frozen
+class OpenedStorage:
+    """
+    What opening a backend gives the daemon: the storage, ready to serve;
+    the services that keep it (a journal, snapshots), to run as long as
+    the daemon; and the facts about them that C{/_health} shows.
+    """
+
+    storage: IStorage
+    services: Sequence[IService] = ()
+    health: Callable[[], dict[str, Any]] = dict

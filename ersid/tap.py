@@ -1,78 +1,33 @@
 """
-C{twistd ersid}: the command-line options and the composition of the daemon.
+C{twistd ersid}: the daemon's options, and L{makeService}, which composes
+it, and reads as its table of contents.
 """
 
 from __future__ import annotations
 
-import gc
 import os
-import sys
-import time
-from collections.abc import Callable, Iterable
 from typing import Any
 
-import attrs
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
-from twisted.internet import endpoints, reactor
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IProtocolFactory
-from twisted.logger import Logger
+from twisted.internet import reactor as _global_reactor
 from twisted.python import usage
 
-from ersid import manhole, rest, site
-from ersid._records import PackedRecords
-from ersid.journal import FSYNC_POLICIES, Journal, JournalCorrupt, read_journal
-from ersid.memory import DictStorage
-from ersid.snapshot import (
-    SnapshotError,
-    SnapshotService,
-    Snapshotter,
-    load_snapshot,
-    remove_stale_temporaries,
+from ersid.embedded import FSYNC_POLICIES, open_embedded
+from ersid.files import default_data_dir, make_private_directory
+from ersid.listening import (
+    Listener,
+    endpoint_description,
+    optional_endpoint_description,
 )
-from ersid.storage import IStorage, Record
+from ersid.manhole import manhole_factory
+from ersid.mysql import open_mysql
+from ersid.startup import one_line_exit
+from ersid.storage import OpenedStorage
+from ersid.web import DEFAULT_MAX_VALUE_SIZE, Service, makeSite
 
-__all__ = ["Options", "default_data_dir", "makeService"]
+__all__ = ["Options", "makeService"]
 
-_log = Logger()
-
-
-def default_data_dir() -> str:
-    """
-    Where Ersid keeps its files unless told otherwise: C{$ERSID_DATA_DIR},
-    else C{$XDG_DATA_HOME/ersid}, else C{~/.local/share/ersid}.
-    """
-    if os.environ.get("ERSID_DATA_DIR"):
-        return os.environ["ERSID_DATA_DIR"]
-    xdg = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return os.path.join(xdg, "ersid")
-
-
-# Twisted listens with a backlog of 50, which drops connections arriving
-# in bursts of more; the kernel caps this at net.core.somaxconn.
-_BACKLOG = 1024
-
-
-def _endpoint_description(value: str) -> str:
-    """
-    A plain port number means TCP on the loopback interface only, with a
-    listen backlog for bursts of connections; anything else is a Twisted
-    endpoint description, checked here.
-    """
-    if value.isascii() and value.isdigit():
-        if not 0 <= int(value) <= 65535:
-            raise usage.UsageError(f"port {value} is out of range")
-        return f"tcp:{value}:interface=127.0.0.1:backlog={_BACKLOG}"
-    try:
-        endpoints.serverFromString(reactor, value)
-    except (ValueError, KeyError, TypeError) as e:
-        raise usage.UsageError(f"bad endpoint description {value!r}: {e}") from None
-    return value
-
-
-def _optional_endpoint_description(value: str) -> str | None:
-    return None if value == "none" else _endpoint_description(value)
+_BACKENDS = ("dict", "mysql")
 
 
 def _positive(kind: type) -> Any:
@@ -170,15 +125,15 @@ class Options(usage.Options):
         [
             "max-value-size",
             None,
-            rest.DEFAULT_MAX_VALUE_SIZE,
+            DEFAULT_MAX_VALUE_SIZE,
             "Largest value accepted, in bytes; larger writes get 413.",
             _positive(int),
         ],
     ]
 
     def postOptions(self) -> None:
-        self["rest-port"] = _endpoint_description(self["rest-port"])
-        self["manhole-port"] = _optional_endpoint_description(self["manhole-port"])
+        self["rest-port"] = endpoint_description(self["rest-port"])
+        self["manhole-port"] = optional_endpoint_description(self["manhole-port"])
         if self["storage"] not in _BACKENDS:
             known = ", ".join(sorted(_BACKENDS))
             raise usage.UsageError(
@@ -194,217 +149,51 @@ class Options(usage.Options):
             self["dump-file"] = os.path.join(self["data-dir"], "snapshot.json")
 
 
-class _StartupError(Exception):
-    """The daemon cannot start as configured; the message says why."""
-
-
-@attrs.frozen
-class _Opened:
-    """A storage backend ready to serve, and how it is persisted."""
-
-    storage: IStorage
-    written_revision: int | None = None
-    journal: Journal | None = None
-    fork_with: Callable[[], Iterable[tuple[str, Record]]] | None = None
-
-
-def _open_dict_storage(options: Options) -> _Opened:
+@one_line_exit
+def makeService(options: Options, reactor: Any = _global_reactor) -> IService:
     """
-    Load the snapshot, if there is one, replay the journal entries newer
-    than it, and keep journaling into a L{DictStorage}.
+    Compose the daemon: the storage backend, opened from its files or its
+    database, and the services that keep it; the REST API in front of it;
+    the SSH manhole into it.
     """
-    path = options["dump-file"]
-    started = time.monotonic()
-    loaded = load_snapshot(path)
-    records, revision = loaded if loaded is not None else (PackedRecords(), 0)
-    _log.info(
-        "Loaded {count} keys at revision {revision} from {path} in {seconds:.2f} s",
-        count=len(records),
-        revision=revision,
-        path=path if loaded is not None else f"{path} (absent: starting empty)",
-        seconds=time.monotonic() - started,
-    )
-    replayed = 0
-    for entry in read_journal(options["data-dir"], after=revision):
-        if entry.record is None:
-            records.pop(entry.key, None)
-        else:
-            records[entry.key] = entry.record
-        revision = entry.revision
-        replayed += 1
-    if replayed:
-        _log.info(
-            "Replayed {count} journal entries, up to revision {revision}",
-            count=replayed,
-            revision=revision,
-        )
-    journal = Journal(options["data-dir"], revision, options["fsync"], reactor)
-    storage = DictStorage(records, revision, journal)
-    written = loaded[1] if loaded is not None else None
-    return _Opened(storage, written, journal, fork_with=storage.records)
-
-
-def _open_mysql_storage(options: Options) -> _Opened:
-    """
-    Connect to the database and check its schema; a server that cannot be
-    reached yet is not fatal (requests get 503 until it can), a missing
-    schema or refused credentials are.
-    """
-    try:
-        import MySQLdb
-
-        from ersid import mysql
-    except ImportError:
-        raise _StartupError(
-            "--storage mysql needs mysqlclient: pip install 'ersid[mysql]' "
-            "(which needs: apt-get install libmariadb-dev pkg-config)"
-        ) from None
-    if options["mysql-password-file"]:
-        password = mysql.read_password_file(options["mysql-password-file"])
-    else:
-        password = os.environ.get("ERSID_MYSQL_PASSWORD", "")
-    settings = mysql.MySQLSettings.from_url(options["mysql-url"], password)
-    try:
-        mysql.check_schema(settings)
-    except mysql.SchemaError as e:
-        raise _StartupError(str(e)) from None
-    except MySQLdb.OperationalError as e:
-        code, message = e.args[0], e.args[-1]
-        if code not in (2002, 2003, 2005, 2006, 2013):
-            raise _StartupError(f"database {settings.describe()}: {message}") from None
-        _log.warn(
-            "Database {database} unreachable ({message}); serving 503 until it is",
-            database=settings.describe(),
-            message=message,
-        )
-    else:
-        _log.info("Using database {database}", database=settings.describe())
-    storage = mysql.MySQLStorage(
-        settings, options["mysql-pool-min"], options["mysql-pool-max"]
-    )
-    return _Opened(storage)
-
-
-_BACKENDS = {"dict": _open_dict_storage, "mysql": _open_mysql_storage}
-
-
-def _prepare_data_dir(options: Options) -> None:
-    os.makedirs(options["data-dir"], mode=0o700, exist_ok=True)
-    dump_directory = os.path.dirname(os.path.abspath(options["dump-file"]))
-    os.makedirs(dump_directory, mode=0o700, exist_ok=True)
-    remove_stale_temporaries(options["dump-file"])
-
-
-class _Listener(StreamServerEndpointService):
-    """
-    Listen on an endpoint description, log where, and turn a port that
-    cannot be had into a clean exit rather than a traceback.
-    """
-
-    def __init__(self, what: str, description: str, factory: IProtocolFactory):
-        super().__init__(endpoints.serverFromString(reactor, description), factory)
-        self.what = what
-        self.description = description
-        self.address: Any = None
-        self._raiseSynchronously = True
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            raise SystemExit(
-                f"ersid: cannot listen for the {self.what} on "
-                f"{self.description}: {e.socketError}"
-            ) from None
-        self._waitingForPort.addCallback(self._listening)
-
-    def _listening(self, port: Any) -> Any:
-        self.address = port.getHost()
-        _log.info(
-            "{what} listening on {address}", what=self.what, address=port.getHost()
-        )
-        return port
-
-
-def _manhole_factory(options: Options, namespace: dict[str, Any]) -> Any:
-    """
-    The manhole's SSH factory, or C{None} (saying why) when it is turned
-    off or nobody could log in.
-    """
-    if options["manhole-port"] is None:
-        return None
-    authorized = manhole.read_authorized_keys(options["manhole-authorized-keys"])
-    passwords = {}
-    if options["manhole-passwd"]:
-        passwords = manhole.read_password_file(options["manhole-passwd"])
-    if not authorized and not passwords:
-        _log.warn(
-            "SSH manhole off: no keys in {keys} and no --manhole-passwd; add an "
-            "operator's public key there, or pass --manhole-authorized-keys "
-            "or --manhole-passwd, to turn it on",
-            keys=options["manhole-authorized-keys"],
-        )
-        return None
-    host_key = manhole.load_or_create_host_key(options["data-dir"])
-    _log.info(
-        "SSH manhole host key fingerprint: {fingerprint}",
-        fingerprint=manhole.fingerprint(host_key),
-    )
-    return manhole.makeFactory(namespace, host_key, authorized, passwords)
-
-
-def _health(snapshotter: Snapshotter) -> dict[str, Any]:
-    facts: dict[str, Any] = {
-        "snapshot": snapshotter.last.as_json() if snapshotter.last else None
-    }
-    if snapshotter.journal is not None:
-        journal = snapshotter.journal
-        facts["journal"] = {"fsync": journal.fsync, "error": journal.error}
-    return facts
-
-
-def makeService(options: Options) -> IService:
-    """
-    Compose the daemon: the storage, loaded from its snapshot; the REST API;
-    the SSH manhole; the periodic snapshots.
-    """
-    # A store of millions of objects loads twice as fast without the cyclic
-    # garbage collector reacting to every allocation; and as it lives as
-    # long as the daemon, it is then frozen out of the collector's walks,
-    # which would otherwise stall the reactor for a tenth of a second.
-    gc.disable()
-    try:
-        _prepare_data_dir(options)
-        opened = _BACKENDS[options["storage"]](options)
-    except (OSError, ValueError, SnapshotError, JournalCorrupt, _StartupError) as e:
-        sys.exit(f"ersid: {e}")
-    finally:
-        gc.enable()
-    gc.collect()
-    gc.freeze()
-    storage = opened.storage
-    snapshotter = Snapshotter(
-        storage,
-        options["dump-file"],
-        reactor,
-        opened.written_revision,
-        opened.journal,
-        fork_with=opened.fork_with,
-    )
-    api = rest.Service(
-        storage, options["max-value-size"], health=lambda: _health(snapshotter)
-    )
-
+    make_private_directory(options["data-dir"])
+    opened = _open_storage(options, reactor)
+    api = Service(opened.storage, options["max-value-size"], health=opened.health)
     daemon = MultiService()
-    _Listener(
-        "REST API", options["rest-port"], site.makeSite(api, options["access-log"])
-    ).setServiceParent(daemon)
-    namespace = {"service": api, "storage": storage, "reactor": reactor}
-    try:
-        ssh = _manhole_factory(options, namespace)
-    except (OSError, manhole.ManholeError) as e:
-        sys.exit(f"ersid: {e}")
-    if ssh is not None:
-        _Listener("SSH manhole", options["manhole-port"], ssh).setServiceParent(daemon)
-    SnapshotService(options["dump-interval"], snapshotter).setServiceParent(daemon)
+    site = makeSite(api, options["access-log"], reactor=reactor)
+    Listener("REST API", options["rest-port"], site, reactor).setServiceParent(daemon)
+    if options["manhole-port"] is not None:
+        namespace = {"service": api, "storage": opened.storage, "reactor": reactor}
+        ssh = manhole_factory(
+            namespace,
+            options["data-dir"],
+            options["manhole-authorized-keys"],
+            options["manhole-passwd"],
+        )
+        if ssh is not None:
+            manhole = Listener("SSH manhole", options["manhole-port"], ssh, reactor)
+            manhole.setServiceParent(daemon)
+    for service in opened.services:
+        service.setServiceParent(daemon)
     return daemon
+
+
+def _open_storage(options: Options, reactor: Any) -> OpenedStorage:
+    """The backend C{--storage} names, opened as the options say."""
+    if options["storage"] == "mysql":
+        return open_mysql(
+            options["mysql-url"],
+            options["mysql-password-file"],
+            options["mysql-pool-min"],
+            options["mysql-pool-max"],
+            options["dump-file"],
+            options["dump-interval"],
+            reactor,
+        )
+    return open_embedded(
+        options["data-dir"],
+        options["dump-file"],
+        options["fsync"],
+        options["dump-interval"],
+        reactor,
+    )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import sys
 
 from treq.client import HTTPClient
@@ -169,26 +168,18 @@ class Daemon:
         return await self.ended
 
 
-def free_port_holder() -> tuple[socket.socket, int]:
-    """A listening socket on a loopback port chosen by the OS."""
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    return holder, holder.getsockname()[1]
-
-
 async def serve(test, service) -> str:
     """
-    Serve C{service} (an L{ersid.rest.Service}) on a loopback port chosen by
+    Serve C{service} (an L{ersid.web.Service}) on a loopback port chosen by
     the OS for the duration of C{test}; return its base URL.
     """
     from twisted.internet.endpoints import serverFromString
 
-    from ersid.site import makeSite
-    from ersid.tap import _endpoint_description
+    from ersid.listening import endpoint_description
+    from ersid.web.site import makeSite
 
     # As the daemon listens: loopback, with its backlog.
-    endpoint = serverFromString(reactor, _endpoint_description("0"))
+    endpoint = serverFromString(reactor, endpoint_description("0"))
     port = await endpoint.listen(makeSite(service))
     test.addCleanup(port.stopListening)
     return f"http://127.0.0.1:{port.getHost().port}"

@@ -37,7 +37,7 @@ Transfer/sec:      1.66MB
 class WrkReportTests(TestCase):
     def test_figures(self):
         self.assertEqual(
-            run._parse_wrk(WRK_REPORT),
+            run.parse_wrk(WRK_REPORT),
             {
                 "requests_per_second": 18155.78,
                 "p50_ms": 2.68,
@@ -50,13 +50,13 @@ class WrkReportTests(TestCase):
 
     def test_units(self):
         report = WRK_REPORT.replace("2.68ms", "980.00us").replace("14.19ms", "1.20s")
-        figures = run._parse_wrk(report)
+        figures = run.parse_wrk(report)
         self.assertAlmostEqual(figures["p50_ms"], 0.98)
         self.assertAlmostEqual(figures["max_ms"], 1200.0)
 
     def test_all_responses_2xx(self):
         report = WRK_REPORT.replace("  Non-2xx or 3xx responses: 12\n", "")
-        self.assertEqual(run._parse_wrk(report)["non_2xx"], 0)
+        self.assertEqual(run.parse_wrk(report)["non_2xx"], 0)
 
 
 def _rounds(*requests_per_second: float) -> list[dict[str, float]]:

@@ -13,10 +13,11 @@ import sys
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
-from ersid.journal import JournalEntry
+from ersid.embedded.journal_format import JournalEntry
 from ersid.storage import Record
+from ersid.testing import free_port_holder
 
-from ._helpers import CHECKOUT, Daemon, free_port_holder, http
+from ._helpers import CHECKOUT, Daemon, http
 
 LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
 

@@ -20,9 +20,10 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.trial.unittest import TestCase
 
-from ersid import _records
-from ersid.journal import Journal, read_journal
-from ersid.memory import DictStorage
+from ersid.embedded.journal import Journal
+from ersid.embedded.memory import DictStorage
+from ersid.embedded.records import PackedRecords
+from ersid.embedded.recovery import read_journal
 from ersid.storage import IImmediateReads, Precondition, PreconditionFailed, Record
 
 KEYS = st.sampled_from(["a", "A", "a ", "a/b", "a/c", "b", "é", "🔑", "a%2F"])
@@ -178,12 +179,9 @@ class _PropertyMixin:
 class DictStorageProperties(_PropertyMixin, TestCase):
     examples = 200
 
-    def setUp(self):
-        # Blocks of two keys: nine keys are enough to split and merge them.
-        self.patch(_records, "_BLOCK_SIZE", 2)
-
     def make_storage(self):
-        return DictStorage()
+        # Blocks of two keys: nine keys are enough to split and merge them.
+        return DictStorage(PackedRecords(block_size=2))
 
 
 class JournaledDictStorageProperties(_PropertyMixin, TestCase):
@@ -224,7 +222,7 @@ class MySQLStorageProperties(_PropertyMixin, TestCase):
         self.server = shared_server()
 
     def make_storage(self):
-        from ersid.mysql import MySQLStorage
+        from ersid.mysql.storage import MySQLStorage
 
         settings = self.server.fresh_database()
         return blockingCallFromThread(

@@ -5,13 +5,24 @@ The options of C{twistd ersid} and the composition of the daemon.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 
 from twisted.application.internet import TimerService
+from twisted.application.service import IService, MultiService
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import TestCase
 
-from ersid.rest import DEFAULT_MAX_VALUE_SIZE
-from ersid.tap import Options, default_data_dir, makeService
+from ersid.files import default_data_dir
+from ersid.tap import Options, makeService
+from ersid.web.app import DEFAULT_MAX_VALUE_SIZE
+
+
+def _services(parent: Iterable[IService]) -> Iterator[IService]:
+    """Every service under C{parent}, at any depth."""
+    for child in parent:
+        yield child
+        if isinstance(child, MultiService):
+            yield from _services(child)
 
 
 class OptionsTests(TestCase):
@@ -79,8 +90,8 @@ class MakeServiceTests(TestCase):
 
     def test_composes_rest_and_snapshots(self):
         daemon = makeService(self.options("-p", "tcp:0:interface=127.0.0.1", "-i", "3"))
-        by_type = {type(child).__name__: child for child in daemon}
-        self.assertEqual(by_type["_Listener"].description, "tcp:0:interface=127.0.0.1")
+        by_type = {type(child).__name__: child for child in _services(daemon)}
+        self.assertEqual(by_type["Listener"].description, "tcp:0:interface=127.0.0.1")
         timer = by_type["SnapshotService"]
         self.assertIsInstance(timer, TimerService)
         self.assertEqual(timer.step, 3)

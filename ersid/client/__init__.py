@@ -1,0 +1,251 @@
+"""
+Talking to an Ersid server: L{Client}, a Deferred-returning client for its
+HTTP API on treq, with typed errors instead of raw responses and persistent
+connections through one pool. Importing it loads no server code.
+
+The C{ersid} command is C{ersid.client.cli}, the C{ersid-bench} benchmark
+C{ersid.client.bench}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import attrs
+import treq
+from hyperlink import EncodedURL
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectError, ConnectionClosed, DNSLookupError
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseFailed,
+)
+from twisted.web.iweb import IResponse
+
+__all__ = [
+    "DEFAULT_CONTENT_TYPE",
+    "Client",
+    "ClientError",
+    "ConditionFailed",
+    "KeyNotFound",
+    "RequestRejected",
+    "ServerUnavailable",
+    "Value",
+    "ValueTooLarge",
+    "check_url",
+]
+
+
+# What a value is stored as when its content type is not given, as the
+# server does.
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+class ClientError(Exception):
+    """Ersid did not do what was asked; the message says why."""
+
+
+class KeyNotFound(ClientError):
+    """There is no such key."""
+
+
+class ConditionFailed(ClientError):
+    """The key's current ETag did not match the condition of the request."""
+
+
+class ValueTooLarge(ClientError):
+    """The value is over the server's size limit."""
+
+
+class RequestRejected(ClientError):
+    """The server refused the request as malformed (a bad key, say)."""
+
+
+class ServerUnavailable(ClientError):
+    """The server could not be reached, or its storage is unavailable."""
+
+
+@attrs.frozen
+class Value:
+    """A stored value, with its content type and ETag."""
+
+    data: bytes
+    content_type: str
+    etag: str
+
+
+def _key_path(key: str) -> str:
+    # Every character but unreserved ones is escaped, '/' included, so that
+    # no key is changed by URL normalisation on its way ("." and ".." too).
+    encoded = quote(key, safe="")
+    if encoded in (".", ".."):
+        encoded = encoded.replace(".", "%2E")
+    return encoded
+
+
+_ERRORS = {
+    404: KeyNotFound,
+    412: ConditionFailed,
+    413: ValueTooLarge,
+    503: ServerUnavailable,
+}
+
+
+_UNREACHABLE = (
+    ConnectError,
+    DNSLookupError,
+    ConnectionClosed,
+    ResponseFailed,
+    RequestTransmissionFailed,
+)
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, (ResponseFailed, RequestTransmissionFailed)):
+        return "; ".join(reason.getErrorMessage() for reason in error.reasons)
+    return str(error)
+
+
+def check_url(url: str) -> str:
+    """
+    Return C{url} if it can name an Ersid server: http or https, a host name
+    or IPv4 address, an optional port and path, no query, fragment or user
+    name.
+
+    IPv6 literals are refused: treq cannot request them (hyperlink issue 68);
+    a host name that resolves to the address works.
+
+    @raise ValueError: if it cannot, saying why.
+    """
+    problem = None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a bad port raises ValueError)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problem = "expected http://HOST[:PORT]"
+        elif parts.query or parts.fragment:
+            problem = "a query or fragment makes no sense here"
+        elif "@" in parts.netloc:
+            problem = "user names and passwords in the URL are not supported"
+        elif ":" in parts.hostname:
+            problem = "treq cannot use IPv6 literals; use a host name"
+        else:
+            EncodedURL.from_text(url).to_uri()  # as treq will, host name and all
+    except ValueError as e:
+        problem = str(e)
+    if problem is not None:
+        raise ValueError(f"bad URL {url!r}: {problem}")
+    return url
+
+
+class Client:
+    """
+    Talk to the Ersid server at C{url}, such as C{http://localhost:8080}.
+
+    @raise ValueError: if C{url} is not an http or https URL (L{check_url}).
+    """
+
+    def __init__(self, url: str, reactor: Any = None, persistent: bool = True) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.url = check_url(url).rstrip("/")
+        self.pool = HTTPConnectionPool(reactor, persistent=persistent)
+        self.pool.maxPersistentPerHost = 64
+        self._http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
+
+    async def _request(
+        self, method: str, path: str, expected: tuple[int, ...], **kw: Any
+    ) -> tuple[IResponse, bytes]:
+        try:
+            response = await self._http.request(method, self.url + path, **kw)
+            body = await treq.content(response)
+        except _UNREACHABLE as e:
+            raise ServerUnavailable(f"cannot reach {self.url}: {_why(e)}") from None
+        if response.code not in expected:
+            try:
+                message = json.loads(body)["message"]
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {response.code}"
+            error = _ERRORS.get(response.code)
+            if error is None:
+                error = ServerUnavailable if response.code >= 500 else RequestRejected
+            raise error(message)
+        return response, body
+
+    def get(self, key: str) -> Deferred[Value]:
+        """The value of C{key}; fails with L{KeyNotFound} if there is none."""
+
+        async def get() -> Value:
+            response, body = await self._request("GET", "/" + _key_path(key), (200,))
+            headers = response.headers
+            return Value(
+                body,
+                headers.getRawHeaders("content-type", [DEFAULT_CONTENT_TYPE])[0],
+                headers.getRawHeaders("etag", [""])[0],
+            )
+
+        return Deferred.fromCoroutine(get())
+
+    def set(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        if_match: str | None = None,
+        create_only: bool = False,
+    ) -> Deferred[str]:
+        """
+        Store C{data} under C{key}, only if its ETag is C{if_match} or only
+        if it does not exist yet (C{create_only}), when asked to.
+
+        @return: a Deferred firing with the new ETag.
+        """
+        headers = {"Content-Type": content_type}
+        if if_match is not None:
+            headers["If-Match"] = if_match
+        if create_only:
+            headers["If-None-Match"] = "*"
+
+        async def put() -> str:
+            response, _ = await self._request(
+                "PUT", "/" + _key_path(key), (201, 204), data=data, headers=headers
+            )
+            return response.headers.getRawHeaders("etag", [""])[0]
+
+        return Deferred.fromCoroutine(put())
+
+    def delete(self, key: str, if_match: str | None = None) -> Deferred[None]:
+        """Remove C{key}; fails with L{KeyNotFound} if there is none."""
+        headers = {} if if_match is None else {"If-Match": if_match}
+
+        async def delete() -> None:
+            await self._request("DELETE", "/" + _key_path(key), (204,), headers=headers)
+
+        return Deferred.fromCoroutine(delete())
+
+    def list(self, prefix: str = "", page_size: int = 1000) -> Deferred[list[str]]:
+        """All keys starting with C{prefix}, in order, a page at a time."""
+
+        async def list_all() -> list[str]:
+            keys: list[str] = []
+            after: str | None = None
+            while True:
+                params = {"prefix": prefix, "limit": str(page_size)}
+                if after is not None:
+                    params["after"] = after
+                _, body = await self._request("GET", "/_keys", (200,), params=params)
+                page = json.loads(body)
+                keys.extend(page["keys"])
+                after = page["next"]
+                if after is None:
+                    return keys
+
+        return Deferred.fromCoroutine(list_all())
+
+    def close(self) -> Deferred[None]:
+        """Close the pool's idle connections."""
+        return self.pool.closeCachedConnections()

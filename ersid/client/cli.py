@@ -1,0 +1,129 @@
+"""
+The C{ersid} command: get, set, delete and list keys of an Ersid server.
+
+Exit status: 0 done; 1 no such key; 2 usage error; 3 precondition failed;
+4 request rejected (bad key, value too large); 5 server unreachable or
+unavailable; 6 standard input or output failed (a closed pipe, a full disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import react
+
+from ersid.client import (
+    DEFAULT_CONTENT_TYPE,
+    Client,
+    ClientError,
+    ConditionFailed,
+    KeyNotFound,
+    ServerUnavailable,
+    check_url,
+)
+
+__all__ = ["main", "url_argument"]
+
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_PRECONDITION_FAILED = 3
+EXIT_REJECTED = 4
+EXIT_UNAVAILABLE = 5
+EXIT_LOCAL_IO = 6
+
+_EXIT_CODES = {
+    KeyNotFound: EXIT_NOT_FOUND,
+    ConditionFailed: EXIT_PRECONDITION_FAILED,
+    ServerUnavailable: EXIT_UNAVAILABLE,
+}
+
+
+def url_argument(text: str) -> str:
+    """C{--url}, checked as the client will use it."""
+    try:
+        return check_url(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ersid",
+        description="Get, set, delete and list the keys of an Ersid server.",
+        epilog="Exit status: 0 done, 1 no such key, 2 usage error, 3 precondition "
+        "failed, 4 request rejected, 5 server unreachable or unavailable, "
+        "6 standard input or output failed.",
+    )
+    parser.add_argument(
+        "--url",
+        type=url_argument,
+        default=os.environ.get("ERSID_URL", "http://localhost:8080"),
+        help="server URL (default: $ERSID_URL, else http://localhost:8080)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    get = commands.add_parser("get", help="write a value's bytes to stdout")
+    get.add_argument("key")
+    put = commands.add_parser("set", help="store a value ('-' reads stdin)")
+    put.add_argument("key")
+    put.add_argument("value")
+    put.add_argument("--content-type", default=DEFAULT_CONTENT_TYPE)
+    put.add_argument("--if-match", metavar="ETAG", help="only if the ETag matches")
+    put.add_argument("--create-only", action="store_true", help="only if absent")
+    delete = commands.add_parser("delete", help="remove a key")
+    delete.add_argument("key")
+    delete.add_argument("--if-match", metavar="ETAG", help="only if the ETag matches")
+    listing = commands.add_parser("list", help="list keys, one a line")
+    listing.add_argument("prefix", nargs="?", default="")
+    return parser
+
+
+async def _run(client: Client, arguments: argparse.Namespace) -> None:
+    if arguments.command == "get":
+        value = await client.get(arguments.key)
+        sys.stdout.buffer.write(value.data)
+        sys.stdout.buffer.flush()
+    elif arguments.command == "set":
+        if arguments.value == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            data = os.fsencode(arguments.value)
+        etag = await client.set(
+            arguments.key,
+            data,
+            arguments.content_type,
+            if_match=arguments.if_match,
+            create_only=arguments.create_only,
+        )
+        print(etag)
+    elif arguments.command == "delete":
+        await client.delete(arguments.key, if_match=arguments.if_match)
+    else:
+        for key in await client.list(arguments.prefix):
+            print(key)
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = _parser().parse_args(argv)
+
+    async def run(reactor: Any) -> None:
+        client = Client(arguments.url, reactor, persistent=False)
+        try:
+            await _run(client, arguments)
+        except ClientError as e:
+            print(f"ersid: {e}", file=sys.stderr)
+            raise SystemExit(_EXIT_CODES.get(type(e), EXIT_REJECTED)) from None
+        except BrokenPipeError:
+            # Whoever read the output has gone (as "| head" does): stop
+            # quietly, and keep Python from failing to flush it at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(EXIT_LOCAL_IO) from None
+        except OSError as e:
+            # The client's own failures are ClientErrors: this is stdin or stdout.
+            print(f"ersid: standard input or output: {e.strerror}", file=sys.stderr)
+            raise SystemExit(EXIT_LOCAL_IO) from None
+
+    react(lambda reactor: Deferred.fromCoroutine(run(reactor)))

@@ -1,0 +1,88 @@
+"""
+The embedded backend, Ersid's default: every record in the daemon's memory
+(L{DictStorage}), made durable by a journal written before each write is
+acknowledged and by snapshots that let the journal be cut short.
+
+| module | what it holds |
+| --- | --- |
+| C{records} | L{PackedRecords}: the records, packed, sorted, many keys to a block |
+| C{memory} | L{DictStorage}: the storage contract over them |
+| C{journal_format} | the journal's entries and segment files, and reading them |
+| C{journal} | L{Journal}: the writer thread, group commit, rotation |
+| C{recovery} | the store as it was: snapshot, then journal replay |
+| C{inspect_journal} | C{python -m ersid.embedded.inspect_journal FILE} |
+
+L{open_embedded} is the one way in: it recovers the store from its files
+and returns it with the service that keeps it durable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+
+from ersid.embedded.journal import FSYNC_POLICIES, Journal
+from ersid.embedded.memory import DictStorage
+from ersid.embedded.recovery import recover
+from ersid.snapshots import SnapshotService, Snapshotter, prepare_directory
+from ersid.startup import StartupError
+from ersid.storage import OpenedStorage
+
+__all__ = ["FSYNC_POLICIES", "DictStorage", "open_embedded"]
+
+
+def open_embedded(
+    data_dir: str, dump_file: str, fsync: str, dump_interval: float, reactor: Any
+) -> OpenedStorage:
+    """
+    Recover the store from the snapshot C{dump_file} and the journal in
+    C{data_dir}, and keep journaling into it with the C{fsync} policy and
+    snapshotting it every C{dump_interval} seconds. Blocking: call it
+    before the reactor runs.
+
+    @raise StartupError: if the store cannot be recovered.
+    """
+    prepare_directory(dump_file)
+    recovered = recover(data_dir, dump_file)
+    try:
+        journal = Journal(data_dir, recovered.revision, fsync, reactor)
+    except OSError as e:
+        raise StartupError(str(e)) from None
+    storage = DictStorage(recovered.records, recovered.revision, journal)
+    snapshotter = Snapshotter(
+        storage,
+        dump_file,
+        reactor,
+        written_revision=recovered.snapshot_revision,
+        covering=journal.rotate,
+        fork_with=storage.records,
+    )
+
+    def health() -> dict[str, Any]:
+        journal_facts = {"fsync": journal.fsync, "error": journal.error}
+        return {**snapshotter.health(), "journal": journal_facts}
+
+    durability = _Durability(journal, SnapshotService(dump_interval, snapshotter))
+    return OpenedStorage(storage, [durability], health)
+
+
+class _Durability(MultiService):
+    """
+    The journal and the snapshot timer. The journal runs from the start to
+    the last snapshot, taken when the daemon stops, and is closed only then.
+    """
+
+    def __init__(self, journal: Journal, snapshots: SnapshotService) -> None:
+        super().__init__()
+        self.journal = journal
+        snapshots.setServiceParent(self)
+
+    def startService(self) -> None:
+        self.journal.start()
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        stopped = super().stopService()
+        return stopped.addCallback(lambda _: self.journal.stop())

@@ -1,0 +1,180 @@
+"""
+L{DictStorage}: the embedded default backend, every record in the daemon's
+memory, made durable by the journal and snapshots (see L{ersid.embedded}).
+It began as a dict, and keeps the name; its records now live in a sorted,
+packed mapping (see L{ersid.embedded.records}) that takes two thirds of a
+dict's memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
+
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from ersid.embedded.journal import Journal
+from ersid.embedded.journal_format import encode_delete, encode_set
+from ersid.embedded.records import PackedRecords, pack_record, unpack_record
+from ersid.storage import (
+    DEFAULT_CONTENT_TYPE,
+    IImmediateReads,
+    IStorage,
+    Page,
+    Precondition,
+    PreconditionFailed,
+    Record,
+    StorageUnavailable,
+    WriteResult,
+)
+
+__all__ = ["DictStorage"]
+
+_T = TypeVar("_T")
+
+
+@implementer(IStorage, IImmediateReads)
+class DictStorage:
+    """
+    Keep every record in memory, packed and in key order (see
+    L{PackedRecords}), so that listing by prefix is a walk from the prefix.
+    """
+
+    name = "dict"
+
+    def __init__(
+        self,
+        records: Mapping[str, Record] | Iterable[tuple[str, Record]] = (),
+        revision: int = 0,
+        journal: Journal | None = None,
+    ) -> None:
+        self.journal = journal
+        # Packed records are taken as they are, not copied: a restart hands
+        # over millions.
+        if not isinstance(records, PackedRecords):
+            records = PackedRecords(records)
+        self._records = records
+        self._revision = max(revision, records.highest_version)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<DictStorage: {len(self._records)} keys, revision {self._revision}>"
+
+    def _check_writable(self, key: str, precondition: Precondition | None) -> None:
+        """Raise unless a write to C{key} may proceed."""
+        if self._closed:
+            raise StorageUnavailable("the server is shutting down")
+        if precondition is not None:
+            current = self.get_now(key)
+            if not precondition.holds(current):
+                raise PreconditionFailed(key, current)
+
+    def _journaled(
+        self, entry: bytes | None, key: str, previous: bytes | None, result: _T
+    ) -> Deferred[_T]:
+        """
+        C{result} once the change just made, encoded as C{entry}, is in the
+        journal, if there is one; if it cannot be written, the change is
+        undone.
+        """
+        if self.journal is None:
+            return succeed(result)
+        assert entry is not None
+        return self.journal.append(entry, lambda: self._restore(key, previous), result)
+
+    def _restore(self, key: str, previous: bytes | None) -> None:
+        if previous is None:
+            self._records.pop_packed(key)
+        else:
+            self._records.swap(key, previous)
+
+    def get(self, key: str) -> Deferred[Record | None]:
+        return succeed(self.get_now(key))
+
+    def get_now(self, key: str) -> Record | None:
+        packed = self._records.get_packed(key)
+        return None if packed is None else unpack_record(packed)
+
+    def set(
+        self,
+        key: str,
+        value: bytes,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        precondition: Precondition | None = None,
+    ) -> Deferred[WriteResult]:
+        revision = self._revision + 1
+        entry = None
+        try:
+            self._check_writable(key, precondition)
+            packed = pack_record(revision, content_type, value)
+            if self.journal is not None:
+                entry = encode_set(revision, key, content_type, value)
+        except (StorageUnavailable, PreconditionFailed, ValueError):
+            return fail()
+        self._revision = revision
+        previous = self._records.swap(key, packed)
+        result = WriteResult(revision, created=previous is None)
+        return self._journaled(entry, key, previous, result)
+
+    def delete(
+        self, key: str, precondition: Precondition | None = None
+    ) -> Deferred[bool]:
+        revision = self._revision + 1
+        entry = None
+        try:
+            self._check_writable(key, precondition)
+            if self.journal is not None:
+                entry = encode_delete(revision, key)
+        except (StorageUnavailable, PreconditionFailed, ValueError):
+            return fail()
+        previous = self._records.pop_packed(key)
+        if previous is None:
+            return succeed(False)
+        self._revision = revision
+        return self._journaled(entry, key, previous, True)
+
+    def keys(
+        self, prefix: str = "", after: str | None = None, limit: int = 100
+    ) -> Deferred[list[str]]:
+        start = prefix if after is None or after < prefix else after
+        matching: list[str] = []
+        for key, _ in self._records.items_from(start):
+            if len(matching) == limit or not key.startswith(prefix):
+                break
+            if key != after:
+                matching.append(key)
+        return succeed(matching)
+
+    def stats(self) -> Deferred[tuple[int, int]]:
+        return succeed((len(self._records), self._revision))
+
+    def records(self) -> Iterable[tuple[str, Record]]:
+        """
+        Every record as it is now, for a forked snapshot writer, whose copy
+        of the store cannot change under it; nothing else should use it.
+        """
+        return (
+            (key, unpack_record(packed)) for key, packed in self._records.items_from()
+        )
+
+    def scan(self, cursor: object | None = None, limit: int = 1000) -> Deferred[Page]:
+        """A page of records after the key C{cursor}, the last one of the page before."""
+        after = "" if cursor is None else cursor
+        assert isinstance(after, str)
+        items: list[tuple[str, Record]] = []
+        for key, packed in self._records.items_from(after):
+            if cursor is not None and key == after:
+                continue
+            if len(items) == limit:
+                return succeed(Page(items, items[-1][0]))
+            items.append((key, unpack_record(packed)))
+        return succeed(Page(items, None))
+
+    def close(self) -> Deferred[None]:
+        """
+        Refuse further writes; reads and scans go on working, so that a last
+        snapshot can still be taken.
+        """
+        self._closed = True
+        return succeed(None)

@@ -1,0 +1,117 @@
+"""
+The manhole's SSH server: a colored Python prompt inside the running
+daemon for each operator who logs in, every login and refusal logged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.conch import error as conch_error
+from twisted.conch.checkers import SSHPublicKeyChecker
+from twisted.conch.insults import insults
+from twisted.conch.interfaces import IConchUser
+from twisted.conch.manhole import ColoredManhole
+from twisted.conch.manhole_ssh import ConchFactory, TerminalRealm, TerminalSession
+from twisted.conch.ssh import keys
+from twisted.conch.ssh.connection import SSHConnection
+from twisted.conch.ssh.userauth import SSHUserAuthServer
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ersid.manhole.credentials import AuthorizedKeys, HashedPasswordChecker
+
+__all__ = ["makeFactory"]
+
+_log = Logger()
+
+
+class _Session(TerminalSession):
+    """
+    A terminal session that survives what Conch's own leaves unimplemented
+    (the client closing its input, resizing its window) and that ends with
+    exit status 0, as a shell would, when the operator leaves.
+    """
+
+    _terminal: Any = None
+
+    def openShell(self, proto: Any) -> None:
+        self._terminal = self.transportFactory(
+            proto,
+            self.chainedProtocolFactory(),
+            IConchUser(self.original),
+            self.width,
+            self.height,
+        )
+        self._terminal.chainedProtocol.transport.loseConnection = lambda: (
+            proto.processEnded(Failure(ProcessDone(0)))
+        )
+
+    def windowChanged(self, newWindowSize: tuple[int, ...]) -> None:
+        if self._terminal is not None:
+            height, width = newWindowSize[:2]
+            self._terminal.chainedProtocol.terminalProtocol.terminalSize(width, height)
+
+    def eofReceived(self) -> None:
+        if self._terminal is not None:
+            self._terminal.chainedProtocol.loseConnection()
+
+
+class _AuditedUserAuth(SSHUserAuthServer):
+    """User authentication that logs every login and every refusal."""
+
+    def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> Deferred[Any]:
+        attempt = super().tryAuth(kind, user, data)
+        if kind == b"none":
+            return attempt
+        peer = self.transport.transport.getPeer()
+        fields = {"user": user.decode("utf-8", "replace"), "peer": peer.host}
+        fields["method"] = kind.decode("ascii", "replace")
+
+        def succeeded(result: Any) -> Any:
+            _log.info("Manhole login by {user} from {peer} ({method})", **fields)
+            return result
+
+        def failed(reason: Failure) -> Failure:
+            if not reason.check(conch_error.IgnoreAuthentication):
+                _log.warn(
+                    "Manhole login refused for {user} from {peer} ({method})",
+                    **fields,
+                )
+            return reason
+
+        return attempt.addCallbacks(succeeded, failed)
+
+
+def makeFactory(
+    namespace: dict[str, Any],
+    host_key: keys.Key,
+    authorized: list[keys.Key],
+    password_hashes: dict[bytes, bytes],
+) -> ConchFactory:
+    """
+    An SSH server factory giving each authenticated operator a
+    L{ColoredManhole} over C{namespace}.
+    """
+    realm = TerminalRealm()
+    realm.sessionFactory = _Session
+    realm.chainedProtocolFactory = lambda: insults.ServerProtocol(
+        ColoredManhole, namespace
+    )
+    checkers: list[ICredentialsChecker] = []
+    if authorized:
+        checkers.append(SSHPublicKeyChecker(AuthorizedKeys(authorized)))
+    if password_hashes:
+        checkers.append(HashedPasswordChecker(password_hashes))
+    factory = ConchFactory(Portal(realm, checkers))
+    factory.publicKeys = {host_key.sshType(): host_key.public()}
+    factory.privateKeys = {host_key.sshType(): host_key}
+    factory.services = {
+        b"ssh-userauth": _AuditedUserAuth,
+        b"ssh-connection": SSHConnection,
+    }
+    return factory

@@ -1,0 +1,25 @@
+-- Ersid's tables: mysql -u root -p < mysql_schema.sql
+-- (for another database name, change it below and in --mysql-url)
+
+CREATE DATABASE IF NOT EXISTS ersid
+    CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
+
+USE ersid;
+
+-- Keys are UTF-8 bytes: compared and ordered byte for byte (no case
+-- folding, no trailing-space equality), which is code point order.
+CREATE TABLE IF NOT EXISTS ersid_data (
+    ersid_key VARBINARY(255) NOT NULL PRIMARY KEY,
+    ersid_value LONGBLOB NOT NULL,
+    content_type VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+    version BIGINT UNSIGNED NOT NULL
+) ENGINE = InnoDB;
+
+-- The store's revision: every write takes the next one, which orders the
+-- writes of all Ersid nodes sharing this database.
+CREATE TABLE IF NOT EXISTS ersid_revision (
+    id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+    revision BIGINT UNSIGNED NOT NULL
+) ENGINE = InnoDB;
+
+INSERT IGNORE INTO ersid_revision (id, revision) VALUES (1, 0);

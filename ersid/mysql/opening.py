@@ -1,0 +1,78 @@
+"""
+Opening the MySQL backend: connect, check the schema, and sort what goes
+wrong into what stops the start (refused credentials, a missing schema) and
+what does not (a server that cannot be reached yet: requests get 503 until
+it can).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import MySQLdb
+from twisted.logger import Logger
+
+from ersid.mysql.errors import UNREACHABLE, error_code
+from ersid.mysql.schema import SchemaError, check_schema
+from ersid.mysql.settings import MySQLSettings, read_password_file
+from ersid.mysql.storage import MySQLStorage
+from ersid.snapshots import SnapshotService, Snapshotter, prepare_directory
+from ersid.startup import StartupError
+from ersid.storage import OpenedStorage
+
+__all__ = ["open_database"]
+
+_log = Logger()
+
+
+def open_database(
+    url: str,
+    password_file: str | None,
+    pool_min: int,
+    pool_max: int,
+    dump_file: str,
+    dump_interval: float,
+    reactor: Any,
+) -> OpenedStorage:
+    """
+    The database at C{url}, with snapshots to C{dump_file} every
+    C{dump_interval} seconds as backups. The password comes from
+    C{password_file}, else C{$ERSID_MYSQL_PASSWORD}. Blocking: call it
+    before the reactor runs.
+
+    @raise StartupError: if the database refuses Ersid or lacks its tables.
+    """
+    try:
+        if password_file:
+            password = read_password_file(password_file)
+        else:
+            password = os.environ.get("ERSID_MYSQL_PASSWORD", "")
+        settings = MySQLSettings.from_url(url, password)
+    except (OSError, ValueError) as e:
+        raise StartupError(str(e)) from None
+    _check(settings)
+    prepare_directory(dump_file)
+    storage = MySQLStorage(settings, pool_min, pool_max)
+    snapshotter = Snapshotter(storage, dump_file, reactor)
+    snapshots = SnapshotService(dump_interval, snapshotter)
+    return OpenedStorage(storage, [snapshots], snapshotter.health)
+
+
+def _check(settings: MySQLSettings) -> None:
+    try:
+        check_schema(settings)
+    except SchemaError as e:
+        raise StartupError(str(e)) from None
+    except MySQLdb.OperationalError as e:
+        if error_code(e) not in UNREACHABLE:
+            raise StartupError(
+                f"database {settings.describe()}: {e.args[-1]}"
+            ) from None
+        _log.warn(
+            "Database {database} unreachable ({message}); serving 503 until it is",
+            database=settings.describe(),
+            message=e.args[-1],
+        )
+    else:
+        _log.info("Using database {database}", database=settings.describe())

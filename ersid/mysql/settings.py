@@ -1,0 +1,97 @@
+"""
+Where and how to reach the database: L{MySQLSettings}, from a URL that
+never holds the password, and the password from a file of the user's own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import attrs
+
+from ersid.files import refuse_if_exposed
+
+__all__ = ["MySQLSettings", "read_password_file"]
+
+
+@attrs.frozen
+class MySQLSettings:
+    """
+    Where and how to connect, from a C{mysql://USER@HOST:PORT/DB} URL (with
+    C{?unix_socket=/path} for a local socket) and a password kept out of it.
+    """
+
+    database: str
+    user: str
+    host: str = "localhost"
+    port: int = 3306
+    unix_socket: str | None = None
+    password: str = attrs.field(default="", repr=False)
+
+    @classmethod
+    def from_url(cls, url: str, password: str = "") -> MySQLSettings:
+        parts = urlsplit(url)
+        if parts.scheme != "mysql" or not parts.username or not parts.path[1:]:
+            raise ValueError(f"expected mysql://USER@HOST[:PORT]/DATABASE, not {url!r}")
+        if parts.password is not None:
+            raise ValueError(
+                "do not put the password in the URL, where the process list "
+                "shows it: use --mysql-password-file or $ERSID_MYSQL_PASSWORD"
+            )
+        query = parse_qs(parts.query, keep_blank_values=True)
+        unknown = sorted(set(query) - {"unix_socket"})
+        if unknown:
+            raise ValueError(
+                f"unknown option {unknown[0]!r} in {url!r}: the only one is unix_socket"
+            )
+        sockets = query.get("unix_socket", [None])
+        if len(sockets) != 1 or sockets[0] == "":
+            raise ValueError(f"give unix_socket once, as a path, in {url!r}")
+        return cls(
+            database=unquote(parts.path[1:]),
+            user=unquote(parts.username),
+            host=parts.hostname or "localhost",
+            port=parts.port or 3306,
+            unix_socket=sockets[0],
+            password=password,
+        )
+
+    def connect_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of C{MySQLdb.connect}."""
+        arguments: dict[str, Any] = {
+            "db": self.database,
+            "user": self.user,
+            "passwd": self.password,
+            "host": self.host,
+            "port": self.port,
+            "charset": "utf8mb4",
+            "connect_timeout": 3,
+            "read_timeout": 5,
+            "write_timeout": 5,
+            "init_command": "SET SESSION innodb_lock_wait_timeout = 3",
+        }
+        if self.unix_socket:
+            arguments["unix_socket"] = self.unix_socket
+        return arguments
+
+    def describe(self) -> str:
+        """The database for messages: C{user@host:port/database}, no password."""
+        where = self.unix_socket or f"{self.host}:{self.port}"
+        return f"{self.user}@{where}/{self.database}"
+
+    def client_arguments(self) -> str:
+        """How the C{mysql} command reaches the same server, as this user."""
+        target = (
+            f"--socket={self.unix_socket}"
+            if self.unix_socket
+            else f"-h {self.host} -P {self.port}"
+        )
+        return f"{target} -u {self.user} -p"
+
+
+def read_password_file(path: str) -> str:
+    """The password in C{path}, which only its owner may read."""
+    refuse_if_exposed(path, "password file", ValueError)
+    with open(path) as f:
+        return f.read().rstrip("\r\n")

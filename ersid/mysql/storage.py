@@ -1,0 +1,277 @@
+"""
+L{MySQLStorage}: records in a MySQL or MariaDB table through
+C{twisted.enterprise.adbapi} and C{mysqlclient}, so that any number of Ersid
+nodes can share one database as stateless peers.
+
+Every write is one transaction that first takes the next store revision
+from a one-row counter table, which orders all writes of all nodes; a
+conditional write reads the key's row under that lock before deciding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import MySQLdb
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from ersid.mysql.errors import DEAD_CONNECTION, RETRY_TRANSACTION, error_code
+from ersid.mysql.settings import MySQLSettings
+from ersid.storage import (
+    DEFAULT_CONTENT_TYPE,
+    IStorage,
+    Page,
+    Precondition,
+    PreconditionFailed,
+    Record,
+    StorageUnavailable,
+    WriteResult,
+)
+
+__all__ = ["MySQLStorage"]
+
+_T = TypeVar("_T")
+
+
+class _Connection(adbapi.Connection):
+    """
+    A pooled connection whose failed rollback quietly drops the connection
+    (adbapi would log a traceback for each); the original error still
+    reaches the caller, who decides whether to retry.
+    """
+
+    def rollback(self) -> None:
+        # adbapi's private _connection and _pool: the only way to reach the
+        # raw connection and drop it from its pool (test_twisted_privates).
+        try:
+            self._connection.rollback()
+        except MySQLdb.Error:
+            self._pool.disconnect(self._connection)
+
+
+class _Attempt:
+    """Whether a transaction got as far as its commit, for retry decisions."""
+
+    committing = False
+
+
+@implementer(IStorage)
+class MySQLStorage:
+    """
+    Records in the C{ersid_data} table of a MySQL-protocol database.
+    """
+
+    name = "mysql"
+
+    def __init__(
+        self,
+        settings: MySQLSettings,
+        min_connections: int = 3,
+        max_connections: int = 10,
+    ) -> None:
+        self.settings = settings
+        self._max_connections = max_connections
+        self._closed = False
+        self._pool = adbapi.ConnectionPool(
+            "MySQLdb",
+            cp_min=min_connections,
+            cp_max=max_connections,
+            cp_noisy=False,
+            cp_openfun=None,
+            **settings.connect_arguments(),
+        )
+        self._pool.connectionFactory = _Connection
+
+    def __repr__(self) -> str:
+        return f"<MySQLStorage {self.settings.describe()}>"
+
+    async def _run(self, work: Callable[..., _T], *args: Any, idempotent: bool) -> _T:
+        """
+        Run C{work(cursor, *args)} in a pooled connection, as one
+        transaction. A connection that turns out dead (the server restarted)
+        is dropped and the work tried again on another, as long as it had not
+        reached its commit; a write that may or may not have committed is
+        reported as unavailable, never retried.
+        """
+
+        def transaction(connection: Any) -> _T:
+            cursor = connection.cursor()
+            result = work(cursor, *args)
+            attempt.committing = True
+            connection.commit()
+            return result
+
+        if not self._pool.running:
+            # adbapi starts its threads when the reactor starts; a storage
+            # made while the reactor is already running starts them here.
+            self._pool.start()
+        retries = self._max_connections
+        while True:
+            attempt = _Attempt()
+            try:
+                return await self._pool.runWithConnection(transaction)
+            except (MySQLdb.OperationalError, MySQLdb.InterfaceError) as e:
+                code = error_code(e)
+                retryable = code in RETRY_TRANSACTION or (
+                    code in DEAD_CONNECTION and (idempotent or not attempt.committing)
+                )
+                if not (retryable and retries):
+                    raise StorageUnavailable(
+                        f"database {self.settings.describe()}: {e.args[-1]}"
+                    ) from None
+                retries -= 1
+
+    def _write(self, work: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        if self._closed:
+            return fail(StorageUnavailable("the server is shutting down"))
+        return Deferred.fromCoroutine(self._run(work, *args, idempotent=False))
+
+    def _read(self, work: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        return Deferred.fromCoroutine(self._run(work, *args, idempotent=True))
+
+    def get(self, key: str) -> Deferred[Record | None]:
+        return self._read(_select_record, key.encode("utf-8"))
+
+    def set(
+        self,
+        key: str,
+        value: bytes,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        precondition: Precondition | None = None,
+    ) -> Deferred[WriteResult]:
+        return self._write(_upsert, key, value, content_type, precondition)
+
+    def delete(
+        self, key: str, precondition: Precondition | None = None
+    ) -> Deferred[bool]:
+        return self._write(_delete, key, precondition)
+
+    def keys(
+        self, prefix: str = "", after: str | None = None, limit: int = 100
+    ) -> Deferred[list[str]]:
+        return self._read(_select_keys, prefix, after, limit)
+
+    def stats(self) -> Deferred[tuple[int, int]]:
+        return self._read(_select_stats)
+
+    def scan(self, cursor: object | None = None, limit: int = 1000) -> Deferred[Page]:
+        return self._read(_select_page, cursor, limit)
+
+    def close(self) -> Deferred[None]:
+        """
+        Refuse further writes; reads and scans go on until the reactor
+        stops, when adbapi closes the pool (or L{disconnect} does).
+        """
+        self._closed = True
+        return succeed(None)
+
+    def disconnect(self) -> None:
+        """Close the connection pool now."""
+        self._closed = True
+        self._pool.close()
+
+
+def _select_record(cursor: Any, key: bytes, for_update: bool = False) -> Record | None:
+    cursor.execute(
+        "SELECT ersid_value, content_type, version FROM ersid_data "
+        "WHERE ersid_key = %s" + (" FOR UPDATE" if for_update else ""),
+        (key,),
+    )
+    row = cursor.fetchone()
+    return None if row is None else _record(*row)
+
+
+def _record(value: Any, content_type: str, version: Any) -> Record:
+    return Record(bytes(value), content_type, int(version))
+
+
+def _next_revision(cursor: Any) -> int:
+    cursor.execute(
+        "UPDATE ersid_revision SET revision = LAST_INSERT_ID(revision + 1) WHERE id = 1"
+    )
+    return int(cursor.lastrowid)
+
+
+def _check(
+    cursor: Any, key: str, encoded: bytes, precondition: Precondition | None
+) -> None:
+    if precondition is None:
+        return
+    current = _select_record(cursor, encoded, for_update=True)
+    if not precondition.holds(current):
+        raise PreconditionFailed(key, current)
+
+
+def _upsert(
+    cursor: Any,
+    key: str,
+    value: bytes,
+    content_type: str,
+    precondition: Precondition | None,
+) -> WriteResult:
+    encoded = key.encode("utf-8")
+    revision = _next_revision(cursor)
+    _check(cursor, key, encoded, precondition)
+    cursor.execute(
+        "INSERT INTO ersid_data (ersid_key, ersid_value, content_type, version) "
+        "VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
+        "ersid_value = VALUES(ersid_value), content_type = VALUES(content_type), "
+        "version = VALUES(version)",
+        (encoded, value, content_type, revision),
+    )
+    # MySQL counts 1 affected row for an insert, 2 for an update.
+    return WriteResult(revision, created=cursor.rowcount == 1)
+
+
+def _delete(cursor: Any, key: str, precondition: Precondition | None) -> bool:
+    encoded = key.encode("utf-8")
+    _next_revision(cursor)
+    _check(cursor, key, encoded, precondition)
+    cursor.execute("DELETE FROM ersid_data WHERE ersid_key = %s", (encoded,))
+    if cursor.rowcount == 0:
+        cursor.connection.rollback()
+        return False
+    return True
+
+
+def _like_prefix(prefix: bytes) -> bytes:
+    escaped = prefix.replace(b"\\", b"\\\\").replace(b"%", b"\\%").replace(b"_", b"\\_")
+    return escaped + b"%"
+
+
+def _select_keys(cursor: Any, prefix: str, after: str | None, limit: int) -> list[str]:
+    encoded_prefix = prefix.encode("utf-8")
+    start = encoded_prefix
+    inclusive = True
+    if after is not None and after.encode("utf-8") >= encoded_prefix:
+        start, inclusive = after.encode("utf-8"), False
+    cursor.execute(
+        "SELECT ersid_key FROM ersid_data WHERE ersid_key "
+        + (">=" if inclusive else ">")
+        + " %s AND ersid_key LIKE %s ORDER BY ersid_key LIMIT %s",
+        (start, _like_prefix(encoded_prefix), limit),
+    )
+    return [bytes(row[0]).decode("utf-8") for row in cursor.fetchall()]
+
+
+def _select_stats(cursor: Any) -> tuple[int, int]:
+    cursor.execute("SELECT COUNT(*) FROM ersid_data")
+    (count,) = cursor.fetchone()
+    cursor.execute("SELECT revision FROM ersid_revision WHERE id = 1")
+    (revision,) = cursor.fetchone()
+    return int(count), int(revision)
+
+
+def _select_page(cursor: Any, after: object | None, limit: int) -> Page:
+    cursor.execute(
+        "SELECT ersid_key, ersid_value, content_type, version FROM ersid_data "
+        "WHERE ersid_key > %s ORDER BY ersid_key LIMIT %s",
+        (after or b"", limit),
+    )
+    rows = cursor.fetchall()
+    items = [(bytes(row[0]).decode("utf-8"), _record(*row[1:])) for row in rows]
+    last = bytes(rows[-1][0]) if len(rows) == limit else None
+    return Page(items, last)

@@ -1,0 +1,28 @@
+"""
+Snapshots: the whole store in one file, written atomically on a timer and
+loaded at startup; the dict backend's durable image, and a backup of any
+other backend.
+
+| module | what it holds |
+| --- | --- |
+| C{format} | the file's layout, and reading it |
+| C{atomic} | files replaced atomically |
+| C{fork} | work done in a forked child |
+| C{writer} | L{Snapshotter}: one snapshot at a time, forked or cooperative |
+| C{service} | L{SnapshotService}: the timer |
+"""
+
+from ersid.snapshots.atomic import prepare_directory
+from ersid.snapshots.format import SnapshotError, read_snapshot
+from ersid.snapshots.service import SnapshotService
+from ersid.snapshots.writer import SnapshotOutcome, Snapshotter, write_snapshot
+
+__all__ = [
+    "SnapshotError",
+    "SnapshotOutcome",
+    "SnapshotService",
+    "Snapshotter",
+    "prepare_directory",
+    "read_snapshot",
+    "write_snapshot",
+]

@@ -1,0 +1,141 @@
+"""
+The snapshot file: the whole store as one JSON document, laid out a page
+to a line so that it can be written and read a page at a time::
+
+    {"ersid_snapshot": 1, "revision": 7, "pages": [
+    [["mykey", 7, "text/plain", "myvalue"], ["raw", 3, "x/y", {"base64": "AP8="}]]
+    ], "count": 2}
+
+Each entry is C{[key, version, content_type, value]}; a value that is not
+UTF-8 is written as C{{"base64": ...}}. This module knows the format and
+nothing of files or scheduling.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ersid.storage import Record
+
+__all__ = ["FORMAT_VERSION", "Layout", "SnapshotError", "read_snapshot"]
+
+FORMAT_VERSION = 1
+
+_T = TypeVar("_T")
+
+
+class SnapshotError(Exception):
+    """
+    A snapshot file exists but cannot be read or makes no sense; the message
+    names the file.
+    """
+
+
+def _encode_entry(key: str, record: Record) -> list[Any]:
+    try:
+        value: Any = record.value.decode("utf-8")
+    except UnicodeDecodeError:
+        value = {"base64": base64.b64encode(record.value).decode("ascii")}
+    return [key, record.version, record.content_type, value]
+
+
+class Layout:
+    """
+    The snapshot document a piece at a time: the header, a line per page
+    (a comma ending every line but the last), and the footer with the count.
+    """
+
+    def __init__(self, revision: int) -> None:
+        self.revision = revision
+        self.count = 0
+
+    def header(self) -> bytes:
+        return b'{"ersid_snapshot": %d, "revision": %d, "pages": [\n' % (
+            FORMAT_VERSION,
+            self.revision,
+        )
+
+    def page(self, items: list[tuple[str, Record]]) -> bytes:
+        entries = [_encode_entry(key, record) for key, record in items]
+        line = json.dumps(entries, ensure_ascii=False).encode("utf-8")
+        separator = b",\n" if self.count else b""
+        self.count += len(items)
+        return separator + line
+
+    def footer(self) -> bytes:
+        return b'%s], "count": %d}\n' % (b"\n" if self.count else b"", self.count)
+
+
+def read_snapshot(
+    path: str,
+    pack: Callable[[int, str, bytes], _T],
+    add_page: Callable[[list[str], list[_T], int], None],
+) -> int | None:
+    """
+    Read the snapshot at C{path}, blocking: call it before the reactor runs.
+    Each page's entries go to C{add_page} as their keys, their records made
+    by C{pack(version, content_type, value)}, and their highest version, so
+    that a store can take them in the form it keeps them.
+
+    @return: the snapshot's revision, or C{None} if there is no file.
+    @raise SnapshotError: if the file cannot be read or is not a complete
+        Ersid snapshot.
+    """
+    try:
+        snapshot = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise SnapshotError(f"cannot read snapshot {path}: {e.strerror}") from None
+    with snapshot:
+        try:
+            header = json.loads(snapshot.readline() + b"]}")
+            if header.get("ersid_snapshot") != FORMAT_VERSION:
+                raise ValueError(
+                    f"unknown snapshot format {header.get('ersid_snapshot')!r}"
+                )
+            entries = 0
+            for line in snapshot:
+                if line.startswith(b"]"):
+                    count = json.loads(b"{" + line[2:])["count"]
+                    break
+                page = json.loads(line.rstrip(b",\n"))
+                add_page(*_decode_page(page, pack))
+                entries += len(page)
+            else:
+                raise ValueError("the file ends before the snapshot does")
+            if count != entries:
+                raise ValueError(f"it holds {entries} entries, not {count}")
+        except OSError as e:
+            raise SnapshotError(f"cannot read snapshot {path}: {e.strerror}") from None
+        except (ValueError, TypeError, KeyError, AttributeError, struct.error) as e:
+            raise SnapshotError(
+                f"snapshot {path} is corrupt: {e}; move it aside to start "
+                "empty, or restore it from a backup"
+            ) from None
+    return header["revision"]
+
+
+def _decode_page(
+    page: list[list[Any]], pack: Callable[[int, str, bytes], _T]
+) -> tuple[list[str], list[_T], int]:
+    # The hot loop of a restart: a million entries should load in a second.
+    keys: list[str] = []
+    packed: list[_T] = []
+    highest_version = 0
+    for key, version, content_type, value in page:
+        if value.__class__ is str:
+            data = value.encode("utf-8")
+        else:
+            data = base64.b64decode(value["base64"], validate=True)
+        if key.__class__ is not str or version.__class__ is not int:
+            raise ValueError(f"bad entry for key {key!r}")
+        keys.append(key)
+        packed.append(pack(version, content_type, data))
+        if version > highest_version:
+            highest_version = version
+    return keys, packed, highest_version

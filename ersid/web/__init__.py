@@ -1,0 +1,19 @@
+"""
+The HTTP side of Ersid: the API and the site that serves it.
+
+| module | what it holds |
+| --- | --- |
+| C{app} | L{Service}: the Klein application, the one definition of the API |
+| C{keys} | the key routes, C{/<key>}, declared once for Klein and the fast path |
+| C{conditions} | ETags, C{If-Match} and C{If-None-Match} |
+| C{parsing} | keys, content types, query parameters and bodies, checked |
+| C{errors} | L{ApiError} and the JSON every error is answered in |
+| C{fastpath} | the front resource: key requests straight to their route |
+| C{site} | the twisted.web site: connections, requests, limits |
+| C{openapi.json} | the API's OpenAPI 3 description |
+"""
+
+from ersid.web.app import DEFAULT_MAX_VALUE_SIZE, Service
+from ersid.web.site import makeSite
+
+__all__ = ["DEFAULT_MAX_VALUE_SIZE", "Service", "makeSite"]

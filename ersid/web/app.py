@@ -1,0 +1,151 @@
+"""
+The HTTP API: L{Service}, one Klein application over an L{IStorage}, the
+one definition of the API.
+
+Keys live at C{/<key>} (their routes are L{ersid.web.keys.KEY_ROUTES});
+paths whose first segment starts with C{_} belong to the API itself
+(C{/_keys}, C{/_health}, C{/_openapi.json}). Every error is JSON (see
+L{ersid.web.errors}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+from typing import Any, NoReturn
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from ersid.storage import (
+    IImmediateReads,
+    IStorage,
+    PreconditionFailed,
+    Record,
+    StorageUnavailable,
+)
+from ersid.web.conditions import etag
+from ersid.web.errors import ApiError, json_body
+from ersid.web.fastpath import FastPath
+from ersid.web.keys import KEY_ROUTES, KeyRoute
+from ersid.web.parsing import list_limit, query_text
+
+__all__ = ["DEFAULT_MAX_VALUE_SIZE", "Service"]
+
+DEFAULT_MAX_VALUE_SIZE = 1024 * 1024
+
+_log = Logger()
+_OPENAPI = resources.files("ersid.web").joinpath("openapi.json").read_bytes()
+
+
+class Service:
+    """
+    The REST service: one Klein app whose routes define the whole API.
+
+    @ivar storage: the live L{IStorage}.
+    @ivar max_value_size: the largest value accepted, in bytes.
+    @ivar read_now: the storage's L{IImmediateReads.get_now}, if it has one:
+        reads from memory need no Deferred.
+    """
+
+    app = Klein()
+
+    def __init__(
+        self,
+        storage: IStorage,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+        health: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
+        self.storage = storage
+        self.max_value_size = max_value_size
+        self._health = health
+        self.read_now: Callable[[str], Record | None] | None = (
+            storage.get_now if IImmediateReads.providedBy(storage) else None
+        )
+
+    def resource(self) -> FastPath:
+        """The API as a web resource (see L{FastPath})."""
+        return FastPath(self)
+
+    @app.handle_errors(Exception)
+    def render_failure(self, request: IRequest, failure: Failure) -> bytes:
+        """Render any failure as a JSON error; only bugs give a 500."""
+        error = failure.value
+        if isinstance(error, ApiError):
+            return error.render(request)
+        if isinstance(error, PreconditionFailed):
+            if error.current is not None:
+                request.setHeader(b"ETag", etag(error.current.version))
+            message = "the key's current state does not match the request's condition"
+            return ApiError(412, "precondition_failed", message).render(request)
+        if isinstance(error, StorageUnavailable):
+            request.setHeader(b"Retry-After", b"1")
+            message = f"storage unavailable: {error}"
+            return ApiError(503, "unavailable", message).render(request)
+        if isinstance(error, NotFound):
+            return ApiError(404, "not_found", "no such endpoint").render(request)
+        if isinstance(error, MethodNotAllowed):
+            allowed = ", ".join(error.valid_methods or ())
+            request.setHeader(b"Allow", allowed.encode("ascii"))
+            message = f"method not allowed here; allowed: {allowed}"
+            return ApiError(405, "method_not_allowed", message).render(request)
+        _log.failure("Unexpected error serving {uri}", failure, uri=request.uri)
+        internal = ApiError(500, "internal", "internal error; see the server log")
+        return internal.render(request)
+
+    @app.route("/_health", methods=["GET"])
+    async def health(self, request: IRequest) -> bytes:
+        """Report whether the daemon is serving and how its storage is."""
+        document: dict[str, Any] = {"status": "ok", "storage": self.storage.name}
+        status = 200
+        try:
+            document["keys"], document["revision"] = await self.storage.stats()
+        except StorageUnavailable as e:
+            document.update(status="unavailable", error=str(e))
+            status = 503
+        document.update(self._health())
+        snapshot = document.get("snapshot") or {}
+        journal = document.get("journal") or {}
+        if status == 200 and (snapshot.get("ok") is False or journal.get("error")):
+            document["status"] = "degraded"
+        return json_body(request, status, document)
+
+    @app.route("/_openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        """The OpenAPI description of this API."""
+        request.setHeader(b"Content-Type", b"application/json")
+        return _OPENAPI
+
+    @app.route("/_keys", methods=["GET"])
+    async def list_keys(self, request: IRequest) -> bytes:
+        """List keys in order, by prefix, a page at a time."""
+        prefix = query_text(request, "prefix") or ""
+        after = query_text(request, "after")
+        limit = list_limit(request)
+        keys = await self.storage.keys(prefix, after, limit + 1)
+        next_cursor = keys[limit - 1] if len(keys) > limit else None
+        return json_body(request, 200, {"keys": keys[:limit], "next": next_cursor})
+
+    @app.route("/", methods=["GET", "HEAD", "PUT", "POST", "DELETE"])
+    def root(self, request: IRequest) -> NoReturn:
+        """There is no empty key."""
+        raise ApiError(400, "bad_key", "the key must not be empty")
+
+
+def _klein_handler(route: KeyRoute) -> Callable[..., bytes | Deferred[bytes]]:
+    def handler(service: Service, request: IRequest, _: str) -> bytes | Deferred[bytes]:
+        return route.respond(service, request)
+
+    handler.__name__ = route.name
+    handler.__doc__ = route.doc
+    return handler
+
+
+for _route in KEY_ROUTES:
+    Service.app.route("/<path:_>", methods=[m.decode("ascii") for m in _route.methods])(
+        _klein_handler(_route)
+    )

@@ -1,0 +1,94 @@
+"""
+The front of the API: requests for keys, the hot path, go straight to
+their key route (L{KEY_ROUTES}), skipping Klein's per-request routing and
+Deferred plumbing, the bulk of the cost of a small request; everything
+else (the C{/_} endpoints, unknown methods) is rendered by Klein.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from ersid.web.errors import NO_BODY_CODES, ApiError
+from ersid.web.keys import KEY_ROUTES, KeyRoute
+
+if TYPE_CHECKING:
+    from ersid.web.app import Service
+
+__all__ = ["FastPath"]
+
+
+class FastPath(Resource):
+    """
+    The API as one leaf resource. Paths that are not UTF-8 get a JSON 400
+    here, since Klein would answer them in plain text.
+    """
+
+    isLeaf = True
+
+    def __init__(self, service: Service) -> None:
+        super().__init__()
+        self._service = service
+        self._klein = service.app.resource()
+        self._key_routes = {
+            method: route for route in KEY_ROUTES for method in route.methods
+        }
+
+    def render(self, request: IRequest) -> bytes | int:
+        route = self._key_routes.get(request.method)
+        if route is None or request.path[1:2] in (b"_", b""):
+            try:
+                unquote_to_bytes(request.path).decode("utf-8")
+            except UnicodeDecodeError:
+                error = ApiError(400, "bad_key", "the path is not valid UTF-8")
+                return error.render(request)
+            return self._klein.render(request)
+        try:
+            outcome = route.start(self._service, request)
+        except Exception:
+            outcome = Failure()
+        if isinstance(outcome, Deferred):
+            # Rendered and finished in one callback: a Deferred's callbacks
+            # cost a microsecond each.
+            outcome.addBoth(self._respond, route, request)
+            return NOT_DONE_YET
+        body = self._body(outcome, route, request)
+        if request.code in NO_BODY_CODES:
+            _finish(body, request)
+            return NOT_DONE_YET
+        # twisted.web writes it with its Content-Length in one go.
+        return body
+
+    def _respond(self, outcome: Any, route: KeyRoute, request: IRequest) -> None:
+        _finish(self._body(outcome, route, request), request)
+
+    def _body(self, outcome: Any, route: KeyRoute, request: IRequest) -> bytes:
+        """The response body C{route} renders of C{outcome}, or of its failure."""
+        if not isinstance(outcome, Failure):
+            try:
+                return route.render(outcome, request)
+            except Exception:
+                outcome = Failure()
+        return self._service.render_failure(request, outcome)
+
+
+def _finish(body: bytes, request: IRequest) -> None:
+    """
+    Write a body that came late; twisted.web sets Content-Length only for
+    bodies returned at once, and must not for 204 and 304.
+    """
+    # A request's channel is None once its connection is lost (what
+    # notifyFinish() would say, at the price of a Deferred per request).
+    if not request.finished and request.channel is not None:
+        if request.code not in NO_BODY_CODES and request.method != b"HEAD":
+            request.setHeader(b"Content-Length", b"%d" % (len(body),))
+        if body:
+            request.write(body)
+        request.finish()

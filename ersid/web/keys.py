@@ -1,0 +1,136 @@
+"""
+The key routes, C{/<key>}, declared once in L{KEY_ROUTES}: the Klein
+application registers them as its routes, and the fast path in front of
+it (L{ersid.web.fastpath}) calls them directly.
+
+Each route is a storage call and a renderer: C{start} checks the request
+and makes one storage call; C{render} makes the response of that call's
+outcome. Kept apart, the two let the fast path render and finish a
+response in one callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.web.iweb import IRequest
+
+from ersid.storage import Record, WriteResult
+from ersid.web.conditions import etag, not_modified, write_precondition
+from ersid.web.errors import ApiError, empty
+from ersid.web.parsing import content_type_of, header_value, key_of, read_body
+
+if TYPE_CHECKING:
+    from ersid.web.app import Service
+
+__all__ = ["KEY_ROUTES", "KeyRoute"]
+
+
+@attrs.frozen
+class KeyRoute:
+    """
+    The route of C{/<key>} for some methods.
+
+    @ivar name: the route's name in the Klein application.
+    @ivar start: checks a request and makes one storage call; returns its
+        outcome, or a Deferred of it.
+    @ivar render: makes the response of that outcome: sets the status and
+        headers, returns the body.
+    """
+
+    name: str
+    methods: tuple[bytes, ...]
+    start: Callable[[Service, IRequest], Any]
+    render: Callable[[Any, IRequest], bytes]
+    doc: str
+
+    def respond(self, service: Service, request: IRequest) -> bytes | Deferred[bytes]:
+        """The response: C{start}, then C{render} of its outcome."""
+        outcome = self.start(service, request)
+        if isinstance(outcome, Deferred):
+            return outcome.addCallback(self.render, request)
+        return self.render(outcome, request)
+
+
+def _not_found(request: IRequest) -> ApiError:
+    return ApiError(404, "not_found", f"no such key: {key_of(request)!r}")
+
+
+def _get(
+    service: Service, request: IRequest
+) -> Record | Deferred[Record | None] | None:
+    key = key_of(request)
+    if service.read_now is not None:
+        return service.read_now(key)
+    return service.storage.get(key)
+
+
+def _render_record(record: Record | None, request: IRequest) -> bytes:
+    if record is None:
+        raise _not_found(request)
+    headers = request.responseHeaders
+    headers.setRawHeaders(b"ETag", [etag(record.version)])
+    headers.setRawHeaders(b"X-Content-Type-Options", [b"nosniff"])
+    if not_modified(request, record):
+        return empty(request, 304)
+    headers.setRawHeaders(b"Content-Type", [header_value(record.content_type)])
+    if request.method == b"HEAD":
+        headers.setRawHeaders(b"Content-Length", [b"%d" % (len(record.value),)])
+        return b""
+    # Content-Length is set when the body is written (see the fast path).
+    return record.value
+
+
+def _set(service: Service, request: IRequest) -> Deferred[WriteResult]:
+    key = key_of(request)
+    precondition = write_precondition(request)
+    content_type = content_type_of(request)
+    value = read_body(request, service.max_value_size)
+    return service.storage.set(key, value, content_type, precondition)
+
+
+def _render_write(result: WriteResult, request: IRequest) -> bytes:
+    request.setHeader(b"ETag", etag(result.version))
+    return empty(request, 201 if result.created else 204)
+
+
+def _delete(service: Service, request: IRequest) -> Deferred[bool]:
+    key = key_of(request)
+    precondition = write_precondition(request)
+    if precondition is not None and precondition.exists is False:
+        raise ApiError(400, "bad_precondition", "If-None-Match makes no sense here")
+    return service.storage.delete(key, precondition)
+
+
+def _render_delete(deleted: bool, request: IRequest) -> bytes:
+    if not deleted:
+        raise _not_found(request)
+    return empty(request, 204)
+
+
+KEY_ROUTES = (
+    KeyRoute(
+        "get_key",
+        (b"GET", b"HEAD"),
+        _get,
+        _render_record,
+        "Return a value byte for byte, with its content type and ETag.",
+    ),
+    KeyRoute(
+        "set_key",
+        (b"PUT", b"POST"),
+        _set,
+        _render_write,
+        "Store the body: 201 for a new key, 204 for a replaced one.",
+    ),
+    KeyRoute(
+        "delete_key",
+        (b"DELETE",),
+        _delete,
+        _render_delete,
+        "Remove a key: 204, or 404 if there was none.",
+    ),
+)

@@ -1,0 +1,311 @@
+"""
+The journal: entries written before writes are acknowledged, replayed at
+startup, cut back and refused cleanly when the disk is full, torn and
+corrupted files handled as promised.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+
+from treq.testing import StubTreq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.trial.unittest import TestCase
+
+from ersid.embedded import open_embedded
+from ersid.embedded.journal import Journal
+from ersid.embedded.journal_format import JournalEntry
+from ersid.embedded.memory import DictStorage
+from ersid.embedded.recovery import JournalCorrupt, load_snapshot, read_journal
+from ersid.snapshots import Snapshotter
+from ersid.storage import OpenedStorage, Precondition, Record, StorageUnavailable
+from ersid.web.app import Service
+
+from .._helpers import captured_log, require
+
+
+def _replayed(directory: str, after: int = 0) -> dict[str, Record]:
+    records: dict[str, Record] = {}
+    for entry in read_journal(directory, after):
+        if entry.record is None:
+            records.pop(entry.key, None)
+        else:
+            records[entry.key] = entry.record
+    return records
+
+
+class _JournalTestCase(TestCase):
+    fsync = "always"
+
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.logged = captured_log(self)
+
+    def open(self, directory: str | None = None) -> DictStorage:
+        directory = directory or self.directory
+        records = _replayed(directory)
+        revision = max((r.version for r in records.values()), default=0)
+        journal = Journal(directory, revision, self.fsync, reactor)
+        journal.start()
+        self.addCleanup(journal.stop)
+        return DictStorage(records.items(), revision, journal)
+
+    def run_async(self, coroutine) -> Deferred:
+        return Deferred.fromCoroutine(coroutine)
+
+    def segment(self) -> str:
+        (name,) = [n for n in os.listdir(self.directory) if n.startswith("journal.")]
+        return os.path.join(self.directory, name)
+
+
+class EntryTests(TestCase):
+    def test_round_trip(self):
+        for entry in [
+            JournalEntry(7, "clé/🔑", Record(b"\x00\xff" * 10, "image/png", 7)),
+            JournalEntry(8, "k", Record(b"", "", 8)),
+            JournalEntry(9, "gone", None),
+        ]:
+            encoded = entry.encode()
+            self.assertEqual(JournalEntry.decode(encoded[8:]), entry)
+
+
+class JournalTests(_JournalTestCase):
+    def test_replay_gives_the_same_store(self):
+        async def check():
+            storage = self.open()
+            await storage.set("a", b"1", "text/plain")
+            await storage.set("b", b"\x00bin")
+            await storage.set("a", b"2")
+            await storage.delete("b")
+            await storage.set("c", b"3", precondition=Precondition.if_absent())
+            replayed = _replayed(self.directory)
+            self.assertEqual(sorted(replayed), ["a", "c"])
+            for key, record in replayed.items():
+                self.assertEqual(record, await storage.get(key))
+
+        return self.run_async(check())
+
+    def test_replay_skips_what_the_snapshot_holds(self):
+        async def check():
+            storage = self.open()
+            for i in range(5):
+                await storage.set(f"k{i}", b"v")
+            self.assertEqual(
+                [e.revision for e in read_journal(self.directory, after=3)], [4, 5]
+            )
+
+        return self.run_async(check())
+
+    def test_other_files_in_the_directory_ignored(self):
+        """
+        Files that are not segments, however close their names, are left
+        alone: not read, not deleted by compaction.
+        """
+        strays = ["journal.\u00b2", "journal.", "journal.1.bak", "notes.txt"]
+        for name in strays:
+            with open(os.path.join(self.directory, name), "wb") as f:
+                f.write(b"not a journal")
+
+        async def check():
+            storage = self.open()
+            await storage.set("k", b"v")
+            await storage.journal.stop()
+            self.assertEqual(set(_replayed(self.directory)), {"k"})
+            (segment,) = set(os.listdir(self.directory)) - set(strays)
+            self.assertEqual(segment, f"journal.{0:020d}")
+
+        return self.run_async(check())
+
+    def test_unencodable_key_changes_nothing(self):
+        """
+        A key that is not valid Unicode (only the Python API can pass one)
+        fails the write before anything changes, in memory or on disk.
+        """
+
+        async def check():
+            storage = self.open()
+            await storage.set("kept", b"v")
+            bad = "bad\ud800"
+            with self.assertRaises(UnicodeEncodeError):
+                await storage.set(bad, b"x")
+            self.assertEqual(await storage.stats(), (1, 1))
+            self.assertEqual(await storage.keys(), ["kept"])
+            await storage.set("after", b"w")
+            await storage.journal.stop()
+            self.assertEqual(set(_replayed(self.directory)), {"kept", "after"})
+            self.assertEqual((await storage.get("after")).version, 2)
+
+        return self.run_async(check())
+
+    def test_concurrent_writes_share_fsyncs(self):
+        """With fsync=always, writes arriving together share one fsync."""
+        synced = []
+        real_fsync = os.fsync
+
+        def counting_fsync(descriptor):
+            synced.append(descriptor)
+            real_fsync(descriptor)
+
+        self.patch(os, "fsync", counting_fsync)
+
+        async def check():
+            storage = self.open()
+            await gatherResults([storage.set(f"k{i}", b"v") for i in range(100)])
+            self.assertLess(len(synced), 10)
+            self.assertEqual(len(_replayed(self.directory)), 100)
+
+        return self.run_async(check())
+
+    def test_stop_ends_its_thread(self):
+        """The journal writes in a thread of its own, which ends with stop()."""
+
+        def journal_threads():
+            return {t for t in threading.enumerate() if t.name == "ersid-journal"}
+
+        before = journal_threads()
+
+        async def check():
+            storage = self.open()
+            await storage.set("k", b"v")
+            (writer,) = journal_threads() - before
+            await storage.journal.stop()
+            writer.join(10)
+            self.assertFalse(writer.is_alive())
+
+        return self.run_async(check())
+
+    def test_snapshot_compacts_journal(self):
+        async def check():
+            storage = self.open()
+            snapshot_path = os.path.join(self.directory, "snapshot.json")
+            snapshotter = Snapshotter(
+                storage, snapshot_path, reactor, covering=storage.journal.rotate
+            )
+            for i in range(5):
+                await storage.set(f"k{i}", b"old")
+            await snapshotter.snapshot()
+            await storage.set("k0", b"new")
+            await storage.set("after", b"x")
+            await storage.journal.stop()
+            segments = [
+                n for n in os.listdir(self.directory) if n.startswith("journal.")
+            ]
+            self.assertEqual(segments, [f"journal.{5:020d}"])
+            entries, revision = load_snapshot(snapshot_path)
+            self.assertEqual(revision, 5)
+            records = dict(entries)
+            records.update(_replayed(self.directory, after=revision))
+            self.assertEqual(records["k0"].value, b"new")
+            self.assertEqual(sorted(records), ["after", "k0", "k1", "k2", "k3", "k4"])
+
+        return self.run_async(check())
+
+    def test_torn_last_entry_dropped_with_warning(self):
+        async def check():
+            storage = self.open()
+            await storage.set("kept", b"v")
+            await storage.set("torn", b"x" * 100)
+            await storage.journal.stop()
+            path = self.segment()
+            size = os.path.getsize(path)
+            with open(path, "r+b") as f:
+                f.truncate(size - 50)
+            kept_size = len(JournalEntry(1, "kept", Record(b"v", version=1)).encode())
+            self.assertEqual(list(_replayed(self.directory)), ["kept"])
+            self.assertTrue(
+                any(
+                    f"Dropping a torn last entry of {path} at offset {kept_size}" in m
+                    for m in self.logged
+                ),
+                self.logged,
+            )
+            self.assertEqual(os.path.getsize(path), kept_size)
+
+        return self.run_async(check())
+
+    def test_corruption_in_the_middle_stops(self):
+        async def check():
+            storage = self.open()
+            for i in range(3):
+                await storage.set(f"k{i}", b"value")
+            await storage.journal.stop()
+            path = self.segment()
+            with open(path, "r+b") as f:
+                f.seek(12)
+                f.write(b"\xff")
+            with self.assertRaises(JournalCorrupt) as raised:
+                _replayed(self.directory)
+            message = str(raised.exception)
+            self.assertIn(f"journal {path} is damaged at offset 0", message)
+            self.assertIn(f"python -m ersid.embedded.inspect_journal {path}", message)
+            self.assertIn(f"truncate -s 0 {path}", message)
+
+        return self.run_async(check())
+
+
+class DiskFullTests(_JournalTestCase):
+    """
+    The journal on a real, tiny filesystem (a 64 KiB tmpfs): a full disk
+    refuses writes cleanly, changes nothing, and writes resume once there is
+    room again.
+    """
+
+    def setUp(self):
+        super().setUp()
+        require(
+            os.geteuid() == 0 and bool(shutil.which("mount")),
+            "needs root to mount a small tmpfs for the disk-full test",
+        )
+        self.small = os.path.join(self.directory, "small")
+        os.makedirs(self.small)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", self.small], check=True
+        )
+        self.addCleanup(subprocess.run, ["umount", "-l", self.small], check=True)
+
+    async def health(self, opened: OpenedStorage) -> dict:
+        """/_health of a daemon serving the store C{opened}."""
+        api = StubTreq(Service(opened.storage, health=opened.health).resource())
+        return await (await api.get("http://ersid.test/_health")).json()
+
+    def test_full_disk_refuses_then_recovers(self):
+        async def check():
+            snapshot = os.path.join(self.directory, "s.json")
+            opened = open_embedded(self.small, snapshot, self.fsync, 3600, reactor)
+            storage = opened.storage
+            self.addCleanup(storage.journal.stop)
+            filler = os.path.join(self.small, "filler")
+            with open(filler, "wb") as f:
+                f.write(b"\x00" * 40_000)
+            await storage.set("before", b"ok")
+            with self.assertRaises(StorageUnavailable) as raised:
+                for i in range(100):
+                    await storage.set(f"k{i}", b"x" * 2000)
+            self.assertIn("No space left on device", str(raised.exception))
+            written = await storage.stats()
+            failed_key = f"k{written[0] - 1}"
+            self.assertIsNone(await storage.get(failed_key))
+            self.assertEqual((await storage.get("before")).value, b"ok")
+            self.assertEqual(storage.journal.error, "No space left on device")
+            health = await self.health(opened)
+            self.assertEqual(health["status"], "degraded")
+            self.assertEqual(health["journal"]["error"], "No space left on device")
+            with self.assertRaises(StorageUnavailable):
+                await storage.set("before", b"y" * 30_000)
+            self.assertEqual((await storage.get("before")).value, b"ok")
+
+            os.unlink(filler)
+            await storage.set("after", b"room again")
+            self.assertIsNone(storage.journal.error)
+            self.assertEqual((await self.health(opened))["status"], "ok")
+            await storage.journal.stop()
+            replayed = _replayed(self.small)
+            self.assertEqual(set(replayed), set(await storage.keys(limit=1000)))
+            self.assertEqual(replayed["after"].value, b"room again")
+
+        return self.run_async(check())

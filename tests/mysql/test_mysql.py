@@ -1,0 +1,360 @@
+"""
+L{MySQLStorage} against a real MariaDB server that the tests start: the
+storage contract, schema checks, a server restart under load, and two Ersid
+nodes on one database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import attrs
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from ersid.mysql.schema import SCHEMA_FILE, SchemaError, check_schema
+from ersid.mysql.settings import MySQLSettings
+from ersid.mysql.storage import MySQLStorage
+from ersid.storage import Precondition, PreconditionFailed, StorageUnavailable
+from ersid.testing.mariadb import PASSWORD
+from ersid.web.app import Service
+
+from .._helpers import Daemon, http, serve
+from .._mariadb import private_server, shared_server
+from ..storage_contract import StorageContractMixin
+
+
+def _storage(test: TestCase, settings: MySQLSettings, **kw) -> MySQLStorage:
+    storage = MySQLStorage(settings, min_connections=1, **kw)
+    test.addCleanup(storage.disconnect)
+    return storage
+
+
+class MySQLStorageContractTests(StorageContractMixin, TestCase):
+    def make_storage(self):
+        return _storage(self, shared_server().fresh_database())
+
+
+class MySQLSettingsTests(TestCase):
+    def test_url(self):
+        settings = MySQLSettings.from_url("mysql://app@db.example:3307/kv", "pw")
+        self.assertEqual(
+            (settings.user, settings.host, settings.port, settings.database),
+            ("app", "db.example", 3307, "kv"),
+        )
+        self.assertNotIn("pw", repr(settings))
+
+    def test_unix_socket(self):
+        settings = MySQLSettings.from_url(
+            "mysql://app@localhost/kv?unix_socket=/run/m.sock"
+        )
+        self.assertEqual(settings.unix_socket, "/run/m.sock")
+
+    def test_password_in_url_refused(self):
+        with self.assertRaises(ValueError) as raised:
+            MySQLSettings.from_url("mysql://app:secret@localhost/kv")
+        self.assertIn("--mysql-password-file", str(raised.exception))
+
+    def test_bad_urls(self):
+        for url in ["postgres://a@b/c", "mysql://localhost/kv", "mysql://a@b/"]:
+            self.assertRaises(ValueError, MySQLSettings.from_url, url)
+
+    def test_options_other_than_one_socket_refused(self):
+        """
+        A mistyped option would otherwise be ignored, and the daemon would
+        quietly connect somewhere else.
+        """
+        for query, complaint in [
+            ("socket=/run/m.sock", "unknown option 'socket'"),
+            ("unix_socket=/a&ssl=1", "unknown option 'ssl'"),
+            ("unix_socket=", "give unix_socket once"),
+            ("unix_socket=/a&unix_socket=/b", "give unix_socket once"),
+        ]:
+            with self.assertRaises(ValueError) as raised:
+                MySQLSettings.from_url(f"mysql://app@localhost/kv?{query}")
+            self.assertIn(complaint, str(raised.exception))
+
+
+class SchemaTests(TestCase):
+    def test_fresh_schema_passes(self):
+        check_schema(shared_server().fresh_database())
+
+    def test_missing_table_named_with_command(self):
+        server = shared_server()
+        settings = server.fresh_database()
+        server.as_root("DROP TABLE ersid.ersid_revision")
+        with self.assertRaises(SchemaError) as raised:
+            check_schema(settings)
+        message = str(raised.exception)
+        self.assertIn("lacks table ersid_revision", message)
+        self.assertIn(
+            f"mysql --socket={server.socket} -u ersid -p < {SCHEMA_FILE}", message
+        )
+
+    def test_schema_is_byte_exact(self):
+        """Keys do not fold case or trailing spaces; values keep every byte."""
+        storage = _storage(self, shared_server().fresh_database())
+
+        async def check():
+            await storage.set("a", b"\x00" * 3 + bytes(range(256)))
+            await storage.set("A", b"upper")
+            await storage.set("a ", b"space")
+            self.assertEqual(
+                (await storage.get("a")).value, b"\x00" * 3 + bytes(range(256))
+            )
+            self.assertEqual(await storage.keys(), ["A", "a", "a "])
+
+        return Deferred.fromCoroutine(check())
+
+    def test_wrong_password_is_unavailable(self):
+        settings = shared_server().fresh_database()
+        storage = _storage(self, attrs.evolve(settings, password="wrong"))
+
+        async def check():
+            with self.assertRaises(StorageUnavailable) as raised:
+                await storage.get("k")
+            self.assertIn("Access denied", str(raised.exception))
+
+        return Deferred.fromCoroutine(check())
+
+
+class RestartTests(TestCase):
+    """
+    The database killed and restarted under a stream of writes: requests
+    fail fast with 503 meanwhile, Ersid recovers by itself, and every write
+    it acknowledged is there afterwards.
+    """
+
+    def test_kill_and_restart_under_load(self):
+        server = private_server(self)
+        storage = _storage(self, server.fresh_database(), max_connections=4)
+        client = http()
+        acknowledged: dict[str, bytes] = {}
+        statuses: list[int] = []
+        errors: set[str] = set()
+
+        async def write(i: int) -> int:
+            key, value = f"k{i}", b"value %d" % i
+            response = await client.put(f"{base}/{key}", data=value)
+            body = await response.content()
+            statuses.append(response.code)
+            if response.code in (201, 204):
+                acknowledged[key] = value
+            else:
+                errors.add(json.loads(body)["error"])
+            return response.code
+
+        async def writes_until(done: Deferred, then_successes: int, start: int) -> int:
+            i, successes = start, 0
+            while not done.called or successes < then_successes:
+                if await write(i) in (201, 204) and done.called:
+                    successes += 1
+                i += 1
+            return i
+
+        base = ""
+
+        async def check():
+            nonlocal base
+            base = await serve(self, Service(storage))
+            for i in range(20):
+                self.assertEqual(await write(i), 201)
+            outage = deferToThread(server.kill)
+            next_key = await writes_until(outage, 0, 20)
+            for i in range(next_key, next_key + 5):
+                self.assertEqual(await write(i), 503)
+            restart = deferToThread(server.start)
+            await writes_until(restart, 20, next_key + 5)
+            self.assertEqual(errors, {"unavailable"})
+            self.assertTrue(set(statuses) <= {201, 503}, set(statuses))
+            reader = _storage(self, server.settings())
+            for key, value in acknowledged.items():
+                self.assertEqual((await reader.get(key)).value, value, key)
+            health = await (await client.get(f"{base}/_health")).json()
+            self.assertEqual(health["status"], "ok")
+
+        return Deferred.fromCoroutine(check())
+
+    def test_health_reports_database_down(self):
+        server = private_server(self)
+        storage = _storage(self, server.fresh_database())
+
+        async def check():
+            base = await serve(self, Service(storage))
+            server.kill()
+            response = await http().get(f"{base}/_health")
+            health = json.loads(await response.content())
+            self.assertEqual(response.code, 503)
+            self.assertEqual(health["status"], "unavailable")
+            self.assertIn("database ersid@", health["error"])
+
+        return Deferred.fromCoroutine(check())
+
+
+class TwoNodesTests(TestCase):
+    """Two Ersid services on one database are stateless peers."""
+
+    def setUp(self):
+        settings = shared_server().fresh_database()
+        self.client = http()
+
+        async def start_nodes():
+            self.nodes = [
+                await serve(self, Service(_storage(self, settings))) for _ in range(2)
+            ]
+
+        return Deferred.fromCoroutine(start_nodes())
+
+    def test_write_through_one_read_through_other(self):
+        first, second = self.nodes
+        client = self.client
+
+        async def check():
+            await client.put(f"{first}/shared", data=b"from first")
+            response = await client.get(f"{second}/shared")
+            self.assertEqual(await response.content(), b"from first")
+            await client.delete(f"{second}/shared")
+            response = await client.get(f"{first}/shared")
+            self.assertEqual(response.code, 404)
+            await response.content()
+
+        return Deferred.fromCoroutine(check())
+
+    def test_concurrent_compare_and_set_has_one_winner(self):
+        async def check():
+            created = await self.client.put(f"{self.nodes[0]}/counter", data=b"0")
+            etag = created.headers.getRawHeaders("etag")[0]
+            attempts = [
+                self.client.put(
+                    f"{self.nodes[i % 2]}/counter",
+                    data=b"%d" % i,
+                    headers={"If-Match": etag},
+                )
+                for i in range(10)
+            ]
+            codes = sorted(response.code for response in await gatherResults(attempts))
+            self.assertEqual(codes, [204] + [412] * 9)
+
+        return Deferred.fromCoroutine(check())
+
+    def test_versions_ordered_across_nodes(self):
+        async def check():
+            etags = []
+            for i in range(6):
+                response = await self.client.put(
+                    f"{self.nodes[i % 2]}/k{i % 3}", data=b"x"
+                )
+                etags.append(int(response.headers.getRawHeaders("etag")[0].strip('"')))
+            self.assertEqual(etags, sorted(set(etags)))
+
+        return Deferred.fromCoroutine(check())
+
+
+class DirectStorageTests(TestCase):
+    def test_conditional_write_checked_in_database(self):
+        """A compare-and-set with a stale version changes nothing."""
+        settings = shared_server().fresh_database()
+        first, second = _storage(self, settings), _storage(self, settings)
+
+        async def check():
+            written = await first.set("k", b"1")
+            await second.set("k", b"2")
+            with self.assertRaises(PreconditionFailed):
+                await first.set(
+                    "k", b"3", precondition=Precondition.if_version([written.version])
+                )
+            self.assertEqual((await first.get("k")).value, b"2")
+
+        return Deferred.fromCoroutine(check())
+
+    def test_scan_pages_by_primary_key(self):
+        settings = shared_server().fresh_database()
+        storage = _storage(self, settings)
+
+        async def check():
+            for i in range(7):
+                await storage.set(f"s{i}", b"v")
+            page = await storage.scan(None, 3)
+            self.assertEqual([key for key, _ in page.items], ["s0", "s1", "s2"])
+            self.assertEqual(page.cursor, b"s2")
+
+        return Deferred.fromCoroutine(check())
+
+    def test_closed_storage_refuses_writes(self):
+        storage = _storage(self, shared_server().fresh_database())
+
+        async def check():
+            await storage.set("k", b"v")
+            await storage.close()
+            with self.assertRaises(StorageUnavailable):
+                await storage.set("k", b"new")
+            self.assertEqual((await storage.get("k")).value, b"v")
+
+        return Deferred.fromCoroutine(check())
+
+
+class MySQLDaemonTests(TestCase):
+    """twistd ersid --storage mysql, as an operator runs it."""
+
+    def run_daemon(self, server, *args: str) -> Daemon:
+        return Daemon.ersid(
+            self,
+            os.path.abspath(self.mktemp()),
+            *("--storage", "mysql", "--mysql-url"),
+            f"mysql://ersid@localhost/ersid?unix_socket={server.socket}",
+            *args,
+            env={"ERSID_MYSQL_PASSWORD": PASSWORD},
+        )
+
+    def test_two_daemons_share_one_database(self):
+        server = shared_server()
+        server.fresh_database()
+        client = http()
+
+        async def check():
+            first, second = self.run_daemon(server), self.run_daemon(server)
+            first_url, second_url = await first.rest_url(), await second.rest_url()
+            response = await client.post(f"{first_url}/mykey", data=b"myvalue")
+            self.assertEqual(response.code, 201)
+            response = await client.get(f"{second_url}/mykey")
+            self.assertEqual(await response.content(), b"myvalue")
+            health = await (await client.get(f"{second_url}/_health")).json()
+            self.assertEqual((health["storage"], health["keys"]), ("mysql", 1))
+            self.assertEqual(await first.stop(), -signal.SIGTERM)
+            self.assertEqual(await second.stop(), -signal.SIGTERM)
+
+        return Deferred.fromCoroutine(check())
+
+    def test_missing_schema_stops_startup(self):
+        server = shared_server()
+        server.fresh_database()
+        server.as_root("DROP TABLE ersid.ersid_data")
+
+        async def check():
+            daemon = self.run_daemon(server)
+            self.assertEqual(await daemon.ended, 1)
+            self.assertIn(
+                "lacks table ersid_data; create them with: mysql", daemon.output
+            )
+            self.assertNotIn("Traceback", daemon.output)
+
+        return Deferred.fromCoroutine(check())
+
+    def test_wrong_password_stops_startup(self):
+        server = shared_server()
+        server.fresh_database()
+
+        async def check():
+            password_file = os.path.abspath(self.mktemp())
+            with open(
+                os.open(password_file, os.O_WRONLY | os.O_CREAT, 0o600), "w"
+            ) as f:
+                f.write("wrong\n")
+            daemon = self.run_daemon(server, "--mysql-password-file", password_file)
+            self.assertEqual(await daemon.ended, 1)
+            self.assertIn("Access denied for user 'ersid'", daemon.output)
+
+        return Deferred.fromCoroutine(check())

@@ -1,0 +1,62 @@
+"""
+What Ersid relies on in Twisted beyond its public API, each used in one
+place; if a Twisted upgrade takes one away, these fail and say where.
+"""
+
+from __future__ import annotations
+
+from twisted.enterprise import adbapi
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.http import HTTPChannel, Request
+
+
+class _Pool:
+    """Enough of an adbapi pool to make a connection of it."""
+
+    def __init__(self) -> None:
+        self.connection = object()
+
+    def connect(self) -> object:
+        return self.connection
+
+
+class TwistedPrivatesTests(TestCase):
+    def test_http_channel_answers_bad_requests_in_one_method(self):
+        """
+        ersid.web.site overrides HTTPChannel._respondToBadRequestAndDisconnect
+        to answer unparseable requests in JSON.
+        """
+        self.assertTrue(callable(HTTPChannel._respondToBadRequestAndDisconnect))
+        answered = []
+        channel = HTTPChannel()
+        channel._respondToBadRequestAndDisconnect = lambda: answered.append(True)
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(b"GARBAGE\r\n")
+        self.assertEqual(answered, [True])
+
+    def test_adbapi_connection_keeps_its_pool_and_connection(self):
+        """
+        ersid.mysql.storage's _Connection.rollback drops a dead connection
+        through adbapi.Connection's _pool and _connection.
+        """
+        pool = _Pool()
+        connection = adbapi.Connection(pool)
+        self.assertIs(connection._pool, pool)
+        self.assertIs(connection._connection, pool.connection)
+
+    def test_request_forgets_its_channel_when_the_connection_is_lost(self):
+        """
+        ersid.web.fastpath tells a lost connection by a request's channel
+        being None, what notifyFinish would say at the price of a Deferred.
+        """
+        channel = HTTPChannel()
+        channel.makeConnection(
+            StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+        )
+        request = Request(channel)
+        self.assertIs(request.channel, channel)
+        request.connectionLost(Failure(ConnectionError()))
+        self.assertIsNone(request.channel)

@@ -1,0 +1,71 @@
+"""
+Fuzzing the HTTP API from its own OpenAPI description (served at
+/_openapi.json) with schemathesis: no request it makes may get a 5xx.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import sys
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from ersid.embedded.memory import DictStorage
+from ersid.web.app import Service
+
+from .._helpers import Daemon, http, require, serve
+
+
+class OpenAPIFuzzTests(TestCase):
+    timeout = 600
+
+    def test_openapi_document_is_served(self):
+        async def check():
+            url = await serve(self, Service(DictStorage()))
+            response = await http().get(f"{url}/_openapi.json")
+            document = json.loads(await response.content())
+            self.assertEqual(document["openapi"], "3.0.3")
+            self.assertIn("/{key}", document["paths"])
+
+        return Deferred.fromCoroutine(check())
+
+    def test_no_server_errors(self):
+        require(
+            importlib.util.find_spec("schemathesis") is not None,
+            "needs schemathesis: pip install '.[test]'",
+        )
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+
+        async def check():
+            url = await serve(self, Service(DictStorage(), max_value_size=4096))
+            fuzzer = Daemon(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from schemathesis.cli import schemathesis; "
+                    "sys.exit(schemathesis())",
+                    "run",
+                    f"{url}/_openapi.json",
+                    "--checks",
+                    "not_a_server_error",
+                    "--max-examples",
+                    "100",
+                    "--generation-deterministic",
+                ],
+                env={"SCHEMATHESIS_HOOKS": "", "HOME": workdir},
+                cwd=workdir,
+            )
+            status = await fuzzer.ended
+            self.assertEqual(status, 0, fuzzer.output[-3000:])
+            generated, passed = re.search(
+                r"(\d+) generated, (\d+) passed", fuzzer.output
+            ).groups()
+            self.assertEqual(generated, passed)
+            self.assertGreater(int(generated), 100)
+
+        return Deferred.fromCoroutine(check())
