@@ -15,7 +15,7 @@ setup(
     },
     install_requires=[
         # The Twisted releases Ersid is tested with; it overrides a few of
-        # twisted.web's private methods (tests/test_twisted_privates.py).
+        # twisted.web's private methods (tests/test_twisted.py).
         "twisted[conch]>=26.10,<27",
         "klein>=24.8",
         "treq>=24.9",

@@ -45,7 +45,7 @@ def endpoint_description(value: str) -> str:
         # Parsed only to check it: an endpoint keeps its reactor until it
         # listens, and the L{Listener} makes its own with the daemon's.
         endpoints.serverFromString(None, value)
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UsageError(f"bad endpoint description {value!r}: {e}") from None
     return value
 

@@ -27,8 +27,6 @@ from ersid.web import DEFAULT_MAX_VALUE_SIZE, Service, makeSite
 
 __all__ = ["Options", "makeService"]
 
-_BACKENDS = ("dict", "mysql")
-
 
 def _positive(kind: type) -> Any:
     def convert(value: str) -> Any:
@@ -157,7 +155,7 @@ def makeService(options: Options, reactor: Any = _global_reactor) -> IService:
     the SSH manhole into it.
     """
     make_private_directory(options["data-dir"])
-    opened = _open_storage(options, reactor)
+    opened = _BACKENDS[options["storage"]](options, reactor)
     api = Service(opened.storage, options["max-value-size"], health=opened.health)
     daemon = MultiService()
     site = makeSite(api, options["access-log"], reactor=reactor)
@@ -178,18 +176,7 @@ def makeService(options: Options, reactor: Any = _global_reactor) -> IService:
     return daemon
 
 
-def _open_storage(options: Options, reactor: Any) -> OpenedStorage:
-    """The backend C{--storage} names, opened as the options say."""
-    if options["storage"] == "mysql":
-        return open_mysql(
-            options["mysql-url"],
-            options["mysql-password-file"],
-            options["mysql-pool-min"],
-            options["mysql-pool-max"],
-            options["dump-file"],
-            options["dump-interval"],
-            reactor,
-        )
+def _open_embedded(options: Options, reactor: Any) -> OpenedStorage:
     return open_embedded(
         options["data-dir"],
         options["dump-file"],
@@ -197,3 +184,19 @@ def _open_storage(options: Options, reactor: Any) -> OpenedStorage:
         options["dump-interval"],
         reactor,
     )
+
+
+def _open_mysql(options: Options, reactor: Any) -> OpenedStorage:
+    return open_mysql(
+        options["mysql-url"],
+        options["mysql-password-file"],
+        options["mysql-pool-min"],
+        options["mysql-pool-max"],
+        options["dump-file"],
+        options["dump-interval"],
+        reactor,
+    )
+
+
+# The backends C{--storage} names, and how each is opened.
+_BACKENDS = {"dict": _open_embedded, "mysql": _open_mysql}

@@ -10,6 +10,7 @@ acknowledged and by snapshots that let the journal be cut short.
 | C{journal_format} | the journal's entries and segment files, and reading them |
 | C{journal} | L{Journal}: the writer thread, group commit, rotation |
 | C{recovery} | the store as it was: snapshot, then journal replay |
+| C{repair} | cutting off a torn last entry, the one repair made without asking |
 | C{inspect_journal} | C{python -m ersid.embedded.inspect_journal FILE} |
 
 L{open_embedded} is the one way in: it recovers the store from its files

@@ -3,14 +3,15 @@ Recovery: the dict backend's records as they were when the daemon last
 stopped, from the snapshot and the journal entries newer than it.
 
 A torn last entry, left by a process that died while appending it, is cut
-off with a warning (the one repair done without asking); damage anywhere
-else stops the start with a message saying how to inspect and repair it.
+off with a warning (the one repair done without asking, see
+L{ersid.embedded.repair}); damage anywhere else stops the start with a
+message saying how to inspect and repair it.
 """
 
 from __future__ import annotations
 
 import gc
-import os
+import struct
 import time
 from collections.abc import Iterator
 
@@ -24,6 +25,7 @@ from ersid.embedded.journal_format import (
     segments,
 )
 from ersid.embedded.records import PackedRecords, pack_record
+from ersid.embedded.repair import cut_torn_tail
 from ersid.snapshots import SnapshotError, read_snapshot
 from ersid.startup import StartupError
 
@@ -59,8 +61,16 @@ def load_snapshot(path: str) -> tuple[PackedRecords, int] | None:
     @raise SnapshotError: if the file cannot be read or is corrupt.
     """
     records = PackedRecords()
-    revision = read_snapshot(path, pack_record, records.put_packed)
-    return None if revision is None else (records, revision)
+    read = read_snapshot(path, pack_record, records.put_packed)
+    if read is None:
+        return None
+    revision, count = read
+    if len(records) != count:
+        raise SnapshotError(
+            f"snapshot {path} is corrupt: it holds {len(records)} keys, not "
+            f"{count}; restore it from a backup"
+        )
+    return records, revision
 
 
 def read_journal(directory: str, after: int) -> Iterator[JournalEntry]:
@@ -80,20 +90,7 @@ def read_journal(directory: str, after: int) -> Iterator[JournalEntry]:
         except SegmentDamage as damage:
             if not (damage.torn and number == len(paths) - 1):
                 raise JournalCorrupt(_corruption_advice(damage)) from None
-            _drop_torn_tail(damage)
-
-
-def _drop_torn_tail(damage: SegmentDamage) -> None:
-    _log.warn(
-        "Dropping a torn last entry of {path} at offset {offset} "
-        "({problem}): the process stopped while writing it",
-        path=damage.path,
-        offset=damage.offset,
-        problem=damage.problem,
-    )
-    with open(damage.path, "r+b") as f:
-        f.truncate(damage.offset)
-        os.fsync(f.fileno())
+            cut_torn_tail(damage)
 
 
 def _corruption_advice(damage: SegmentDamage) -> str:
@@ -120,13 +117,14 @@ def recover(data_dir: str, dump_file: str) -> Recovered:
     # which would otherwise stall the reactor for a tenth of a second.
     gc.disable()
     try:
-        return _recover(data_dir, dump_file)
-    except (OSError, SnapshotError, JournalCorrupt) as e:
+        recovered = _recover(data_dir, dump_file)
+    except (OSError, ValueError, struct.error, SnapshotError, JournalCorrupt) as e:
         raise StartupError(str(e)) from None
     finally:
         gc.enable()
-        gc.collect()
-        gc.freeze()
+    gc.collect()
+    gc.freeze()
+    return recovered
 
 
 def _recover(data_dir: str, dump_file: str) -> Recovered:

@@ -17,26 +17,51 @@ install it if it is missing.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from ersid.mysql.settings import MySQLSettings, read_password_file
 from ersid.startup import StartupError
 from ersid.storage import OpenedStorage
 
 __all__ = ["open_mysql"]
 
 
-def open_mysql(*args: Any, **kwargs: Any) -> OpenedStorage:
+def open_mysql(
+    url: str,
+    password_file: str | None,
+    pool_min: int,
+    pool_max: int,
+    dump_file: str,
+    dump_interval: float,
+    reactor: Any,
+) -> OpenedStorage:
     """
-    Open the database as L{ersid.mysql.opening.open_database} does, with
-    the same arguments, once C{mysqlclient} is known to be installed.
+    The database at C{url} (see L{MySQLSettings.from_url}), its password
+    from C{password_file}, else C{$ERSID_MYSQL_PASSWORD}, through a pool of
+    C{pool_min} to C{pool_max} connections; snapshots go to C{dump_file}
+    every C{dump_interval} seconds as backups. Blocking: call it before the
+    reactor runs.
 
-    @raise StartupError: if it cannot be used, or C{mysqlclient} is missing.
+    @raise StartupError: if the database cannot be used, or C{mysqlclient}
+        is not installed.
     """
     try:
+        if password_file:
+            password = read_password_file(password_file)
+        else:
+            password = os.environ.get("ERSID_MYSQL_PASSWORD", "")
+        settings = MySQLSettings.from_url(url, password)
+    except (OSError, ValueError) as e:
+        raise StartupError(str(e)) from None
+    try:
         from ersid.mysql.opening import open_database
-    except ImportError:
+    except ModuleNotFoundError as e:
+        if e.name != "MySQLdb":
+            raise
         raise StartupError(
             "--storage mysql needs mysqlclient: pip install 'ersid[mysql]' "
             "(which needs: apt-get install libmariadb-dev pkg-config)"
         ) from None
-    return open_database(*args, **kwargs)
+    pool = (pool_min, pool_max)
+    return open_database(settings, pool, dump_file, dump_interval, reactor)

@@ -7,7 +7,6 @@ it can).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import MySQLdb
@@ -15,7 +14,7 @@ from twisted.logger import Logger
 
 from ersid.mysql.errors import UNREACHABLE, error_code
 from ersid.mysql.schema import SchemaError, check_schema
-from ersid.mysql.settings import MySQLSettings, read_password_file
+from ersid.mysql.settings import MySQLSettings
 from ersid.mysql.storage import MySQLStorage
 from ersid.snapshots import SnapshotService, Snapshotter, prepare_directory
 from ersid.startup import StartupError
@@ -27,33 +26,22 @@ _log = Logger()
 
 
 def open_database(
-    url: str,
-    password_file: str | None,
-    pool_min: int,
-    pool_max: int,
+    settings: MySQLSettings,
+    pool: tuple[int, int],
     dump_file: str,
     dump_interval: float,
     reactor: Any,
 ) -> OpenedStorage:
     """
-    The database at C{url}, with snapshots to C{dump_file} every
-    C{dump_interval} seconds as backups. The password comes from
-    C{password_file}, else C{$ERSID_MYSQL_PASSWORD}. Blocking: call it
-    before the reactor runs.
+    The database C{settings} name, through a pool of C{pool} (fewest, most)
+    connections, with snapshots to C{dump_file} every C{dump_interval}
+    seconds as backups. Blocking: call it before the reactor runs.
 
     @raise StartupError: if the database refuses Ersid or lacks its tables.
     """
-    try:
-        if password_file:
-            password = read_password_file(password_file)
-        else:
-            password = os.environ.get("ERSID_MYSQL_PASSWORD", "")
-        settings = MySQLSettings.from_url(url, password)
-    except (OSError, ValueError) as e:
-        raise StartupError(str(e)) from None
     _check(settings)
     prepare_directory(dump_file)
-    storage = MySQLStorage(settings, pool_min, pool_max)
+    storage = MySQLStorage(settings, *pool)
     snapshotter = Snapshotter(storage, dump_file, reactor)
     snapshots = SnapshotService(dump_interval, snapshotter)
     return OpenedStorage(storage, [snapshots], snapshotter.health)

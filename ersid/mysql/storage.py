@@ -45,7 +45,7 @@ class _Connection(adbapi.Connection):
 
     def rollback(self) -> None:
         # adbapi's private _connection and _pool: the only way to reach the
-        # raw connection and drop it from its pool (test_twisted_privates).
+        # raw connection and drop it from its pool (tests/test_twisted.py).
         try:
             self._connection.rollback()
         except MySQLdb.Error:

@@ -94,7 +94,7 @@ def _wait_for_child(pid: int, report: int) -> dict[str, Any]:
     try:
         outcome = json.loads(b"".join(chunks))
     except ValueError:
-        raise ChildFailed(f"the snapshot process died (wait status {status})") from None
+        raise ChildFailed(f"the forked process died (wait status {status})") from None
     if "error" in outcome:
         raise ChildFailed(outcome["error"])
     return outcome

@@ -7,8 +7,9 @@ to a line so that it can be written and read a page at a time::
     ], "count": 2}
 
 Each entry is C{[key, version, content_type, value]}; a value that is not
-UTF-8 is written as C{{"base64": ...}}. This module knows the format and
-nothing of files or scheduling.
+UTF-8 is written as C{{"base64": ...}}. This module knows the format:
+L{Layout} makes the document a piece at a time, L{read_snapshot} reads one;
+writing files, and when, is for the others.
 """
 
 from __future__ import annotations
@@ -54,12 +55,14 @@ class Layout:
         self.count = 0
 
     def header(self) -> bytes:
+        """The document's start, up to its first page."""
         return b'{"ersid_snapshot": %d, "revision": %d, "pages": [\n' % (
             FORMAT_VERSION,
             self.revision,
         )
 
     def page(self, items: list[tuple[str, Record]]) -> bytes:
+        """A line of C{items}, led by the comma ending the line before."""
         entries = [_encode_entry(key, record) for key, record in items]
         line = json.dumps(entries, ensure_ascii=False).encode("utf-8")
         separator = b",\n" if self.count else b""
@@ -67,6 +70,7 @@ class Layout:
         return separator + line
 
     def footer(self) -> bytes:
+        """The document's end, with the number of entries written."""
         return b'%s], "count": %d}\n' % (b"\n" if self.count else b"", self.count)
 
 
@@ -74,14 +78,15 @@ def read_snapshot(
     path: str,
     pack: Callable[[int, str, bytes], _T],
     add_page: Callable[[list[str], list[_T], int], None],
-) -> int | None:
+) -> tuple[int, int] | None:
     """
     Read the snapshot at C{path}, blocking: call it before the reactor runs.
     Each page's entries go to C{add_page} as their keys, their records made
     by C{pack(version, content_type, value)}, and their highest version, so
     that a store can take them in the form it keeps them.
 
-    @return: the snapshot's revision, or C{None} if there is no file.
+    @return: the snapshot's revision and the number of keys it holds, or
+        C{None} if there is no file.
     @raise SnapshotError: if the file cannot be read or is not a complete
         Ersid snapshot.
     """
@@ -117,7 +122,7 @@ def read_snapshot(
                 f"snapshot {path} is corrupt: {e}; move it aside to start "
                 "empty, or restore it from a backup"
             ) from None
-    return header["revision"]
+    return header["revision"], count
 
 
 def _decode_page(

@@ -137,6 +137,8 @@ class Service:
 
 
 def _klein_handler(route: KeyRoute) -> Callable[..., bytes | Deferred[bytes]]:
+    """The key route as a Klein route handler of C{/<path:_>}."""
+
     def handler(service: Service, request: IRequest, _: str) -> bytes | Deferred[bytes]:
         return route.respond(service, request)
 
@@ -145,7 +147,10 @@ def _klein_handler(route: KeyRoute) -> Callable[..., bytes | Deferred[bytes]]:
     return handler
 
 
-for _route in KEY_ROUTES:
-    Service.app.route("/<path:_>", methods=[m.decode("ascii") for m in _route.methods])(
-        _klein_handler(_route)
-    )
+def _register_key_routes() -> None:
+    for route in KEY_ROUTES:
+        methods = [method.decode("ascii") for method in route.methods]
+        Service.app.route("/<path:_>", methods=methods)(_klein_handler(route))
+
+
+_register_key_routes()

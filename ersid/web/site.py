@@ -107,7 +107,7 @@ class _Channel(HTTPChannel):
         # twisted.web answers requests it cannot parse (a bad request line,
         # Content-Length or chunk, headers over its limits) with a bare 400
         # from this private method, its one exit for them; this API answers
-        # every error in JSON (test_twisted_privates pins the name).
+        # every error in JSON (tests/test_twisted.py pins the name).
         message = "the request is not valid HTTP/1.1 or its headers are too large"
         self.refuse(ApiError(400, "bad_request", message))
 

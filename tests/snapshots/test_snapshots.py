@@ -38,8 +38,8 @@ def load_snapshot(path: str) -> tuple[dict[str, Record], int] | None:
     def add_page(keys: list[str], packed: list[bytes], highest: int) -> None:
         records.update(zip(keys, map(unpack_record, packed), strict=True))
 
-    revision = read_snapshot(path, pack_record, add_page)
-    return None if revision is None else (records, revision)
+    read = read_snapshot(path, pack_record, add_page)
+    return None if read is None else (records, read[0])
 
 
 SAMPLE = [
