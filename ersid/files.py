@@ -1,16 +1,35 @@
 """
-Ersid's own files: where they live by default, and the rule that files
-holding data or secrets are private to the user running Ersid.
+Ersid's own files: where they live by default, the rule that every file
+Ersid writes is private to the user running it (mode 0600, whatever the
+umask), and the locks that keep two daemons off the same files.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import stat
 
+import attrs
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
 from ersid.startup import StartupError
 
-__all__ = ["default_data_dir", "make_private_directory", "refuse_if_exposed"]
+__all__ = [
+    "ClaimedFiles",
+    "FileLock",
+    "LockedServices",
+    "claim_files",
+    "create_private",
+    "default_data_dir",
+    "open_private",
+    "refuse_if_exposed",
+]
+
+_log = Logger()
 
 
 def default_data_dir() -> str:
@@ -24,16 +43,53 @@ def default_data_dir() -> str:
     return os.path.join(xdg, "ersid")
 
 
-def make_private_directory(path: str) -> None:
+def _prepare_data_dir(path: str) -> None:
     """
-    Create C{path} (and its parents) mode 0700 unless it exists.
+    Create the data directory C{path} (and its parents) mode 0700, or make
+    an existing one of ours private again, saying so: it holds every value.
 
-    @raise StartupError: if it cannot be created.
+    @raise StartupError: if it cannot be created, or others may read it and
+        it is not ours to change.
     """
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
+        status = os.stat(path)
+        mode = stat.S_IMODE(status.st_mode)
+        if mode & 0o077:
+            if status.st_uid != os.geteuid():
+                raise StartupError(
+                    f"data directory {path} may be read by others (mode "
+                    f"{mode:04o}) and is not ours to change; run: chmod 700 {path}"
+                )
+            os.chmod(path, mode & 0o700)
+            _log.warn(
+                "Data directory {path} could be read by others (mode {mode:04o}); "
+                "made it private (mode {new:04o})",
+                path=path,
+                mode=mode,
+                new=mode & 0o700,
+            )
     except OSError as e:
         raise StartupError(str(e)) from None
+
+
+def open_private(path: str, flags: int) -> int:
+    """
+    Open C{path} with C{flags}, creating it mode 0600 if it is new, and make
+    it mode 0600 if it is not: the file descriptor.
+    """
+    descriptor = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def create_private(path: str) -> None:
+    """Create C{path} mode 0600 unless it exists; make it mode 0600 if it does."""
+    os.close(open_private(path, os.O_WRONLY | os.O_APPEND))
 
 
 def refuse_if_exposed(path: str, what: str, error: type[Exception]) -> None:
@@ -47,3 +103,126 @@ def refuse_if_exposed(path: str, what: str, error: type[Exception]) -> None:
             f"{what} {path} is readable or writable by others (mode {mode:04o}); "
             f"run: chmod 600 {path}"
         )
+
+
+class FileLock:
+    """
+    An exclusive lock on the file C{path}, which says what it guards:
+    C{flock}, which the kernel releases when the process dies however it
+    dies, so that a killed daemon leaves no stale lock. The file holds the
+    process ID of the holder, for the message of whoever is refused.
+
+    @raise StartupError: if another process holds it, naming that process.
+    """
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path = path
+        try:
+            self._descriptor: int | None = open_private(path, os.O_RDWR)
+        except OSError as e:
+            raise StartupError(f"cannot lock {what}: {e}") from None
+        try:
+            fcntl.flock(self._descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(self._descriptor, 32, 0).decode("ascii", "replace")
+            self.release()
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StartupError(f"cannot lock {what}: {e.strerror}") from None
+            who = f"process {holder.strip()}" if holder.strip() else "another process"
+            raise StartupError(
+                f"{what} is in use by {who} (it holds {path}); two daemons on the "
+                "same files would lose each other's writes"
+            ) from None
+        self.record_holder()
+
+    def record_holder(self) -> None:
+        """Write this process's ID into the file (again, after twistd forks)."""
+        if self._descriptor is not None:
+            os.ftruncate(self._descriptor, 0)
+            os.pwrite(self._descriptor, b"%d\n" % os.getpid(), 0)
+
+    def release(self) -> None:
+        """Give the lock up."""
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
+    # A daemon that fails to start drops its locks with it.
+    __del__ = release
+
+
+class LockedServices(MultiService):
+    """
+    Services that run holding L{FileLock}s, given up once all of them have
+    stopped. (If the process dies instead, the kernel gives them up.)
+    """
+
+    def __init__(self, locks: list[FileLock]) -> None:
+        super().__init__()
+        self._locks = locks
+
+    def startService(self) -> None:
+        # twistd may have forked into the background since the locks were
+        # taken: the holder is this process now.
+        for lock in self._locks:
+            lock.record_holder()
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        def release(result: object) -> object:
+            for lock in self._locks:
+                lock.release()
+            return result
+
+        return super().stopService().addBoth(release)
+
+
+@attrs.frozen
+class ClaimedFiles:
+    """
+    The files a daemon has claimed: the snapshot's path, links resolved,
+    and the locks that keep other daemons off the data directory and it.
+    """
+
+    dump_file: str
+    locks: list[FileLock]
+
+
+def claim_files(data_dir: str, dump_file: str) -> ClaimedFiles:
+    """
+    Make the data directory private, find the snapshot, and lock both for
+    this daemon alone.
+
+    A snapshot that is a symbolic link is written where the link points
+    (the link stays); a link into a directory that does not exist stops the
+    start, as its volume may not be mounted. Directories are created inside
+    the data directory only: the snapshot's directory elsewhere must exist.
+
+    @raise StartupError: if any of them cannot be had.
+    """
+    _prepare_data_dir(data_dir)
+    linked = os.path.islink(dump_file)
+    given, dump_file = dump_file, os.path.realpath(dump_file)
+    directory = os.path.dirname(dump_file)
+    if linked and not os.path.isdir(directory):
+        raise StartupError(
+            f"--dump-file {given} is a link to {dump_file}, whose directory does "
+            "not exist (a volume not mounted?); Ersid will not start without its "
+            "snapshot"
+        )
+    if not os.path.isdir(directory):
+        inside = os.path.commonpath([os.path.realpath(data_dir), directory])
+        if inside != os.path.realpath(data_dir):
+            raise StartupError(
+                f"the directory of --dump-file {dump_file} does not exist; "
+                f"create it first: mkdir -p {directory}"
+            )
+        try:
+            os.makedirs(directory, mode=0o700)
+        except OSError as e:
+            raise StartupError(str(e)) from None
+    locks = [
+        FileLock(os.path.join(data_dir, "ersid.lock"), f"data directory {data_dir}"),
+        FileLock(dump_file + ".lock", f"snapshot {dump_file}"),
+    ]
+    return ClaimedFiles(dump_file, locks)

@@ -2,25 +2,45 @@
 Listening ports. A plain port number means TCP on the loopback interface
 only; anything else is a Twisted endpoint description (C{tcp:8080:...},
 C{unix:/run/ersid.sock}, C{ssl:8443:...}). L{Listener} listens while it
-runs, logs where, and turns a port it cannot have into one line.
+runs, logs where, and turns a port it cannot have into one line; a
+L{ConnectionBudget} keeps clients from taking the file descriptors the
+daemon needs for its own files.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import resource
+from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IAddress, IListeningPort, IProtocolFactory
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IListeningPort,
+    IProtocolFactory,
+    IReactorTime,
+)
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
 from ersid.startup import StartupError, one_line_exit
 
-__all__ = ["Listener", "endpoint_description", "optional_endpoint_description"]
+__all__ = [
+    "ConnectionBudget",
+    "Listener",
+    "endpoint_description",
+    "optional_endpoint_description",
+]
+
+# File descriptors kept from clients for the daemon's own use: the journal,
+# snapshots (temporary file, directory, the pipe to the forked writer),
+# database connections, the manhole's files, logs.
+_RESERVE = 64
 
 # Twisted listens with a backlog of 50, which drops connections arriving
 # in bursts of more; the kernel caps this at net.core.somaxconn.
@@ -64,9 +84,15 @@ class Listener(Service):
     """
 
     def __init__(
-        self, what: str, description: str, factory: IProtocolFactory, reactor: Any
+        self,
+        what: str,
+        description: str,
+        factory: IProtocolFactory,
+        reactor: Any,
+        budget: ConnectionBudget | None = None,
     ) -> None:
         self.what = what
+        self._budget = budget
         self.description = description
         self.address: IAddress | None = None
         self._endpoint = endpoints.serverFromString(reactor, description)
@@ -104,6 +130,8 @@ class Listener(Service):
         return listening.addCallback(lambda port: port and port.stopListening())
 
     def _listen(self, port: IListeningPort) -> IListeningPort:
+        if self._budget is not None:
+            self._budget.add_port(port)
         self.address = port.getHost()
         _log.info("{what} listening on {address}", what=self.what, address=self.address)
         return port
@@ -121,3 +149,113 @@ class Listener(Service):
         if isinstance(reason, CannotListenError):
             reason = reason.socketError
         return f"cannot listen for the {self.what} on {self.description}: {reason}"
+
+
+class Sheddable(Protocol):
+    """A connection the budget may close when it runs short: one not in use."""
+
+    def shed(self) -> bool:
+        """Close the connection if it is idle; whether it did."""
+
+
+class ConnectionBudget:
+    """
+    How many connections the daemon holds open at once, at most: its limit
+    of open files, less a reserve for its own files, so that a flood of
+    clients cannot leave the journal or a snapshot without a descriptor.
+
+    At the limit the listeners stop accepting (the kernel queues new
+    connections in their backlogs), and connections that hold a place
+    without using it (idle, or sending their headers slowly) are closed to
+    make room, once a second while the budget is spent; both are logged.
+    Connections report themselves with L{opened} and L{closed};
+    L{counting} wraps a factory whose connections do not.
+    """
+
+    def __init__(self, limit: int, clock: IReactorTime) -> None:
+        self.limit = limit
+        self._clock = clock
+        self._open: set[Sheddable] = set()
+        self._count = 0
+        self._ports: list[IListeningPort] = []
+        self._relieving: IDelayedCall | None = None
+
+    @classmethod
+    def of_this_process(cls, clock: IReactorTime) -> ConnectionBudget:
+        """
+        The budget the open-file limit allows, raised to its hard limit
+        first, as servers do (the default soft limit is often 1024).
+        """
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (ValueError, OSError):
+                pass
+        if soft == resource.RLIM_INFINITY:
+            soft = 1 << 20
+        return cls(max(soft - _RESERVE, 1), clock)
+
+    def add_port(self, port: IListeningPort) -> None:
+        """Pause and resume C{port} with the budget."""
+        self._ports.append(port)
+        if self._relieving is not None:
+            port.stopReading()  # type: ignore[attr-defined]
+
+    def opened(self, connection: Sheddable | None) -> None:
+        """A connection was accepted (C{None}: one never shed)."""
+        self._count += 1
+        if connection is not None:
+            self._open.add(connection)
+        if self._count >= self.limit and self._relieving is None:
+            for port in self._ports:
+                # Twisted's listening ports read to accept: not reading,
+                # they leave new connections in the kernel's backlog.
+                port.stopReading()  # type: ignore[attr-defined]
+            _log.warn(
+                "{count} connections open, the most the limit of open files "
+                "allows while keeping {reserve} for Ersid's own files; new "
+                "connections wait, and idle or slow ones are closed",
+                count=self._count,
+                reserve=_RESERVE,
+            )
+            self._relieve()
+
+    def closed(self, connection: Sheddable | None) -> None:
+        """A connection ended."""
+        self._count -= 1
+        self._open.discard(connection)  # type: ignore[arg-type]
+        if self._relieving is not None and self._count < self.limit:
+            self._relieving.cancel()
+            self._relieving = None
+            for port in self._ports:
+                port.startReading()  # type: ignore[attr-defined]
+            _log.info("Accepting connections again")
+
+    def _relieve(self) -> None:
+        self._relieving = self._clock.callLater(1, self._relieve)
+        for connection in list(self._open):
+            connection.shed()
+
+    def counting(self, factory: IProtocolFactory) -> IProtocolFactory:
+        """C{factory}, its connections counted (never shed)."""
+        return _Counted(factory, self)
+
+
+class _CountedProtocol(ProtocolWrapper):
+    def connectionMade(self) -> None:
+        self.factory.budget.opened(None)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.factory.budget.closed(None)
+        super().connectionLost(reason)
+
+
+class _Counted(WrappingFactory):
+    protocol = _CountedProtocol
+
+    def __init__(self, factory: IProtocolFactory, budget: ConnectionBudget) -> None:
+        super().__init__(factory)
+        self.budget = budget

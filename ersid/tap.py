@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.internet import reactor as _global_reactor
 from twisted.python import usage
 
 from ersid.embedded import FSYNC_POLICIES, open_embedded
-from ersid.files import default_data_dir, make_private_directory
+from ersid.files import LockedServices, claim_files, default_data_dir
 from ersid.listening import (
+    ConnectionBudget,
     Listener,
     endpoint_description,
     optional_endpoint_description,
@@ -154,12 +155,15 @@ def makeService(options: Options, reactor: Any = _global_reactor) -> IService:
     database, and the services that keep it; the REST API in front of it;
     the SSH manhole into it.
     """
-    make_private_directory(options["data-dir"])
+    files = claim_files(options["data-dir"], options["dump-file"])
+    options["dump-file"] = files.dump_file
     opened = _BACKENDS[options["storage"]](options, reactor)
     api = Service(opened.storage, options["max-value-size"], health=opened.health)
-    daemon = MultiService()
-    site = makeSite(api, options["access-log"], reactor=reactor)
-    Listener("REST API", options["rest-port"], site, reactor).setServiceParent(daemon)
+    daemon = LockedServices(files.locks)
+    budget = ConnectionBudget.of_this_process(reactor)
+    site = makeSite(api, options["access-log"], reactor=reactor, budget=budget)
+    rest = Listener("REST API", options["rest-port"], site, reactor, budget)
+    rest.setServiceParent(daemon)
     if options["manhole-port"] is not None:
         namespace = {"service": api, "storage": opened.storage, "reactor": reactor}
         ssh = manhole_factory(
@@ -169,7 +173,10 @@ def makeService(options: Options, reactor: Any = _global_reactor) -> IService:
             options["manhole-passwd"],
         )
         if ssh is not None:
-            manhole = Listener("SSH manhole", options["manhole-port"], ssh, reactor)
+            counted = budget.counting(ssh)
+            manhole = Listener(
+                "SSH manhole", options["manhole-port"], counted, reactor, budget
+            )
             manhole.setServiceParent(daemon)
     for service in opened.services:
         service.setServiceParent(daemon)

@@ -14,9 +14,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
+from zope.interface import implementer
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,6 +43,7 @@ def require(condition: bool, reason: str) -> None:
         raise AssertionError(f"missing requirement: {reason}")
 
 
+@implementer(IHalfCloseableProtocol)
 class _Collector(Protocol):
     def __init__(self, payload: bytes, finished: Deferred[bytes]) -> None:
         self.payload = payload
@@ -56,17 +59,26 @@ class _Collector(Protocol):
     def connectionLost(self, reason: Failure) -> None:
         self.finished.callback(self.received)
 
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
 
-async def raw_exchange(port: int, *chunks: bytes) -> bytes:
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+async def raw_exchange(port: int, *chunks: bytes, half_close: bool = False) -> bytes:
     """
-    Send C{chunks} to a loopback port, one after another, and return
-    everything received until the server closes the connection.
+    Send C{chunks} to a loopback port, one after another (then close the
+    sending side if C{half_close}), and return everything received until
+    the server closes the connection.
     """
     finished: Deferred[bytes] = Deferred()
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     protocol = await connectProtocol(endpoint, _Collector(chunks[0], finished))
     for chunk in chunks[1:]:
         protocol.transport.write(chunk)
+    if half_close:
+        protocol.transport.loseWriteConnection()
     return await finished
 
 

@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred
 from ersid.embedded.journal import FSYNC_POLICIES, Journal
 from ersid.embedded.memory import DictStorage
 from ersid.embedded.recovery import recover
-from ersid.snapshots import SnapshotService, Snapshotter, prepare_directory
+from ersid.snapshots import SnapshotService, Snapshotter, remove_stale_temporaries
 from ersid.startup import StartupError
 from ersid.storage import OpenedStorage
 
@@ -45,7 +45,7 @@ def open_embedded(
 
     @raise StartupError: if the store cannot be recovered.
     """
-    prepare_directory(dump_file)
+    remove_stale_temporaries(dump_file)
     recovered = recover(data_dir, dump_file)
     try:
         journal = Journal(data_dir, recovered.revision, fsync, reactor)
@@ -58,7 +58,7 @@ def open_embedded(
         reactor,
         written_revision=recovered.snapshot_revision,
         covering=journal.rotate,
-        fork_with=storage.records,
+        fork_with=storage.durable_records,
     )
 
     def health() -> dict[str, Any]:

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ersid.embedded.journal_format import segment_path, segments
+from ersid.files import open_private
 from ersid.storage import StorageUnavailable
 
 __all__ = ["FSYNC_POLICIES", "Journal"]
@@ -40,15 +41,28 @@ _T = TypeVar("_T")
 
 @attrs.define
 class _Pending:
+    """An entry to write, whose change is already made in memory."""
+
     data: bytes
     undo: Callable[[], None]
     done: Deferred[Any]
     result: Any
 
 
-# What the journal's thread is handed: entries to write, and work on its
-# files (rotation, compaction) to do in order with them.
-_Batch = list[_Pending | Callable[[], None]]
+@attrs.define
+class _Task:
+    """Work on the journal's files, done in the thread in order with the entries."""
+
+    work: Callable[[], Any]
+    done: Deferred[Any]
+
+
+# What the journal's thread is handed: entries to write, or one task.
+_Batch = list[_Pending] | list[_Task]
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or errno.errorcode.get(error.errno or 0, str(error))
 
 
 class Journal:
@@ -60,7 +74,9 @@ class Journal:
     When a batch cannot be written (disk full, I/O error), the file is cut
     back to its last good entry, the batch's changes are undone in memory,
     and their writes fail with L{StorageUnavailable}; later writes try again,
-    so the journal recovers by itself when the disk has room.
+    so the journal recovers by itself when the disk has room. A segment
+    that cannot be started (no file descriptor left) leaves the journal
+    writing to the one it has.
     """
 
     def __init__(self, directory: str, revision: int, fsync: str, reactor: Any) -> None:
@@ -69,44 +85,49 @@ class Journal:
         self.fsync = fsync
         self.error: str | None = None
         self._reactor = reactor
-        self._queue: _Batch = []
-        self._busy = False
+        self._queue: list[_Pending | _Task] = []
+        self._tasks_queued = 0
+        self._in_flight: _Batch = []
         self._unsynced = False
-        self._file: Any = None
-        self._good_size = self._size = 0
+        self._closed = False
         self._stop_waiters: list[Deferred[None]] | None = None
         self._batches: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._ticker = LoopingCall(self._sync_every_second)
         self._ticker.clock = reactor
-        self._open(revision)
-
-    def _open(self, revision: int) -> None:
-        """Continue the newest segment, or start one at C{revision}."""
-        existing = segments(self.directory)
-        path = existing[-1] if existing else segment_path(self.directory, revision)
-        self._file = open(path, "ab", buffering=0)
-        self._path = path
-        self._good_size = self._size = self._file.tell()
+        existing = segments(directory)
+        self._path = existing[-1] if existing else segment_path(directory, revision)
+        self._descriptor = open_private(self._path, os.O_WRONLY | os.O_APPEND)
+        self._good_size = self._size = os.fstat(self._descriptor).st_size
 
     def start(self) -> None:
         if self.fsync == "everysec":
             self._ticker.start(1, now=False)
 
     def stop(self) -> Deferred[None]:
-        """Write and sync what is queued, then close the file."""
+        """
+        Write and sync what is queued, then close the file. It always
+        completes: a file that cannot be synced is closed all the same, and
+        the failure logged.
+        """
         stopped: Deferred[None] = Deferred()
         if self._stop_waiters is None:
             self._stop_waiters = [stopped]
             if self._ticker.running:
                 self._ticker.stop()
-            self._queue.append(self._sync)
-            self._kick()
-        elif self._file.closed:
+            self._task(self._close).addBoth(self._stopped)
+        elif self._closed and not self._stop_waiters:
             stopped.callback(None)
         else:
             self._stop_waiters.append(stopped)
         return stopped
+
+    def _stopped(self, outcome: object) -> None:
+        if isinstance(outcome, Failure):
+            _log.failure("Journal {path} failed to close", outcome, path=self._path)
+        waiters, self._stop_waiters = self._stop_waiters or [], []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def append(
         self, entry: bytes, undo: Callable[[], None], result: _T
@@ -121,23 +142,36 @@ class Journal:
         self._kick()
         return done
 
-    def rotate(self, revision: int) -> Callable[[], None]:
+    def pending(self) -> list[Callable[[], None]]:
+        """
+        The undo of every change not yet written, oldest first: what a
+        snapshot taken now must leave out, as any of them may yet be refused.
+        """
+        waiting = [item for item in self._in_flight if isinstance(item, _Pending)]
+        waiting += [item for item in self._queue if isinstance(item, _Pending)]
+        return [item.undo for item in waiting]
+
+    def rotate(self, revision: int) -> Deferred[Callable[[], None]]:
         """
         Start a new segment for the changes after C{revision}, which a
-        snapshot is about to cover. Return what to call once the snapshot
-        is safely written: it deletes the older segments.
+        snapshot is about to cover. Fire once every change up to it is
+        written (or refused and undone), with what to call once the
+        snapshot is safely written: it deletes the older segments.
         """
         new_path = segment_path(self.directory, revision)
 
-        def switch() -> None:
-            self._sync()
-            self._file.close()
-            self._file = open(new_path, "ab", buffering=0)
-            self._path = new_path
-            self._good_size = self._size = self._file.tell()
-
-        self._queue.append(switch)
-        self._kick()
+        def switch() -> Callable[[], None]:
+            descriptor = open_private(new_path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.fsync(self._descriptor)
+            except OSError:
+                os.close(descriptor)
+                raise
+            os.close(self._descriptor)
+            self._descriptor, self._path = descriptor, new_path
+            self._good_size = self._size = os.fstat(descriptor).st_size
+            self._unsynced = False
+            return compact
 
         def compact() -> None:
             def delete_older() -> None:
@@ -145,25 +179,30 @@ class Journal:
                     if path < new_path:
                         os.unlink(path)
 
-            self._queue.append(delete_older)
-            self._kick()
+            self._task(delete_older).addErrback(
+                lambda failure: _log.failure("Journal compaction failed", failure)
+            )
 
-        return compact
+        return self._task(switch)
+
+    def _task(self, work: Callable[[], _T]) -> Deferred[_T]:
+        """Queue C{work} for the thread, in order with the entries."""
+        done: Deferred[_T] = Deferred()
+        self._queue.append(_Task(work, done))
+        self._tasks_queued += 1
+        self._kick()
+        return done
 
     def _sync_every_second(self) -> None:
         """
         With everysec, fsync beside the writes rather than between them (as
         Redis does): a write need not wait for the disk to catch up.
         """
-        if not self._unsynced:
+        if not self._unsynced or self._closed:
             return
         self._unsynced = False
-        try:
-            descriptor = self._file.fileno()
-        except ValueError:
-            return  # closed by a rotation this very moment, which syncs it
         pool = self._reactor.getThreadPool()
-        synced = deferToThreadPool(self._reactor, pool, os.fsync, descriptor)
+        synced = deferToThreadPool(self._reactor, pool, os.fsync, self._descriptor)
         synced.addErrback(self._sync_failed)
 
     def _sync_failed(self, failure: Failure) -> None:
@@ -177,25 +216,40 @@ class Journal:
         )
         self.error = failure.value.strerror
 
-    def _sync(self) -> None:
-        os.fsync(self._file.fileno())
-        self._unsynced = False
+    def _close(self) -> None:
+        """In the thread: sync and close the segment; later entries are refused."""
+        self._closed = True
+        try:
+            os.fsync(self._descriptor)
+        finally:
+            os.close(self._descriptor)
 
     def _kick(self) -> None:
-        if self._busy or not self._queue:
+        """Hand the thread the next batch, unless it is busy with one."""
+        if self._in_flight or not self._queue:
             return
-        self._busy = True
-        batch, self._queue = self._queue, []
+        if not self._tasks_queued:
+            batch: _Batch = self._queue
+            self._queue = []
+        elif isinstance(self._queue[0], _Task):
+            batch = [self._queue.pop(0)]
+            self._tasks_queued -= 1
+        else:
+            entries = 0
+            while isinstance(self._queue[entries], _Pending):
+                entries += 1
+            batch, self._queue = self._queue[:entries], self._queue[entries:]
+        self._in_flight = batch
         if self._writer is None:
             self._writer = threading.Thread(
-                target=self._write_batches, name="ersid-journal", daemon=True
+                target=self._run_batches, name="ersid-journal", daemon=True
             )
             self._writer.start()
         self._batches.put(batch)
 
-    def _write_batches(self) -> None:
+    def _run_batches(self) -> None:
         """
-        The journal's thread: write each batch handed over, and hand the
+        The journal's thread: do each batch handed over, and hand the
         outcome back to the reactor. One thread of its own, rather than the
         reactor's pool, halves the cost of the round trip (a pool dispatches
         through several layers of Python), and the entries must be written
@@ -206,82 +260,73 @@ class Journal:
             if batch is None:
                 return
             try:
-                outcome = self._write(batch)
+                if isinstance(batch[0], _Task):
+                    outcome = batch[0].work()
+                else:
+                    outcome = self._write(batch)
             except BaseException:
                 outcome = Failure()
-            self._reactor.callFromThread(self._written, outcome, batch)
+            self._reactor.callFromThread(self._done, outcome, batch)
 
-    def _write(self, batch: _Batch) -> str | None:
+    def _write(self, batch: list[_Pending]) -> str | None:
         """In the thread: write the batch; return why it failed, if it did."""
+        if self._closed:
+            return "the journal is closed"
         try:
-            chunk: list[bytes] = []
-            for item in batch:
-                if isinstance(item, _Pending):
-                    chunk.append(item.data)
-                else:
-                    self._append(chunk)
-                    item()
-            self._append(chunk)
+            if self._size != self._good_size:
+                self._cut_back()  # an earlier cut that failed
+            data = memoryview(b"".join([item.data for item in batch]))
+            self._size += len(data)
+            while data:
+                data = data[os.write(self._descriptor, data) :]
             if self.fsync == "always":
-                os.fsync(self._file.fileno())
+                os.fsync(self._descriptor)
             else:
                 self._unsynced = True
             self._good_size = self._size
             return None
         except OSError as e:
-            self._cut_back()
-            return e.strerror or errno.errorcode.get(e.errno or 0, str(e))
-
-    def _append(self, chunk: list[bytes]) -> None:
-        """
-        Write the entries of C{chunk} together (one system call, unless the
-        system takes part of them), and empty it.
-        """
-        data = memoryview(b"".join(chunk))
-        chunk.clear()
-        self._size += len(data)
-        while data:
-            data = data[self._file.write(data) :]
+            try:
+                self._cut_back()
+            except OSError:
+                pass  # tried again before the next batch
+            return _reason(e)
 
     def _cut_back(self) -> None:
         """Drop whatever part of a failed batch reached the file."""
-        try:
-            self._file.close()
-        except OSError:
-            pass
-        try:
-            with open(self._path, "r+b") as f:
-                f.truncate(self._good_size)
-        except OSError:
-            pass
-        self._file = open(self._path, "ab", buffering=0)
+        os.ftruncate(self._descriptor, self._good_size)
         self._size = self._good_size
 
-    def _written(self, outcome: Any, batch: _Batch) -> None:
-        self._busy = False
-        entries = [item for item in batch if isinstance(item, _Pending)]
+    def _done(self, outcome: Any, batch: _Batch) -> None:
+        self._in_flight = []
+        if isinstance(batch[0], _Task):
+            self._task_done(batch[0], outcome)
+        else:
+            self._written(outcome, batch)  # type: ignore[arg-type]
+        # The callbacks above may already have started the next batch.
+        self._kick()
+
+    def _task_done(self, task: _Task, outcome: Any) -> None:
+        if task.work == self._close:
+            self._batches.put(None)  # the thread ends
+            self._writer = None
+        if isinstance(outcome, Failure):
+            task.done.errback(outcome)
+        else:
+            task.done.callback(outcome)
+
+    def _written(self, outcome: Any, entries: list[_Pending]) -> None:
         if isinstance(outcome, Failure):
             _log.failure("Journal {path} failed", outcome, path=self._path)
             outcome = outcome.getErrorMessage()
         if outcome is None:
-            if self.error is not None and entries:
+            if self.error is not None:
                 _log.info("Journal {path} writable again", path=self._path)
                 self.error = None
             for pending in entries:
                 pending.done.callback(pending.result)
         else:
             self._refuse(entries, outcome)
-        # The callbacks above may already have started the next batch.
-        if self._busy:
-            return
-        if self._queue:
-            self._kick()
-        elif self._stop_waiters is not None and not self._file.closed:
-            self._file.close()
-            self._batches.put(None)  # the thread ends; a later write starts another
-            self._writer = None
-            for waiter in self._stop_waiters:
-                waiter.callback(None)
 
     def _refuse(self, entries: list[_Pending], reason: str) -> None:
         """
@@ -298,7 +343,7 @@ class Journal:
             )
         self.error = reason
         later = [item for item in self._queue if isinstance(item, _Pending)]
-        self._queue = [item for item in self._queue if not isinstance(item, _Pending)]
+        self._queue = [item for item in self._queue if isinstance(item, _Task)]
         failed = entries + later
         for pending in reversed(failed):
             pending.undo()

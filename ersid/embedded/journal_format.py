@@ -23,6 +23,7 @@ __all__ = [
     "encode_set",
     "read_segment",
     "segment_path",
+    "segment_start",
     "segments",
 ]
 
@@ -96,6 +97,11 @@ def segments(directory: str) -> list[str]:
         if number != name and number.isascii() and number.isdigit():
             numbered.append((int(number), os.path.join(directory, name)))
     return [path for _, path in sorted(numbered)]
+
+
+def segment_start(path: str) -> int:
+    """The revision after which the segment at C{path} begins."""
+    return int(os.path.basename(path).removeprefix(_PREFIX))
 
 
 @attrs.frozen

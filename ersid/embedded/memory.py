@@ -8,7 +8,9 @@ dict's memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import heapq
+from collections.abc import Iterable, Iterator, Mapping
+from operator import itemgetter
 from typing import TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -81,13 +83,7 @@ class DictStorage:
         if self.journal is None:
             return succeed(result)
         assert entry is not None
-        return self.journal.append(entry, lambda: self._restore(key, previous), result)
-
-    def _restore(self, key: str, previous: bytes | None) -> None:
-        if previous is None:
-            self._records.pop_packed(key)
-        else:
-            self._records.swap(key, previous)
+        return self.journal.append(entry, _Change(self._records, key, previous), result)
 
     def get(self, key: str) -> Deferred[Record | None]:
         return succeed(self.get_now(key))
@@ -149,14 +145,33 @@ class DictStorage:
     def stats(self) -> Deferred[tuple[int, int]]:
         return succeed((len(self._records), self._revision))
 
-    def records(self) -> Iterable[tuple[str, Record]]:
+    def durable_records(self) -> Iterator[tuple[str, Record]]:
         """
-        Every record as it is now, for a forked snapshot writer, whose copy
-        of the store cannot change under it; nothing else should use it.
+        Every record as the journal has made it durable, in key order: the
+        store as it is now, less the changes whose journal entries are not
+        yet written, which may still be refused. For a forked snapshot
+        writer, whose copy of the store cannot change under it: call it
+        just before the fork, and iterate in the child.
         """
-        return (
-            (key, unpack_record(packed)) for key, packed in self._records.items_from()
+        before: dict[str, bytes | None] = {}
+        if self.journal is not None:
+            for change in self.journal.pending():
+                assert isinstance(change, _Change)
+                before.setdefault(change.key, change.previous)
+        return self._image(before)
+
+    def _image(self, before: dict[str, bytes | None]) -> Iterator[tuple[str, Record]]:
+        """The records, with those of C{before} as they were before their changes."""
+        deleted = sorted(
+            (key, previous)
+            for key, previous in before.items()
+            if previous is not None and self._records.get_packed(key) is None
         )
+        current = self._records.items_from()
+        for key, packed in heapq.merge(current, deleted, key=itemgetter(0)):
+            packed = before.get(key, packed)
+            if packed is not None:
+                yield key, unpack_record(packed)
 
     def scan(self, cursor: object | None = None, limit: int = 1000) -> Deferred[Page]:
         """A page of records after the key C{cursor}, the last one of the page before."""
@@ -178,3 +193,23 @@ class DictStorage:
         """
         self._closed = True
         return succeed(None)
+
+
+class _Change:
+    """
+    A change made to C{key} in memory ahead of its journal entry: called,
+    it undoes itself, back to the C{previous} packed record (C{None}: none).
+    """
+
+    __slots__ = ("key", "previous", "records")
+
+    def __init__(self, records: PackedRecords, key: str, previous: bytes | None):
+        self.records = records
+        self.key = key
+        self.previous = previous
+
+    def __call__(self) -> None:
+        if self.previous is None:
+            self.records.pop_packed(self.key)
+        else:
+            self.records.swap(self.key, self.previous)

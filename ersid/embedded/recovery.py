@@ -22,6 +22,7 @@ from ersid.embedded.journal_format import (
     JournalEntry,
     SegmentDamage,
     read_segment,
+    segment_start,
     segments,
 )
 from ersid.embedded.records import PackedRecords, pack_record
@@ -104,6 +105,35 @@ def _corruption_advice(damage: SegmentDamage) -> str:
     )
 
 
+def _check_continuity(
+    data_dir: str, dump_file: str, snapshot_revision: int | None
+) -> None:
+    """
+    Refuse a journal that starts after the revision the snapshot holds:
+    the changes between the two are in neither (the snapshot was moved,
+    lost, or restored from an older backup), and starting would drop them
+    now and delete the journal that holds the rest at the next snapshot.
+    """
+    paths = segments(data_dir)
+    if not paths:
+        return
+    start = segment_start(paths[0])
+    if start <= (snapshot_revision or 0):
+        return
+    if snapshot_revision is None:
+        found = f"there is no snapshot at {dump_file}"
+    else:
+        found = (
+            f"the snapshot {dump_file} holds only revisions up to {snapshot_revision}"
+        )
+    raise JournalCorrupt(
+        f"the journal in {data_dir} starts after revision {start}, but {found}: "
+        "the changes before it are missing. Ersid will not start with part of "
+        "your data; put the snapshot that holds revision "
+        f"{start} back at {dump_file} (or point --dump-file at it)"
+    )
+
+
 def recover(data_dir: str, dump_file: str) -> Recovered:
     """
     Load the snapshot, if there is one, and replay the journal entries newer
@@ -141,6 +171,7 @@ def _recover(data_dir: str, dump_file: str) -> Recovered:
         seconds=time.monotonic() - started,
     )
     snapshot_revision = revision if loaded is not None else None
+    _check_continuity(data_dir, dump_file, snapshot_revision)
     replayed = 0
     for entry in read_journal(data_dir, after=revision):
         if entry.record is None:

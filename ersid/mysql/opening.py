@@ -16,7 +16,7 @@ from ersid.mysql.errors import UNREACHABLE, error_code
 from ersid.mysql.schema import SchemaError, check_schema
 from ersid.mysql.settings import MySQLSettings
 from ersid.mysql.storage import MySQLStorage
-from ersid.snapshots import SnapshotService, Snapshotter, prepare_directory
+from ersid.snapshots import SnapshotService, Snapshotter, remove_stale_temporaries
 from ersid.startup import StartupError
 from ersid.storage import OpenedStorage
 
@@ -40,7 +40,7 @@ def open_database(
     @raise StartupError: if the database refuses Ersid or lacks its tables.
     """
     _check(settings)
-    prepare_directory(dump_file)
+    remove_stale_temporaries(dump_file)
     storage = MySQLStorage(settings, *pool)
     snapshotter = Snapshotter(storage, dump_file, reactor)
     snapshots = SnapshotService(dump_interval, snapshotter)

@@ -12,7 +12,7 @@ other backend.
 | C{service} | L{SnapshotService}: the timer |
 """
 
-from ersid.snapshots.atomic import prepare_directory
+from ersid.snapshots.atomic import remove_stale_temporaries
 from ersid.snapshots.format import SnapshotError, read_snapshot
 from ersid.snapshots.service import SnapshotService
 from ersid.snapshots.writer import SnapshotOutcome, Snapshotter, write_snapshot
@@ -22,7 +22,7 @@ __all__ = [
     "SnapshotOutcome",
     "SnapshotService",
     "Snapshotter",
-    "prepare_directory",
     "read_snapshot",
+    "remove_stale_temporaries",
     "write_snapshot",
 ]

@@ -9,28 +9,33 @@ from __future__ import annotations
 import os
 import tempfile
 
-from ersid.files import make_private_directory
 from ersid.startup import StartupError
 
-__all__ = ["AtomicFile", "prepare_directory"]
+__all__ = ["AtomicFile", "remove_stale_temporaries"]
 
-_TEMP_PREFIX = ".ersid-snapshot-"
+
+def _temporary_prefix(path: str) -> str:
+    """Temporaries of C{path} are named after it: C{.NAME.tmp-XXXXXXXX}."""
+    return f".{os.path.basename(path)}.tmp-"
 
 
 class AtomicFile:
     """
-    A file written under a temporary name in its final directory and renamed
-    over the final name by L{commit}. Blocking: call its methods from a
-    thread, or from a process of their own.
+    A file written under a temporary name (mode 0600) in its final
+    directory and renamed over the final name by L{commit}. Blocking: call
+    its methods from a thread, or from a process of their own.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.directory = os.path.dirname(os.path.abspath(path))
-        fd, self.temporary = tempfile.mkstemp(dir=self.directory, prefix=_TEMP_PREFIX)
+        fd, self.temporary = tempfile.mkstemp(
+            dir=self.directory, prefix=_temporary_prefix(path)
+        )
         self._file = os.fdopen(fd, "wb")
 
     def write(self, data: bytes) -> int:
+        """Write C{data} to the temporary file: the number of bytes written."""
         return self._file.write(data)
 
     def commit(self) -> None:
@@ -54,18 +59,21 @@ class AtomicFile:
             pass
 
 
-def prepare_directory(path: str) -> None:
+def remove_stale_temporaries(path: str) -> None:
     """
-    Make the directory of C{path}, mode 0700, if it does not exist; remove
-    the temporary files in it left by writes that a crash interrupted.
+    Remove the temporaries of C{path} that writes a crash interrupted left
+    behind: only those named after it and owned by this user, so that a
+    shared directory (C{/tmp}) keeps everyone else's files. Call it holding
+    the lock on C{path}, so that none is still being written.
 
-    @raise StartupError: if it cannot.
+    @raise StartupError: if they cannot be removed.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    make_private_directory(directory)
+    prefix = _temporary_prefix(path)
     try:
-        for name in os.listdir(directory):
-            if name.startswith(_TEMP_PREFIX):
-                os.unlink(os.path.join(directory, name))
+        for entry in os.scandir(directory):
+            if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
+                if entry.stat(follow_symlinks=False).st_uid == os.geteuid():
+                    os.unlink(entry.path)
     except OSError as e:
         raise StartupError(str(e)) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -60,11 +61,26 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _close_inherited(keep: int) -> None:
+    """
+    Close what the child inherited but the parent owns (sockets, the
+    journal, the locks on the data directory): a child the kernel has not
+    yet killed after its parent died must not hold them up for the next
+    daemon.
+    """
+    most = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if most == resource.RLIM_INFINITY:
+        most = 1 << 20
+    os.closerange(3, keep)
+    os.closerange(keep + 1, max(most, keep + 1))
+
+
 def _child(work: Callable[[], dict[str, Any]], parent: int, report: int) -> NoReturn:
     """The forked child: do the work, report how it went, and leave."""
     status = 1
     try:
         _die_with_parent(parent)
+        _close_inherited(report)
         # Background work: on a busy core, serving requests comes first.
         # At nice 10 its time slices pushed the daemon's p99 under load to
         # 2-2.8 times the quiet figure in some benchmark runs; at 19 it gets

@@ -32,9 +32,10 @@ _WRITE_CHUNK = 1024 * 1024
 _log = Logger()
 _T = TypeVar("_T")
 
-# Called with the revision a snapshot is about to cover; what it returns is
-# called once that snapshot is safely written (the journal's rotate).
-Covering = Callable[[int], Callable[[], None]]
+# Called with the revision a snapshot is about to cover, it fires once the
+# store's changes up to it are durable, with what to call once that
+# snapshot is safely written (the journal's rotate).
+Covering = Callable[[int], Deferred[Callable[[], None]]]
 
 
 @attrs.frozen
@@ -94,9 +95,10 @@ class Snapshotter:
         C{path}, if any: an unchanged store is not written again.
     @param covering: called before each snapshot (see L{Covering}).
     @param fork_with: the store's records as they are at the instant of the
-        call. Given it, a forked child writes each snapshot; otherwise
-        serialising happens on the reactor thread a page at a time,
-        yielding to the reactor between pages, and file I/O in the
+        call, less changes that may still be refused (they are iterated in
+        the child). Given it, a forked child writes each snapshot;
+        otherwise serialising happens on the reactor thread a page at a
+        time, yielding to the reactor between pages, and file I/O in the
         reactor's thread pool.
     """
 
@@ -157,7 +159,7 @@ class Snapshotter:
             keys, revision = await self.storage.stats()
             if not force and revision == self._written_revision:
                 return None
-            covered = self._covering(revision) if self._covering else None
+            covered = await self._covering(revision) if self._covering else None
             if self._fork_with is not None:
                 keys, size = await self._write_in_child(revision)
             else:
@@ -192,10 +194,12 @@ class Snapshotter:
     async def _write_in_child(self, revision: int) -> tuple[int, int]:
         """Let a forked child write the store as it is at this instant."""
         assert self._fork_with is not None
-        items = self._fork_with
+        # Taken in the same reactor turn as the fork: nothing can change
+        # between the two.
+        items = self._fork_with()
 
         def work() -> dict[str, Any]:
-            keys, size = write_snapshot(self.path, revision, items())
+            keys, size = write_snapshot(self.path, revision, items)
             return {"keys": keys, "bytes": size}
 
         outcome = await in_child(self._reactor, work)

@@ -40,6 +40,12 @@ class FastPath(Resource):
         self._key_routes = {
             method: route for route in KEY_ROUTES for method in route.methods
         }
+        self._routes = service.app.url_map.bind("api")
+        self._methods = {
+            method.encode("ascii")
+            for rule in service.app.url_map.iter_rules()
+            for method in rule.methods or ()
+        }
 
     def render(self, request: IRequest) -> bytes | int:
         route = self._key_routes.get(request.method)
@@ -49,6 +55,8 @@ class FastPath(Resource):
             except UnicodeDecodeError:
                 error = ApiError(400, "bad_key", "the path is not valid UTF-8")
                 return error.render(request)
+            if request.method not in self._methods:
+                return self._not_allowed(request)
             return self._klein.render(request)
         try:
             outcome = route.start(self._service, request)
@@ -65,6 +73,17 @@ class FastPath(Resource):
             return NOT_DONE_YET
         # twisted.web writes it with its Content-Length in one go.
         return body
+
+    def _not_allowed(self, request: IRequest) -> bytes:
+        """
+        405 for a method no route has. Methods are case-sensitive (RFC
+        9110), which Klein's routing, upper-casing them, is not.
+        """
+        path = unquote_to_bytes(request.path).decode("utf-8")
+        allowed = ", ".join(sorted(self._routes.allowed_methods(path)))
+        request.setHeader(b"Allow", allowed.encode("ascii"))
+        message = f"method not allowed here; allowed: {allowed}"
+        return ApiError(405, "method_not_allowed", message).render(request)
 
     def _respond(self, outcome: Any, route: KeyRoute, request: IRequest) -> None:
         _finish(self._body(outcome, route, request), request)

@@ -1,119 +1,32 @@
 """
-The web site that serves the API: twisted.web's HTTP/1.1 channel and
-request, with the limits a public server needs (body size and deadline) and
-without per-request work a one-resource site does not need.
+The web site that serves the API: twisted.web's site and request over
+L{Channel}, with the limits a public server needs (body size and
+deadline, one unambiguous reading of every request) and without
+per-request work a one-resource site does not need.
 """
 
 from __future__ import annotations
 
+from io import BytesIO
 from typing import Any
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.http import (
-    RESPONSES,
-    HTTPChannel,
-    datetimeToString,
-    parse_qs,
-    unquote,
-)
+from twisted.web.http import datetimeToString, parse_qs, unquote
 from twisted.web.server import Request, Site
 
+from ersid.files import create_private
+from ersid.listening import ConnectionBudget
+from ersid.startup import StartupError
 from ersid.web.app import Service
-from ersid.web.errors import ApiError
+from ersid.web.channel import DEFAULT_HEAD_TIMEOUT, DEFAULT_SEND_TIMEOUT, Channel
+from ersid.web.errors import ApiError, empty
 
 __all__ = ["DEFAULT_BODY_TIMEOUT", "makeSite"]
 
 DEFAULT_BODY_TIMEOUT = 30.0
 
-
-class _Channel(HTTPChannel):
-    """
-    An HTTP/1.1 connection without costs twisted.web pays for every
-    request, together a tenth of a small one.
-
-    Its idle timeout (a client that sends nothing for C{timeOut} seconds,
-    while no request of its is being answered, is dropped) keeps one timer
-    per connection, which checks when it fires whether the connection was
-    idle all along and otherwise waits again; twisted.web cancels a timer
-    and makes a new one around every request. And it makes the objects for
-    its local and remote addresses once, not for every request (the local
-    one with a system call).
-    """
-
-    _idle_since: float | None = None
-    _idle_timer: IDelayedCall | None = None
-    _host: IAddress | None = None
-    _peer: IAddress | None = None
-
-    def setTimeout(self, period: float | None) -> float | None:
-        previous, self.timeOut = self.timeOut, period
-        if period is None:
-            self._idle_since = None
-        else:
-            self._idle_since = self.site.reactor.seconds()
-            if self._idle_timer is None:
-                self._idle_timer = self.callLater(period, self._check_idle)
-        return previous
-
-    def resetTimeout(self) -> None:
-        if self._idle_since is not None:
-            self._idle_since = self.site.reactor.seconds()
-
-    def _check_idle(self) -> None:
-        self._idle_timer = None
-        if self._idle_since is None or self.timeOut is None:
-            return  # answering a request; setTimeout sets a timer afterwards
-        remaining = self._idle_since + self.timeOut - self.site.reactor.seconds()
-        if remaining > 0:
-            self._idle_timer = self.callLater(remaining, self._check_idle)
-        else:
-            self.timeoutConnection()
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-        super().connectionLost(reason)
-
-    def getHost(self) -> IAddress:
-        if self._host is None:
-            self._host = super().getHost()
-        return self._host
-
-    def getPeer(self) -> IAddress:
-        if self._peer is None:
-            self._peer = super().getPeer()
-        return self._peer
-
-    def refuse(self, error: ApiError) -> None:
-        """
-        Answer C{error} on the raw connection and close it, for a request
-        that was not parsed far enough to respond through the usual
-        machinery.
-        """
-        body = error.body()
-        reason = RESPONSES.get(error.status, b"Error")
-        head = (
-            b"HTTP/1.1 %d %s\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (error.status, reason, len(body))
-        )
-        self.transport.write(head + body)
-        self.loseConnection()
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # twisted.web answers requests it cannot parse (a bad request line,
-        # Content-Length or chunk, headers over its limits) with a bare 400
-        # from this private method, its one exit for them; this API answers
-        # every error in JSON (tests/test_twisted.py pins the name).
-        message = "the request is not valid HTTP/1.1 or its headers are too large"
-        self.refuse(ApiError(400, "bad_request", message))
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        """A request line or header over 16 KiB: twisted.web just hangs up."""
-        self._respondToBadRequestAndDisconnect()
+_ALLOW_ANY = b"GET, HEAD, PUT, POST, DELETE"
 
 
 class _DateHeader:
@@ -153,7 +66,11 @@ class _BoundedRequest(Request):
     as soon as the size is known, before buffering it, and a body that takes
     longer than C{body_timeout} seconds to arrive, however steadily it
     trickles in (Twisted's idle timeout restarts with every byte, and closes
-    a connection whose body never starts after a minute).
+    a connection whose body never starts after a minute). Its body is kept
+    in memory, bounded by that size: a full temporary directory cannot fail
+    it. It also refuses, before reading the body, headers that could be
+    read two ways: no C{Host} or several in HTTP/1.1, several
+    C{Content-Type}s.
 
     The deadline's timer is set only once a body turns out not to arrive in
     one piece, which a small body almost always does.
@@ -179,15 +96,18 @@ class _BoundedRequest(Request):
 
         A request target in absolute form (C{http://host/key}), which
         HTTP/1.1 servers must accept, is served as its path; twisted.web
-        would take the whole URL for the path. C{*} is left to twisted.web
-        for C{OPTIONS}, the one method it is meant for.
+        would take the whole URL for the path. C{*} is answered to
+        C{OPTIONS}, the one method it is meant for.
         """
-        if self.path == b"*" and self.method == b"OPTIONS":
-            return super().process()
         site = self.site = self.channel.site
         self.responseHeaders.setRawHeaders(b"Date", [site.date_header()])
         self.prepath = []
         self.sitepath = []
+        if self.path == b"*" and self.method == b"OPTIONS":
+            self.setHeader(b"Allow", _ALLOW_ANY)
+            self.write(empty(self, 200))
+            self.finish()
+            return
         if not self.path.startswith(b"/"):
             path = _path_of_absolute_form(self.path)
             if path is None:
@@ -213,14 +133,32 @@ class _BoundedRequest(Request):
         self._postpath = segments
 
     def gotLength(self, length: int | None) -> None:
-        site = self.channel.site
+        channel = self.channel
+        channel.head_received()
+        site = channel.site
+        ambiguity = self._ambiguity()
+        if ambiguity is not None:
+            self._refuse(ApiError(400, "bad_request", ambiguity))
+            return
         if length is not None and length > site.max_body_size:
             self._refuse(ApiError.value_too_large(site.max_body_size))
             return
-        super().gotLength(length)
+        self.content = BytesIO()
         self._expected = length
         if length != 0:
             self._started = site.reactor.seconds()
+
+    def _ambiguity(self) -> str | None:
+        """What in the headers a proxy in front could read another way."""
+        headers = self.requestHeaders
+        hosts = headers.getRawHeaders(b"Host", [])
+        if getattr(self, "http_version", None) == b"HTTP/1.1" and len(hosts) != 1:
+            return "an HTTP/1.1 request needs one Host header"
+        if len(hosts) > 1:
+            return "a request has one Host header at most"
+        if len(headers.getRawHeaders(b"Content-Type", [])) > 1:
+            return "a request has one Content-Type header at most"
+        return None
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
@@ -248,7 +186,8 @@ class _BoundedRequest(Request):
         self.method, self.uri, self.clientproto = command, path, version
         self.path, question_mark, query = path.partition(b"?")
         self.args = parse_qs(query, keep_blank_values=True) if question_mark else {}
-        self.process()
+        if self.channel.may_answer(self):
+            self.process()
 
     def parseCookies(self) -> None:
         """The API reads no cookies: leave them unparsed."""
@@ -278,14 +217,17 @@ class _BoundedRequest(Request):
 
 class _Site(Site):
     """
-    The API's site: requests bounded by C{max_body_size} bytes and
-    C{body_timeout} seconds, the Date header formatted once a second, and
-    no access log unless asked for: a log line per request costs more than
-    the rest of a small request.
+    The API's site: requests bounded by C{max_body_size} bytes, heads by
+    C{head_timeout} seconds, bodies by C{body_timeout} seconds, unread
+    responses by C{send_timeout} seconds, connections by C{budget}; the
+    Date header formatted once a second, and no access log unless asked
+    for: a log line per request costs more than the rest of a small request.
     """
 
-    protocol = _Channel
+    protocol = Channel
     displayTracebacks = False
+    head_timeout = DEFAULT_HEAD_TIMEOUT
+    send_timeout = DEFAULT_SEND_TIMEOUT
 
     def __init__(
         self,
@@ -293,6 +235,7 @@ class _Site(Site):
         access_log: str | None,
         body_timeout: float,
         reactor: IReactorTime | None,
+        budget: ConnectionBudget | None,
     ) -> None:
         super().__init__(
             service.resource(),
@@ -302,6 +245,7 @@ class _Site(Site):
         )
         self.max_body_size = service.max_value_size
         self.body_timeout = body_timeout
+        self.budget = budget
         self.date_header = _DateHeader(self.reactor)
         self._logging = access_log is not None
 
@@ -315,11 +259,17 @@ def makeSite(
     access_log: str | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     reactor: IReactorTime | None = None,
+    budget: ConnectionBudget | None = None,
 ) -> Site:
     """
     The web site serving C{service}, with request bodies capped at the
-    service's maximum value size and C{body_timeout} seconds, and an access
-    log in the combined format only if asked for (C{"-"} for the daemon's
-    log).
+    service's maximum value size and C{body_timeout} seconds, connections
+    counted in C{budget}, and an access log in the combined format only if
+    asked for (C{"-"} for the daemon's log; the file is made mode 0600).
     """
-    return _Site(service, access_log, body_timeout, reactor)
+    if access_log not in (None, "-"):
+        try:
+            create_private(access_log)
+        except OSError as e:
+            raise StartupError(f"access log {access_log}: {e.strerror}") from None
+    return _Site(service, access_log, body_timeout, reactor, budget)

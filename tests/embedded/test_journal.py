@@ -7,6 +7,7 @@ corrupted files handled as promised.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import threading
@@ -248,6 +249,90 @@ class JournalTests(_JournalTestCase):
         return self.run_async(check())
 
 
+class DurableImageTests(_JournalTestCase):
+    """
+    A snapshot holds what the journal has made durable: changes still
+    waiting for their journal entries, which may yet be refused, are left
+    out, old values back in their place.
+    """
+
+    def test_changes_waiting_for_the_journal_are_left_out(self):
+        storage = self.open()
+
+        async def check():
+            await storage.set("kept", b"old")
+            await storage.set("gone", b"old")
+            # Made in memory in this reactor turn; journaled in a later one.
+            writes = [
+                storage.set("kept", b"new"),
+                storage.set("created", b"new"),
+                storage.delete("gone"),
+            ]
+            image = dict(storage.durable_records())
+            self.assertEqual(
+                {key: record.value for key, record in image.items()},
+                {"kept": b"old", "gone": b"old"},
+            )
+            self.assertEqual((await storage.get("kept")).value, b"new")
+            await gatherResults(writes)
+            image = dict(storage.durable_records())
+            self.assertEqual(
+                {key: record.value for key, record in image.items()},
+                {"kept": b"new", "created": b"new"},
+            )
+
+        return self.run_async(check())
+
+
+class OutOfDescriptorsTests(_JournalTestCase):
+    """
+    With no file descriptor to be had, a new segment cannot be started:
+    the snapshot that wanted it fails and says so, the journal goes on in
+    the segment it has, and nothing is wedged.
+    """
+
+    def exhaust_descriptors(self) -> None:
+        """Take every file descriptor this process may still open."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard)
+        )
+        taken = []
+        self.addCleanup(lambda: [os.close(fd) for fd in taken])
+        try:
+            while True:
+                taken.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        self.release_descriptors = lambda: [os.close(taken.pop()) for _ in range(4)]
+
+    def test_rotation_fails_cleanly_and_writes_go_on(self):
+        storage = self.open()
+        snapshot = os.path.join(self.directory, "snapshot.json")
+        snapshotter = Snapshotter(
+            storage, snapshot, reactor, covering=storage.journal.rotate
+        )
+
+        async def check():
+            await storage.set("before", b"v")
+            self.exhaust_descriptors()
+            outcome = await snapshotter.snapshot()
+            self.assertFalse(outcome.ok)
+            self.assertEqual(outcome.error, "Too many open files")
+            await storage.set("during", b"v")
+            self.release_descriptors()
+            self.assertTrue((await snapshotter.snapshot()).ok)
+            await storage.set("after", b"v")
+            await storage.journal.stop()
+            replayed = _replayed(self.directory, after=2)
+            self.assertEqual(list(replayed), ["after"])
+            entries, revision = load_snapshot(snapshot)
+            self.assertEqual((sorted(entries), revision), (["before", "during"], 2))
+
+        return self.run_async(check())
+
+
 class DiskFullTests(_JournalTestCase):
     """
     The journal on a real, tiny filesystem (a 64 KiB tmpfs): a full disk
@@ -309,3 +394,42 @@ class DiskFullTests(_JournalTestCase):
             self.assertEqual(replayed["after"].value, b"room again")
 
         return self.run_async(check())
+
+    def test_refused_writes_never_reach_a_snapshot(self):
+        """
+        A forked snapshot taken while writes wait for a full disk holds none
+        of them: refused with 503, they must not come back after a restart.
+        """
+
+        async def check():
+            storage = self.open(self.small)
+            _fill(os.path.join(self.small, "filler"))
+            snapshot = os.path.join(self.directory, "snapshot.json")
+            snapshotter = Snapshotter(
+                storage,
+                snapshot,
+                reactor,
+                covering=storage.journal.rotate,
+                fork_with=storage.durable_records,
+            )
+            writes = [storage.set(f"refused{i}", b"x" * 2000) for i in range(5)]
+            taking = snapshotter.snapshot()
+            for write in writes:
+                with self.assertRaises(StorageUnavailable):
+                    await write
+            self.assertTrue((await taking).ok)
+            entries, _ = load_snapshot(snapshot)
+            self.assertEqual(list(entries), [])
+            self.assertEqual(await storage.keys(), [])
+
+        return self.run_async(check())
+
+
+def _fill(path: str) -> None:
+    """Fill the file system of C{path} to the last byte."""
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\x00" * 4096)
+        except OSError:
+            pass

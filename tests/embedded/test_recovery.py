@@ -60,3 +60,53 @@ class RecoveryTests(TestCase):
         with self.assertRaises(StartupError) as raised:
             recover(self.directory, self.snapshot)
         self.assertIn("content type is too long", str(raised.exception))
+
+
+class ContinuityTests(TestCase):
+    """
+    The journal must start where the snapshot ends: with a gap between
+    them, part of the data is in neither, and the start is refused.
+    """
+
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.snapshot = os.path.join(self.directory, "snapshot.json")
+
+    def journal(self, start: int, *revisions: int) -> None:
+        entries = [JournalEntry(r, f"k{r}", Record(b"v", version=r)) for r in revisions]
+        with open(segment_path(self.directory, start), "wb") as f:
+            f.write(b"".join(entry.encode() for entry in entries))
+
+    def snapshot_at(self, revision: int) -> None:
+        with open(self.snapshot, "wb") as f:
+            f.write(
+                b'{"ersid_snapshot": 1, "revision": %d, "pages": [\n'
+                b'], "count": 0}\n' % revision
+            )
+
+    def test_journal_from_the_start_needs_no_snapshot(self):
+        self.journal(0, 1, 2)
+        self.assertEqual(recover(self.directory, self.snapshot).revision, 2)
+
+    def test_journal_after_a_missing_snapshot_refused(self):
+        self.journal(5, 6, 7)
+        with self.assertRaises(StartupError) as raised:
+            recover(self.directory, self.snapshot)
+        message = str(raised.exception)
+        self.assertIn("starts after revision 5", message)
+        self.assertIn(f"there is no snapshot at {self.snapshot}", message)
+
+    def test_journal_after_an_older_snapshot_refused(self):
+        self.snapshot_at(3)
+        self.journal(5, 6)
+        with self.assertRaises(StartupError) as raised:
+            recover(self.directory, self.snapshot)
+        self.assertIn("holds only revisions up to 3", str(raised.exception))
+
+    def test_older_segments_beside_the_snapshot_are_fine(self):
+        """A crash between a snapshot and the compaction that follows it."""
+        self.journal(0, 1, 2, 3)
+        self.journal(3, 4)
+        self.snapshot_at(3)
+        self.assertEqual(recover(self.directory, self.snapshot).revision, 4)

@@ -160,8 +160,10 @@ class ManholeOptionsTests(TestCase):
         self.data_dir = os.path.abspath(self.mktemp())
 
     def children(self, *args: str) -> dict[str, object]:
+        """The services of a daemon of its own data directory (each locks its own)."""
+        self.daemon_dir = os.path.abspath(self.mktemp())
         options = Options()
-        options.parseOptions(["-d", self.data_dir, "-p", "tcp:0", *args])
+        options.parseOptions(["-d", self.daemon_dir, "-p", "tcp:0", *args])
         return {
             getattr(child, "what", "timer"): child for child in makeService(options)
         }
@@ -178,7 +180,7 @@ class ManholeOptionsTests(TestCase):
             ),
             logged,
         )
-        self.assertFalse(os.path.exists(os.path.join(self.data_dir, HOST_KEY_NAME)))
+        self.assertFalse(os.path.exists(os.path.join(self.daemon_dir, HOST_KEY_NAME)))
 
     def test_none_turns_it_off(self):
         hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()

@@ -20,8 +20,8 @@ from ersid.snapshots import (
     SnapshotError,
     SnapshotService,
     Snapshotter,
-    prepare_directory,
     read_snapshot,
+    remove_stale_temporaries,
 )
 from ersid.storage import Record, StorageUnavailable
 
@@ -362,12 +362,28 @@ class LoadSnapshotTests(TestCase):
         self.assertIn(f"cannot read snapshot {self.path}", str(raised.exception))
 
     def test_stale_temporaries_removed(self):
-        stale = os.path.join(self.directory, ".ersid-snapshot-abc123")
-        other = os.path.join(self.directory, "keep.txt")
-        for name in [stale, other]:
+        """
+        Only this snapshot's own temporaries go: a shared directory keeps
+        other snapshots' and other users' files.
+        """
+        stale = os.path.join(self.directory, ".snapshot.json.tmp-abc123")
+        kept = [
+            os.path.join(self.directory, name)
+            for name in [
+                "keep.txt",
+                ".other.json.tmp-abc123",
+                ".ersid-snapshot-abc123",
+                ".snapshot.json.tmp-theirs",
+            ]
+        ]
+        for name in [stale, *kept]:
             open(name, "w").close()
-        prepare_directory(self.path)
-        self.assertEqual(os.listdir(self.directory), ["keep.txt"])
+        os.chown(kept[-1], 65534, 65534)
+        remove_stale_temporaries(self.path)
+        self.assertEqual(
+            sorted(os.listdir(self.directory)),
+            sorted(os.path.basename(name) for name in kept),
+        )
 
 
 class ForkedSnapshotterTests(SnapshotTestsMixin, TestCase):
@@ -378,7 +394,7 @@ class ForkedSnapshotterTests(SnapshotTestsMixin, TestCase):
 
     def snapshotter(self, storage: DictStorage, path: str | None = None) -> Snapshotter:
         return Snapshotter(
-            storage, path or self.path, reactor, fork_with=storage.records
+            storage, path or self.path, reactor, fork_with=storage.durable_records
         )
 
     def test_round_trip_is_byte_exact(self):

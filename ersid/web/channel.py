@@ -1,0 +1,277 @@
+"""
+An HTTP/1.1 connection to the API: twisted.web's channel, strict where a
+proxy in front could read a request differently, bounded in the time and
+memory a client can take, and without costs twisted.web pays for every
+request.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES, HTTPChannel
+from zope.interface import implementer
+
+from ersid.web.errors import ApiError
+
+if TYPE_CHECKING:
+    from twisted.web.server import Request
+
+__all__ = ["DEFAULT_HEAD_TIMEOUT", "DEFAULT_SEND_TIMEOUT", "Channel"]
+
+# Seconds a request line and headers may take to arrive, however steadily
+# they trickle in: slowloris sends a byte every few seconds.
+DEFAULT_HEAD_TIMEOUT = 30.0
+# Seconds a client may leave responses unread before it is dropped.
+DEFAULT_SEND_TIMEOUT = 60.0
+# The most digits of a body length Ersid reads: 2**63 has 19.
+_LENGTH_DIGITS = 19
+
+_log = Logger()
+
+
+@implementer(IHalfCloseableProtocol)
+class Channel(HTTPChannel):
+    """
+    One client connection. Beyond twisted.web's channel, it:
+
+      - refuses in JSON, and closes, what a proxy in front might read
+        differently: folded header lines, transfer codings other than
+        chunked, lengths with more digits than any body could have;
+      - gives a request's line and headers C{site.head_timeout} seconds to
+        arrive, and drops a connection idle for C{timeOut} seconds, with one
+        timer per connection rather than one per request;
+      - stops answering pipelined requests while the client leaves earlier
+        responses unread, so that what one client does not read stays
+        bounded, and drops it after C{site.send_timeout} seconds of that;
+      - counts itself in the site's connection budget, which closes it when
+        short of descriptors if it is idle;
+      - answers a client that closes its side after its request (as
+        C{printf ... | nc} does) before closing its own;
+      - makes the objects of its addresses once, not for every request.
+    """
+
+    _idle_since: float | None = None
+    _head_since: float | None = None
+    _idle_timer: IDelayedCall | None = None
+    _send_timer: IDelayedCall | None = None
+    _reading_body = False
+    _backed_up = False
+    _parked: Request | None = None
+    _host: IAddress | None = None
+    _peer: IAddress | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.site.budget is not None:
+            self.site.budget.opened(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        for timer in (self._idle_timer, self._send_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._idle_timer = self._send_timer = None
+        self._parked = None
+        if self.site.budget is not None:
+            self.site.budget.closed(self)
+        super().connectionLost(reason)
+
+    def readConnectionLost(self) -> None:
+        """The client sent all it will: answer what it asked, then close."""
+        self.persistent = False
+        if self._idle_since is not None:
+            self.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Nothing more can be sent: a half-closed client gets nothing."""
+        self.loseConnection()
+
+    # Timeouts: idle between requests, and a deadline for a request's head.
+
+    def setTimeout(self, period: float | None) -> float | None:
+        previous, self.timeOut = self.timeOut, period
+        if period is None:
+            self._idle_since = None
+            self._reading_body = False
+        else:
+            self._idle_since = self.site.reactor.seconds()
+            if self._idle_timer is None:
+                self._arm(min(period, self.site.head_timeout))
+        return previous
+
+    def resetTimeout(self) -> None:
+        """Data came: the connection is not idle, and a request's head began."""
+        if self._idle_since is not None:
+            self._idle_since = now = self.site.reactor.seconds()
+            if self._head_since is None and not self._reading_body:
+                self._head_since = now
+
+    def head_received(self) -> None:
+        """A request's line and headers are in: their deadline is met."""
+        self._head_since = None
+        self._reading_body = True
+
+    def _arm(self, seconds: float) -> None:
+        self._idle_timer = self.callLater(seconds, self._check_deadlines)
+
+    def _check_deadlines(self) -> None:
+        """
+        Fired at least every C{head_timeout} seconds while idle, so that a
+        head that began is cut off on time, whenever it began.
+        """
+        self._idle_timer = None
+        if self._idle_since is None or self.timeOut is None:
+            return  # answering a request; setTimeout arms the timer afterwards
+        now = self.site.reactor.seconds()
+        head_deadline = float("inf")
+        if self._head_since is not None:
+            head_deadline = self._head_since + self.site.head_timeout
+            if head_deadline <= now:
+                seconds = self.site.head_timeout
+                message = (
+                    f"the request's headers did not arrive within {seconds} seconds"
+                )
+                self.refuse(ApiError(408, "request_timeout", message))
+                return
+        idle_deadline = self._idle_since + self.timeOut
+        if idle_deadline <= now:
+            self.timeoutConnection()
+            return
+        soonest = min(head_deadline, idle_deadline, now + self.site.head_timeout)
+        self._arm(soonest - now)
+
+    def shed(self) -> bool:
+        """
+        Close the connection if no request of its is under way, or one whose
+        head has taken over a second (a head comes in one packet): whether
+        it did.
+        """
+        if self._idle_since is None:
+            return False
+        if self._head_since is not None:
+            if self.site.reactor.seconds() - self._head_since < 1:
+                return False
+        self.loseConnection()
+        return True
+
+    # Flow control: no more answers than the client reads.
+
+    def pauseProducing(self) -> None:
+        """The client is not reading: answer no further requests for now."""
+        self._backed_up = True
+        if self._send_timer is None:
+            timeout = self.site.send_timeout
+            self._send_timer = self.callLater(timeout, self._not_reading)
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._backed_up = False
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        super().resumeProducing()
+        parked, self._parked = self._parked, None
+        if parked is not None:
+            parked.process()
+
+    def may_answer(self, request: Request) -> bool:
+        """
+        Whether C{request} may be answered now; if not, it is, once the
+        client has read the responses before it.
+        """
+        if not self._backed_up:
+            return True
+        self._parked = request
+        return False
+
+    def _not_reading(self) -> None:
+        self._send_timer = None
+        _log.info(
+            "Dropping {peer}: it left responses unread for {seconds} seconds",
+            peer=str(self.getPeer()),
+            seconds=self.site.send_timeout,
+        )
+        self.transport.abortConnection()
+
+    # Parsing: strict where twisted.web is lenient, JSON where it is terse.
+
+    def lineReceived(self, line: bytes) -> None:
+        if line[:1] in (b" ", b"\t"):
+            # A folded header line (obs-fold), or a request line that starts
+            # with white space: RFC 9112 lets a server refuse either.
+            message = "folded header lines are not accepted"
+            self.refuse(ApiError(400, "bad_request", message))
+            return
+        super().lineReceived(line)
+
+    def headerReceived(self, line: bytes) -> bool:
+        name, colon, value = line.partition(b":")
+        lowered = name.lower()
+        if colon and lowered == b"content-length" and value.strip(b" \t").isdigit():
+            # Python reads no number of over 4,300 digits; any over 19 is
+            # larger than a body can be.
+            digits = value.strip(b" \t").lstrip(b"0") or b"0"
+            if len(digits) > _LENGTH_DIGITS:
+                self.refuse(ApiError.value_too_large(self.site.max_body_size))
+                return False
+            line = b"Content-Length: " + digits
+        elif colon and lowered == b"transfer-encoding":
+            if value.strip(b" \t").lower() != b"chunked":
+                message = "the only transfer coding accepted is chunked"
+                self.refuse(ApiError(400, "bad_request", message))
+                return False
+        return super().headerReceived(line)
+
+    def checkPersistence(self, request: Request, version: bytes) -> bool:
+        """Also tells the request its HTTP version before its body is read."""
+        request.http_version = version  # type: ignore[attr-defined]
+        return super().checkPersistence(request, version)
+
+    def refuse(self, error: ApiError) -> None:
+        """
+        Answer C{error} on the raw connection and close it, for a request
+        that was not parsed far enough to respond through the usual
+        machinery.
+        """
+        body = error.body()
+        reason = RESPONSES.get(error.status, b"Error")
+        head = (
+            b"HTTP/1.1 %d %s\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % (error.status, reason, len(body))
+        )
+        self.transport.write(head + body)
+        self.loseConnection()
+        # Nothing more of this connection is read: what follows a refused
+        # request is not a request.
+        self.dataReceived = self.lineReceived = _ignore  # type: ignore[method-assign]
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web answers requests it cannot parse (a bad request line,
+        # Content-Length or chunk, headers over its limits) with a bare 400
+        # from this private method, its one exit for them; this API answers
+        # every error in JSON (tests/test_twisted.py pins the name).
+        message = "the request is not valid HTTP/1.1 or its headers are too large"
+        self.refuse(ApiError(400, "bad_request", message))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A request line or header over 16 KiB: twisted.web just hangs up."""
+        self._respondToBadRequestAndDisconnect()
+
+    def getHost(self) -> IAddress:
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def getPeer(self) -> IAddress:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
+
+
+def _ignore(*args: Any) -> None:
+    return None

@@ -1,0 +1,297 @@
+"""
+The connection: deadlines for a request's head, no more answers than the
+client reads, one reading of every request (what a proxy in front could
+read another way is refused), and a client that closes its side first.
+Over an in-memory transport, on a Clock, and over loopback sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from urllib.parse import urlsplit
+
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+
+from ersid.embedded.memory import DictStorage
+from ersid.storage import Record
+from ersid.web.app import Service
+from ersid.web.site import makeSite
+
+from .._helpers import raw_exchange, serve
+
+VALUE = b"v" * 100_000
+GET = b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class _BufferingTransport(StringTransport):
+    """
+    A transport that, like Twisted's, asks its producer to pause once more
+    than 64 KiB wait to be sent, and to resume once the client has read
+    them all (L{read}).
+    """
+
+    paused = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if len(self.value()) > 65536 and self.producer and not self.paused:
+            self.paused = True
+            self.producer.pauseProducing()
+
+    def read(self) -> bytes:
+        """What the client reads: everything sent so far."""
+        sent = self.value()
+        self.clear()
+        if self.paused:
+            self.paused = False
+            self.producer.resumeProducing()
+        return sent
+
+
+class _ClockedChannelTestCase(TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.storage = DictStorage([("big", Record(VALUE, version=1))], revision=1)
+        service = Service(self.storage, 1000)
+        self.site = makeSite(service, body_timeout=30, reactor=self.clock)
+        self.channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5))
+        self.transport = _BufferingTransport()
+        self.channel.makeConnection(self.transport)
+        self.addCleanup(self.channel.connectionLost, None)
+
+    def responses(self, data: bytes) -> list[bytes]:
+        """The status lines in C{data}."""
+        return re.findall(rb"HTTP/1\.1 \d{3} [^\r]*", data)
+
+
+class HeadDeadlineTests(_ClockedChannelTestCase):
+    """A request's line and headers must arrive within 30 seconds."""
+
+    def test_headers_trickling_in_cut_off_at_the_deadline(self):
+        self.clock.advance(7)  # whenever the connection was last used
+        self.channel.dataReceived(b"GET /big HTTP/1.1\r\n")
+        for _ in range(29):
+            self.clock.advance(1)
+            self.channel.dataReceived(b"X")  # slowloris: a byte at a time
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        head, _, body = self.transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 408 "), head)
+        self.assertEqual(json.loads(body)["error"], "request_timeout")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_each_request_has_its_own_deadline(self):
+        for _ in range(3):
+            self.clock.advance(20)
+            self.channel.dataReceived(b"GET /missing HTTP/1.1\r\n")
+            self.clock.advance(29)
+            self.channel.dataReceived(b"Host: x\r\n\r\n")
+        self.assertEqual(len(self.responses(self.transport.value())), 3)
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_a_slow_body_is_not_a_slow_head(self):
+        self.channel.dataReceived(
+            b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n"
+        )
+        for _ in range(20):
+            self.clock.advance(1)
+            self.channel.dataReceived(b"x")
+        self.clock.advance(59)
+        self.assertEqual(
+            self.responses(self.transport.value()), [b"HTTP/1.1 201 Created"]
+        )
+        self.assertFalse(self.transport.disconnecting)
+
+
+class FlowControlTests(_ClockedChannelTestCase):
+    """
+    Pipelined requests from a client that does not read its responses are
+    answered no faster than it reads them: what waits for it is one response.
+    """
+
+    def test_pipelined_requests_wait_for_the_client_to_read(self):
+        self.channel.dataReceived(GET * 20)
+        self.assertEqual(len(self.responses(self.transport.value())), 1)
+        self.assertLess(len(self.transport.value()), 2 * len(VALUE))
+        answered = len(self.responses(self.transport.read()))
+        while self.transport.value():
+            self.assertEqual(len(self.responses(self.transport.value())), 1)
+            answered += len(self.responses(self.transport.read()))
+        self.assertEqual(answered, 20)
+
+    def test_client_that_never_reads_is_dropped(self):
+        self.channel.dataReceived(GET * 3)
+        self.clock.advance(59)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_reading_in_time_keeps_the_connection(self):
+        self.channel.dataReceived(GET * 3)
+        answered = 0
+        for _ in range(3):
+            self.clock.advance(59)
+            answered += len(self.responses(self.transport.read()))
+        self.assertEqual(answered, 3)
+        self.assertFalse(self.transport.disconnecting)
+
+
+class LoopbackPipeliningTests(TestCase):
+    def test_pipelined_answers_arrive_in_order(self):
+        storage = DictStorage(
+            [(f"k{i}", Record(b"%02d" % i * 15_000, version=i + 1)) for i in range(30)],
+            revision=30,
+        )
+
+        async def check():
+            url = await serve(self, Service(storage))
+            requests = b"".join(
+                b"GET /k%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(30)
+            )
+            closing = b"GET /k0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            received = await raw_exchange(urlsplit(url).port, requests + closing)
+            bodies = [
+                part.partition(b"\r\n\r\n")[2][:2]
+                for part in received.split(b"HTTP/1.1 200 OK")[1:]
+            ]
+            self.assertEqual(bodies, [b"%02d" % i for i in range(30)] + [b"00"])
+
+        return Deferred.fromCoroutine(check())
+
+
+class StrictParsingTests(_ClockedChannelTestCase):
+    """
+    What a proxy in front and Ersid could read differently is refused with
+    a JSON 400 (413 for a length no body can have), the connection closed,
+    and nothing stored.
+    """
+
+    def assert_refused(self, request: bytes, status: int = 400) -> dict:
+        self.channel.dataReceived(request)
+        head, _, body = self.transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 %d " % status), head)
+        self.assertIn(b"Content-Type: application/json", head)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.successResultOf(self.storage.keys()), ["big"])
+        return json.loads(body)
+
+    def test_transfer_codings_other_than_chunked(self):
+        for coding in [b"identity", b"gzip, chunked", b"chunked, gzip", b"x"]:
+            with self.subTest(coding=coding):
+                self.setUp()
+                self.assert_refused(
+                    b"PUT /k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: %s\r\n\r\n"
+                    b"3\r\nabc\r\n0\r\n\r\n" % coding
+                )
+
+    def test_length_and_chunked_together(self):
+        self.assert_refused(
+            b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        )
+
+    def test_two_lengths(self):
+        self.assert_refused(
+            b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+            b"Content-Length: 4\r\n\r\nabcd"
+        )
+
+    def test_folded_header_lines(self):
+        for name in [b"Transfer-Encoding", b"Content-Length", b"X-Other"]:
+            with self.subTest(name=name):
+                self.setUp()
+                self.assert_refused(
+                    b"PUT /k HTTP/1.1\r\nHost: x\r\n%s:\r\n chunked\r\n\r\n" % name
+                )
+
+    def test_host_missing_or_repeated_in_http_1_1(self):
+        self.assert_refused(b"GET /big HTTP/1.1\r\n\r\n")
+        self.setUp()
+        self.assert_refused(b"GET /big HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+
+    def test_two_content_types(self):
+        self.assert_refused(
+            b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+            b"Content-Type: image/png\r\nContent-Length: 1\r\n\r\nv"
+        )
+
+    def test_length_of_thousands_of_digits(self):
+        """Python cannot read such a number; no body is that long."""
+        error = self.assert_refused(
+            b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\nv"
+            % (b"9" * 4400),
+            413,
+        )
+        self.assertEqual(error["error"], "value_too_large")
+
+    def test_zero_padded_length_is_read(self):
+        self.channel.dataReceived(
+            b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: %s1\r\n\r\nv"
+            % (b"0" * 4400)
+        )
+        self.assertEqual(
+            self.responses(self.transport.value()), [b"HTTP/1.1 201 Created"]
+        )
+        self.assertEqual(self.successResultOf(self.storage.get("k")).value, b"v")
+
+
+class MethodTests(_ClockedChannelTestCase):
+    """Methods are case-sensitive (RFC 9110); unknown ones get a JSON 405."""
+
+    def answer(self, request: bytes) -> tuple[list[bytes], bytes]:
+        self.transport.clear()
+        self.channel.dataReceived(request)
+        head, _, body = self.transport.value().partition(b"\r\n\r\n")
+        return head.split(b"\r\n"), body
+
+    def test_methods_in_the_wrong_case(self):
+        for method in [b"Delete", b"delete", b"head", b"Get", b"put", b"QUERY"]:
+            with self.subTest(method=method):
+                head, body = self.answer(
+                    b"%s /big HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % method
+                )
+                self.assertEqual(head[0], b"HTTP/1.1 405 Method Not Allowed")
+                self.assertIn(b"Allow: DELETE, GET, HEAD, POST, PUT", head)
+                self.assertEqual(json.loads(body)["error"], "method_not_allowed")
+        self.assertEqual(self.successResultOf(self.storage.get("big")).value, VALUE)
+
+    def test_options_star(self):
+        head, body = self.answer(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(head[0], b"HTTP/1.1 200 OK")
+        self.assertIn(b"Allow: GET, HEAD, PUT, POST, DELETE", head)
+        self.assertFalse([line for line in head if line.lower().startswith(b"server")])
+        self.assertEqual(body, b"")
+
+
+class _SlowStorage(DictStorage):
+    """A store whose writes complete a reactor turn later, as a journal's do."""
+
+    def set(self, *args, **kwargs):
+        written = super().set(*args, **kwargs)
+        later = Deferred()
+        reactor.callLater(0, written.chainDeferred, later)
+        return later
+
+
+class HalfCloseTests(TestCase):
+    def test_client_that_closes_its_side_gets_its_answer(self):
+        """As C{printf 'PUT ...' | nc host port} does."""
+        storage = _SlowStorage()
+
+        async def check():
+            url = await serve(self, Service(storage))
+            received = await raw_exchange(
+                urlsplit(url).port,
+                b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv",
+                half_close=True,
+            )
+            self.assertTrue(received.startswith(b"HTTP/1.1 201 Created"), received)
+            self.assertEqual((await storage.get("k")).value, b"v")
+
+        return Deferred.fromCoroutine(check())
