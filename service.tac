@@ -8,15 +8,16 @@ import os
 import shlex
 
 from twisted.application.service import Application
-from twisted.python.usage import UsageError
 
 from ersid.tap import Options, makeService
 
 options = Options()
 try:
     options.parseOptions(shlex.split(os.environ.get("ERSID_OPTIONS", "")))
-except UsageError as e:
-    raise SystemExit(f"ersid: {e} (in $ERSID_OPTIONS)") from None
+except SystemExit as e:
+    if not isinstance(e.code, str):
+        raise
+    raise SystemExit(e.code.partition(" (the options")[0] + " (in $ERSID_OPTIONS)") from None
 
 application = Application("Ersid application")
 makeService(options).setServiceParent(application)

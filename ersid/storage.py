@@ -74,10 +74,16 @@ class Precondition:
         C{None} if either will do.
     @ivar versions: if not C{None}, the key's current version must be one of
         these (HTTP's C{If-Match} with ETags).
+    @ivar not_versions: if not C{None}, the key's current version, if it
+        has one, must be none of these (HTTP's C{If-None-Match} with ETags).
     """
 
     exists: bool | None = None
     versions: frozenset[int] | None = attrs.field(
+        default=None,
+        converter=attrs.converters.optional(frozenset),
+    )
+    not_versions: frozenset[int] | None = attrs.field(
         default=None,
         converter=attrs.converters.optional(frozenset),
     )
@@ -97,7 +103,10 @@ class Precondition:
         if self.exists is not None and self.exists != (current is not None):
             return False
         if self.versions is not None:
-            return current is not None and current.version in self.versions
+            if current is None or current.version not in self.versions:
+                return False
+        if self.not_versions is not None and current is not None:
+            return current.version not in self.not_versions
         return True
 
 

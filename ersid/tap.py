@@ -130,6 +130,18 @@ class Options(usage.Options):
         ],
     ]
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse C{options}. A mistake in them ends the process with one line
+        on standard error and exit status 1: twistd would print its whole
+        usage on standard output, the mistake last, and exit 0. The usage
+        stays at C{--help}.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"ersid: {e} (the options: twistd ersid --help)") from None
+
     def postOptions(self) -> None:
         self["rest-port"] = endpoint_description(self["rest-port"])
         self["manhole-port"] = optional_endpoint_description(self["manhole-port"])

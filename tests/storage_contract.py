@@ -136,6 +136,28 @@ class StorageContractMixin:
 
         return self.run_async(check())
 
+    def test_unless_version(self):
+        """HTTP's If-None-Match with ETags: any state but those versions."""
+
+        async def check():
+            storage = await self.storage()
+            absent = Precondition(not_versions=[1, 2])
+            first = await storage.set("k", b"1", precondition=absent)
+            with self.assertRaises(PreconditionFailed) as raised:
+                await storage.set(
+                    "k", b"2", precondition=Precondition(not_versions=[first.version])
+                )
+            self.assertEqual(raised.exception.current.version, first.version)
+            with self.assertRaises(PreconditionFailed):
+                await storage.delete(
+                    "k", precondition=Precondition(not_versions=[first.version])
+                )
+            other = Precondition(not_versions=[first.version + 100])
+            second = await storage.set("k", b"3", precondition=other)
+            self.assertEqual((await storage.get("k")).version, second.version)
+
+        return self.run_async(check())
+
     def test_compare_and_set_on_missing_key_fails(self):
         async def check():
             storage = await self.storage()

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from ersid.embedded.journal_format import JournalEntry
@@ -92,6 +94,33 @@ class DaemonTests(TestCase):
 
         return self.run_async(check())
 
+    def test_bad_option_is_one_line_on_standard_error(self):
+        """Not twistd's forty lines of usage on standard output, and status 0."""
+
+        def run() -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [
+                    *(sys.executable, "-c"),
+                    "from twisted.scripts.twistd import run; run()",
+                    *("-n", "--pidfile=", "ersid", "-p", "99999"),
+                ],
+                capture_output=True,
+                cwd=CHECKOUT,
+                env={**os.environ, "PYTHONPATH": CHECKOUT},
+            )
+
+        async def check():
+            done = await deferToThread(run)
+            self.assertEqual(done.returncode, 1)
+            self.assertEqual(done.stdout, b"")
+            self.assertEqual(
+                done.stderr,
+                b"ersid: port 99999 is out of range "
+                b"(the options: twistd ersid --help)\n",
+            )
+
+        return self.run_async(check())
+
     def test_unknown_storage_is_a_clean_error(self):
         async def check():
             daemon = self.start("--storage", "floppy")
@@ -151,10 +180,24 @@ class DaemonTests(TestCase):
         return self.run_async(check())
 
     def test_bin_service(self):
+        return self.check_bin_service(sys.executable)
+
+    def test_bin_service_from_a_python_without_twisted(self):
+        """
+        The lab's command run with the system's Python, not the checkout's
+        .venv: it goes to the .venv rather than failing on a missing module.
+        """
+        base = os.path.join(sys.base_prefix, "bin", "python3")
+        missing = subprocess.run([base, "-c", "import twisted.scripts"], cwd="/")
+        self.assertNotEqual(missing.returncode, 0, "this Python has Twisted")
+        return self.check_bin_service(base)
+
+    def check_bin_service(self, python: str) -> Deferred:
         async def check():
             script = os.path.join(CHECKOUT, "bin", "service")
             daemon = Daemon(
-                [sys.executable, script, "-p", LOOPBACK_ANY_PORT, "-d", self.data_dir]
+                [python, script, "-p", LOOPBACK_ANY_PORT, "-d", self.data_dir],
+                env={"PYTHONPATH": ""},
             )
             self.addCleanup(daemon.stop, "KILL")
             url = await daemon.rest_url()

@@ -9,7 +9,6 @@ from collections.abc import Iterable, Iterator
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
-from twisted.python.usage import UsageError
 from twisted.trial.unittest import TestCase
 
 from ersid.files import default_data_dir
@@ -69,8 +68,13 @@ class OptionsTests(TestCase):
             ["-i", "soon"],
             ["--max-value-size", "-1"],
             ["--storage", "floppy"],
+            ["--no-such-option"],
         ]:
-            self.assertRaises(UsageError, self.parse, *args)
+            with self.assertRaises(SystemExit) as raised:
+                self.parse(*args)
+            message = raised.exception.code
+            self.assertTrue(message.startswith("ersid: "), message)
+            self.assertNotIn("\n", message)
 
     def test_data_dir_from_environment(self):
         self.patch(os, "environ", {"ERSID_DATA_DIR": "/srv/ersid"})

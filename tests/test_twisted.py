@@ -5,9 +5,16 @@ place; if a Twisted upgrade takes one away, these fail and say where.
 
 from __future__ import annotations
 
+import inspect
+
+from twisted.conch.ssh.connection import SSHConnection
+from twisted.conch.ssh.factory import SSHFactory
+from twisted.conch.ssh.transport import SSHServerTransport
+from twisted.conch.ssh.userauth import SSHUserAuthServer
 from twisted.enterprise import adbapi
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.http import HTTPChannel, Request
@@ -46,6 +53,15 @@ class TwistedPrivatesTests(TestCase):
         connection = adbapi.Connection(pool)
         self.assertIs(connection._pool, pool)
         self.assertIs(connection._connection, pool.connection)
+
+    def test_conch_classes_log_through_a_class_attribute(self):
+        """
+        ersid.manhole.server quiets Conch's per-session chatter by giving its
+        subclasses a _log of their own.
+        """
+        for cls in (SSHServerTransport, SSHUserAuthServer, SSHConnection, SSHFactory):
+            found = inspect.getattr_static(cls, "_log", None)
+            self.assertIsInstance(found, Logger, cls.__name__)
 
     def test_request_forgets_its_channel_when_the_connection_is_lost(self):
         """

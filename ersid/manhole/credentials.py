@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import os
 import re
+import stat
 import warnings
 
 import bcrypt
@@ -93,9 +94,14 @@ def read_authorized_keys(path: str) -> list[keys.Key]:
     The public keys in an OpenSSH C{authorized_keys} file; a missing file
     holds none. Lines with options (C{from=...}, C{command=...}) are skipped
     with a warning, since honouring them only partly would grant too much.
+
+    @raise ManholeError: if others than its owner (or root) could have added
+        a key: the file or its directory writable by them, as OpenSSH's
+        C{StrictModes} refuses.
     """
     try:
         with open(path, "rb") as f:
+            _refuse_if_others_may_write(path, os.fstat(f.fileno()))
             lines = f.read().splitlines()
     except FileNotFoundError:
         return []
@@ -114,6 +120,21 @@ def read_authorized_keys(path: str) -> list[keys.Key]:
                 path=path,
             )
     return found
+
+
+def _refuse_if_others_may_write(path: str, status: os.stat_result) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    for what, where, found in [
+        ("file", path, status),
+        ("directory", directory, os.stat(directory)),
+    ]:
+        mode = stat.S_IMODE(found.st_mode)
+        if mode & 0o022 or found.st_uid not in (0, os.geteuid()):
+            raise ManholeError(
+                f"authorized keys {path}: its {what} {where} may be written by "
+                f"others (mode {mode:04o}, owner {found.st_uid}), who could add "
+                f"their key; run: chmod go-w {where}"
+            )
 
 
 def read_password_file(path: str) -> dict[bytes, bytes]:
@@ -175,7 +196,9 @@ class AuthorizedKeys:
 
 def _password_matches(password: bytes, hashed: bytes) -> bool:
     if hashed.startswith((b"$2a$", b"$2b$", b"$2y$")):
-        return bcrypt.checkpw(password, hashed)
+        # bcrypt reads 72 bytes at most (and refuses more): a longer
+        # password costs the same check, and is wrong.
+        return bcrypt.checkpw(password[:72], hashed) and len(password) <= 72
     if _crypt is None:
         return False
     computed = _crypt.crypt(password.decode("utf-8", "replace"), hashed.decode())

@@ -15,12 +15,13 @@ from twisted.conch.manhole import ColoredManhole
 from twisted.conch.manhole_ssh import ConchFactory, TerminalRealm, TerminalSession
 from twisted.conch.ssh import keys
 from twisted.conch.ssh.connection import SSHConnection
+from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, SSHServerTransport
 from twisted.conch.ssh.userauth import SSHUserAuthServer
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
 from ersid.manhole.credentials import AuthorizedKeys, HashedPasswordChecker
@@ -28,6 +29,39 @@ from ersid.manhole.credentials import AuthorizedKeys, HashedPasswordChecker
 __all__ = ["makeFactory"]
 
 _log = Logger()
+
+
+def _warnings_and_worse(event: dict[str, Any]) -> None:
+    if event["log_level"] >= LogLevel.warn:
+        globalLogPublisher(event)
+
+
+# Conch tells of every step of every SSH session at debug and info level,
+# some twenty lines a login; the manhole logs logins and their end itself.
+# Its classes log through a class attribute, _log (tests/test_twisted.py
+# pins it), which these subclasses replace.
+_quiet = Logger(observer=_warnings_and_worse)
+
+
+class _Transport(SSHServerTransport):
+    _log = _quiet
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        """The client disconnecting, as logging out does, is no error."""
+        if reasonCode == DISCONNECT_BY_APPLICATION:
+            peer = self.transport.getPeer()
+            _log.info("Manhole session from {peer} ended", peer=peer.host)
+            return
+        super().receiveError(reasonCode, description)
+
+
+class _Connection(SSHConnection):
+    _log = _quiet
+
+
+class _Factory(ConchFactory):
+    _log = _quiet
+    protocol = _Transport
 
 
 class _Session(TerminalSession):
@@ -63,6 +97,8 @@ class _Session(TerminalSession):
 
 class _AuditedUserAuth(SSHUserAuthServer):
     """User authentication that logs every login and every refusal."""
+
+    _log = _quiet
 
     def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> Deferred[Any]:
         attempt = super().tryAuth(kind, user, data)
@@ -107,11 +143,11 @@ def makeFactory(
         checkers.append(SSHPublicKeyChecker(AuthorizedKeys(authorized)))
     if password_hashes:
         checkers.append(HashedPasswordChecker(password_hashes))
-    factory = ConchFactory(Portal(realm, checkers))
+    factory = _Factory(Portal(realm, checkers))
     factory.publicKeys = {host_key.sshType(): host_key.public()}
     factory.privateKeys = {host_key.sshType(): host_key}
     factory.services = {
         b"ssh-userauth": _AuditedUserAuth,
-        b"ssh-connection": SSHConnection,
+        b"ssh-connection": _Connection,
     }
     return factory

@@ -48,6 +48,12 @@ class MySQLSettings:
         sockets = query.get("unix_socket", [None])
         if len(sockets) != 1 or sockets[0] == "":
             raise ValueError(f"give unix_socket once, as a path, in {url!r}")
+        if sockets[0] is not None and (parts.hostname or "localhost") != "localhost":
+            # The client library would quietly use TCP to that host instead.
+            raise ValueError(
+                f"with unix_socket the host is localhost, not {parts.hostname!r}, "
+                f"in {url!r}"
+            )
         return cls(
             database=unquote(parts.path[1:]),
             user=unquote(parts.username),

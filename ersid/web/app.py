@@ -78,6 +78,11 @@ class Service:
         if isinstance(error, ApiError):
             return error.render(request)
         if isinstance(error, PreconditionFailed):
+            if error.current is None and request.method == b"DELETE":
+                # Without its conditions the delete would be a 404, so
+                # RFC 9110 (13.2.1) has them ignored.
+                message = f"no such key: {error.key!r}"
+                return ApiError(404, "not_found", message).render(request)
             if error.current is not None:
                 request.setHeader(b"ETag", etag(error.current.version))
             message = "the key's current state does not match the request's condition"

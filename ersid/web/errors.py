@@ -48,11 +48,16 @@ def json_bytes(document: dict[str, Any]) -> bytes:
 
 
 def json_body(request: IRequest, status: int, document: dict[str, Any]) -> bytes:
-    """Set C{request}'s status and headers for a JSON C{document}; the body."""
+    """
+    Set C{request}'s status and headers for a JSON C{document}; the body.
+    Such documents (errors, listings, health) tell of a store that changes:
+    no cache may keep them.
+    """
     body = json_bytes(document)
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Content-Length", b"%d" % (len(body),))
+    request.setHeader(b"Cache-Control", b"no-store")
     return body
 
 

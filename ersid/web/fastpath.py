@@ -41,10 +41,16 @@ class FastPath(Resource):
             method: route for route in KEY_ROUTES for method in route.methods
         }
         self._routes = service.app.url_map.bind("api")
+        rules = list(service.app.url_map.iter_rules())
         self._methods = {
-            method.encode("ascii")
-            for rule in service.app.url_map.iter_rules()
-            for method in rule.methods or ()
+            method.encode("ascii") for rule in rules for method in rule.methods or ()
+        }
+        # The API's own endpoints, /_health and others: any other method
+        # there is a 405, not a key starting with '_'.
+        self._endpoints = {
+            rule.rule.encode("ascii"): {m.encode("ascii") for m in rule.methods or ()}
+            for rule in rules
+            if rule.rule.startswith("/_")
         }
 
     def render(self, request: IRequest) -> bytes | int:
@@ -55,7 +61,8 @@ class FastPath(Resource):
             except UnicodeDecodeError:
                 error = ApiError(400, "bad_key", "the path is not valid UTF-8")
                 return error.render(request)
-            if request.method not in self._methods:
+            allowed = self._endpoints.get(request.path, self._methods)
+            if request.method not in allowed:
                 return self._not_allowed(request)
             return self._klein.render(request)
         try:
@@ -80,7 +87,12 @@ class FastPath(Resource):
         9110), which Klein's routing, upper-casing them, is not.
         """
         path = unquote_to_bytes(request.path).decode("utf-8")
-        allowed = ", ".join(sorted(self._routes.allowed_methods(path)))
+        methods = self._endpoints.get(request.path)
+        if methods is None:
+            methods = self._routes.allowed_methods(path)
+        else:
+            methods = [method.decode("ascii") for method in methods]
+        allowed = ", ".join(sorted(methods))
         request.setHeader(b"Allow", allowed.encode("ascii"))
         message = f"method not allowed here; allowed: {allowed}"
         return ApiError(405, "method_not_allowed", message).render(request)

@@ -18,8 +18,8 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
 
-from ersid.storage import Record, WriteResult
-from ersid.web.conditions import etag, not_modified, write_precondition
+from ersid.storage import PreconditionFailed, Record, WriteResult
+from ersid.web.conditions import etag, read_condition, write_precondition
 from ersid.web.errors import ApiError, empty
 from ersid.web.parsing import content_type_of, header_value, key_of, read_body
 
@@ -74,8 +74,15 @@ def _render_record(record: Record | None, request: IRequest) -> bytes:
     headers = request.responseHeaders
     headers.setRawHeaders(b"ETag", [etag(record.version)])
     headers.setRawHeaders(b"X-Content-Type-Options", [b"nosniff"])
-    if not_modified(request, record):
-        return empty(request, 304)
+    headers.setRawHeaders(b"Cache-Control", [b"no-cache"])
+    if request.requestHeaders.hasHeader(
+        b"If-Match"
+    ) or request.requestHeaders.hasHeader(b"If-None-Match"):
+        status = read_condition(request, record)
+        if status == 412:
+            raise PreconditionFailed(key_of(request), record)
+        if status == 304:
+            return empty(request, 304)
     headers.setRawHeaders(b"Content-Type", [header_value(record.content_type)])
     if request.method == b"HEAD":
         headers.setRawHeaders(b"Content-Length", [b"%d" % (len(record.value),)])
@@ -99,10 +106,7 @@ def _render_write(result: WriteResult, request: IRequest) -> bytes:
 
 def _delete(service: Service, request: IRequest) -> Deferred[bool]:
     key = key_of(request)
-    precondition = write_precondition(request)
-    if precondition is not None and precondition.exists is False:
-        raise ApiError(400, "bad_precondition", "If-None-Match makes no sense here")
-    return service.storage.delete(key, precondition)
+    return service.storage.delete(key, write_precondition(request))
 
 
 def _render_delete(deleted: bool, request: IRequest) -> bytes:

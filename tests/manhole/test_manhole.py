@@ -14,6 +14,7 @@ import bcrypt
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from ersid.manhole.credentials import (
@@ -101,6 +102,30 @@ class CredentialFileTests(TestCase):
         found = read_authorized_keys(self.path("authorized_keys"))
         self.assertEqual([key.sshType() for key in found], [b"ssh-ed25519", b"ssh-rsa"])
 
+    def test_authorized_keys_others_may_write_refused(self):
+        """
+        Anyone who can write the file, or add one to its directory, could
+        add a key and get a Python prompt in the daemon: as OpenSSH's
+        StrictModes does, such a file is refused.
+        """
+        with open(self.path("authorized_keys"), "w") as f:
+            f.write("# no keys yet\n")
+        os.chmod(self.directory, 0o755)
+        for file_mode, directory_mode, exposed in [
+            (0o666, 0o755, "file"),
+            (0o620, 0o755, "file"),
+            (0o644, 0o777, "directory"),
+            (0o644, 0o1777, "directory"),
+        ]:
+            os.chmod(self.path("authorized_keys"), file_mode)
+            os.chmod(self.directory, directory_mode)
+            with self.assertRaises(ManholeError) as raised:
+                read_authorized_keys(self.path("authorized_keys"))
+            self.assertIn(f"its {exposed}", str(raised.exception))
+        os.chmod(self.directory, 0o755)
+        os.chmod(self.path("authorized_keys"), 0o644)
+        self.assertEqual(read_authorized_keys(self.path("authorized_keys")), [])
+
     def test_missing_authorized_keys_is_empty(self):
         self.assertEqual(read_authorized_keys(self.path("nope")), [])
 
@@ -153,6 +178,29 @@ class PasswordCheckerTests(TestCase):
     def test_unknown_user(self):
         login = self.checker.requestAvatarId(UsernamePassword(b"root", b"s3cret"))
         return self.assertFailure(login, UnauthorizedLogin)
+
+    def test_password_longer_than_bcrypt_reads_is_wrong_quietly(self):
+        """
+        bcrypt reads 72 bytes and refuses more: a longer password is a
+        wrong one, quietly, even when its first 72 bytes are right.
+        """
+        checker = HashedPasswordChecker(
+            {b"ops": bcrypt.hashpw(b"p" * 72, bcrypt.gensalt(4))}
+        )
+        logged = captured_log(self)
+
+        async def check():
+            self.assertEqual(
+                await checker.requestAvatarId(UsernamePassword(b"ops", b"p" * 72)),
+                b"ops",
+            )
+            for password in [b"p" * 73, b"p" * 72 + b"x" * 1000]:
+                with self.assertRaises(UnauthorizedLogin):
+                    await checker.requestAvatarId(UsernamePassword(b"ops", password))
+            self.assertEqual(self.flushLoggedErrors(), [])
+            self.assertFalse([m for m in logged if "Traceback" in m])
+
+        return Deferred.fromCoroutine(check())
 
 
 class ManholeOptionsTests(TestCase):
@@ -210,6 +258,14 @@ class OpenSSHSessionTests(TestCase):
     def setUp(self):
         _require_openssh()
         self.logged = captured_log(self)
+        self.errors: list[str] = []
+
+        def errors(event: dict) -> None:
+            if event.get("log_level") in (LogLevel.error, LogLevel.critical):
+                self.errors.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(errors)
+        self.addCleanup(globalLogPublisher.removeObserver, errors)
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
         self.key = os.path.join(self.directory, "operator")
@@ -241,6 +297,18 @@ class OpenSSHSessionTests(TestCase):
 
     def run_async(self, coroutine) -> Deferred:
         return Deferred.fromCoroutine(coroutine)
+
+    def logged_later(self, text: str) -> Deferred[None]:
+        """Fires once a log event says C{text}."""
+        said: Deferred[None] = Deferred()
+
+        def observe(event: dict) -> None:
+            if not said.called and text in formatEvent(event):
+                said.callback(None)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return said
 
     def ssh(self, user: str, *options: str, env=None) -> Daemon:
         client = Daemon(
@@ -301,11 +369,16 @@ class OpenSSHSessionTests(TestCase):
             )
             response = await self.http.get(f"{self.url}/k")
             self.assertEqual(await response.content(), b"from-ssh")
+            ended = self.logged_later("Manhole session from 127.0.0.1 ended")
             client.process.write(b"\x04")
             self.assertEqual(await client.ended, 0)
+            await ended
             self.assertIn(
                 "Manhole login by operator from 127.0.0.1 (publickey)", self.logged
             )
+            # A logout is no error, and Conch's chatter stays out of the log.
+            self.assertEqual(self.errors, [])
+            self.assertFalse([m for m in self.logged if "kex alg" in m])
 
         return self.run_async(check())
 

@@ -77,6 +77,15 @@ class MySQLSettingsTests(TestCase):
                 MySQLSettings.from_url(f"mysql://app@localhost/kv?{query}")
             self.assertIn(complaint, str(raised.exception))
 
+    def test_socket_with_another_host_refused(self):
+        """The client would connect over TCP to that host, not to the socket."""
+        for host in ["127.0.0.1", "db.example:3307"]:
+            with self.assertRaises(ValueError) as raised:
+                MySQLSettings.from_url(f"mysql://app@{host}/kv?unix_socket=/run/m.sock")
+            self.assertIn(
+                "with unix_socket the host is localhost", str(raised.exception)
+            )
+
 
 class SchemaTests(TestCase):
     def test_fresh_schema_passes(self):

@@ -163,9 +163,35 @@ class RestTests(TestCase):
             await self.expect_error("GET", "/%C3", 400, "bad_key")
             await self.expect_error("PUT", "/", 400, "bad_key", body=b"x")
             await self.expect_error("PUT", "/_mine", 400, "reserved_key", body=b"x")
-            await self.expect_error("POST", "/_keys", 400, "reserved_key")
+            # An endpoint of the API's own answers other methods with 405.
+            response = await self.expect_error(
+                "POST", "/_keys", 405, "method_not_allowed"
+            )
+            self.assertEqual(response.headers.getRawHeaders("Allow"), ["GET, HEAD"])
+            await self.expect_error("PUT", "/_health", 405, "method_not_allowed")
             await self.expect_error("GET", "/_nothing", 400, "reserved_key")
             self.assertEqual(self.successResultOf(self.storage.stats()), (0, 0))
+
+        return self.run_async(check())
+
+    def test_caches_keep_nothing_that_changes(self):
+        """
+        Listings, health and errors may not be stored by a cache; values
+        may, but must be checked again with their ETag before reuse.
+        """
+
+        async def check():
+            await self.request("PUT", "/k", b"v")
+            for path, expected in [
+                ("/_health", "no-store"),
+                ("/_keys", "no-store"),
+                ("/missing", "no-store"),
+                ("/k", "no-cache"),
+            ]:
+                response, _ = await self.request("GET", path)
+                self.assertEqual(
+                    response.headers.getRawHeaders("Cache-Control"), [expected], path
+                )
 
         return self.run_async(check())
 
@@ -278,11 +304,12 @@ class RestTests(TestCase):
             )
             _, content = await self.request("GET", "/k")
             self.assertEqual(content, b"1")
+            # RFC 9110: If-None-Match with the current ETag fails a write.
             await self.expect_error(
                 "PUT",
                 "/k",
-                400,
-                "bad_precondition",
+                412,
+                "precondition_failed",
                 body=b"2",
                 headers={"If-None-Match": ['"1"']},
             )
