@@ -212,3 +212,16 @@ def captured_log(test) -> list[str]:
     globalLogPublisher.addObserver(observe)
     test.addCleanup(globalLogPublisher.removeObserver, observe)
     return messages
+
+
+def refusal(test, sent: bytes, status: int) -> dict:
+    """
+    The JSON error of the response in C{sent}, raw bytes from the server,
+    after checking that it has C{status} and the connection is closing.
+    """
+    import json
+
+    head, _, body = sent.partition(b"\r\n\r\n")
+    test.assertTrue(head.startswith(b"HTTP/1.1 %d " % status), head)
+    test.assertIn(b"Content-Type: application/json", head)
+    return json.loads(body)

@@ -59,6 +59,8 @@ class Channel(HTTPChannel):
     _idle_timer: IDelayedCall | None = None
     _send_timer: IDelayedCall | None = None
     _reading_body = False
+    _hosts = 0
+    _content_types = 0
     _backed_up = False
     _parked: Request | None = None
     _host: IAddress | None = None
@@ -109,10 +111,22 @@ class Channel(HTTPChannel):
             if self._head_since is None and not self._reading_body:
                 self._head_since = now
 
-    def head_received(self) -> None:
-        """A request's line and headers are in: their deadline is met."""
+    def head_received(self, version: bytes) -> str | None:
+        """
+        A request's line and headers are in: their deadline is met. What in
+        them a proxy in front could read another way, if anything.
+        """
         self._head_since = None
         self._reading_body = True
+        hosts, types = self._hosts, self._content_types
+        self._hosts = self._content_types = 0
+        if version == b"HTTP/1.1" and hosts != 1:
+            return "an HTTP/1.1 request needs one Host header"
+        if hosts > 1:
+            return "a request has one Host header at most"
+        if types > 1:
+            return "a request has one Content-Type header at most"
+        return None
 
     def _arm(self, seconds: float) -> None:
         self._idle_timer = self.callLater(seconds, self._check_deadlines)
@@ -218,6 +232,10 @@ class Channel(HTTPChannel):
                 self.refuse(ApiError.value_too_large(self.site.max_body_size))
                 return False
             line = b"Content-Length: " + digits
+        elif lowered == b"host":
+            self._hosts += 1
+        elif lowered == b"content-type":
+            self._content_types += 1
         elif colon and lowered == b"transfer-encoding":
             if value.strip(b" \t").lower() != b"chunked":
                 message = "the only transfer coding accepted is chunked"

@@ -86,6 +86,7 @@ class _BoundedRequest(Request):
     _started = 0.0
     _deadline: Any = None
     _postpath: list[bytes] | None = None
+    http_version = b"HTTP/1.1"  # told by the channel before the body comes
 
     def process(self) -> None:
         """
@@ -134,9 +135,8 @@ class _BoundedRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         channel = self.channel
-        channel.head_received()
         site = channel.site
-        ambiguity = self._ambiguity()
+        ambiguity = channel.head_received(self.http_version)
         if ambiguity is not None:
             self._refuse(ApiError(400, "bad_request", ambiguity))
             return
@@ -147,18 +147,6 @@ class _BoundedRequest(Request):
         self._expected = length
         if length != 0:
             self._started = site.reactor.seconds()
-
-    def _ambiguity(self) -> str | None:
-        """What in the headers a proxy in front could read another way."""
-        headers = self.requestHeaders
-        hosts = headers.getRawHeaders(b"Host", [])
-        if getattr(self, "http_version", None) == b"HTTP/1.1" and len(hosts) != 1:
-            return "an HTTP/1.1 request needs one Host header"
-        if len(hosts) > 1:
-            return "a request has one Host header at most"
-        if len(headers.getRawHeaders(b"Content-Type", [])) > 1:
-            return "a request has one Content-Type header at most"
-        return None
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:

@@ -23,7 +23,7 @@ from ersid.storage import Record
 from ersid.web.app import Service
 from ersid.web.site import makeSite
 
-from .._helpers import raw_exchange, serve
+from .._helpers import raw_exchange, refusal, serve
 
 VALUE = b"v" * 100_000
 GET = b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -81,9 +81,8 @@ class HeadDeadlineTests(_ClockedChannelTestCase):
             self.channel.dataReceived(b"X")  # slowloris: a byte at a time
         self.assertFalse(self.transport.disconnecting)
         self.clock.advance(1)
-        head, _, body = self.transport.value().partition(b"\r\n\r\n")
-        self.assertTrue(head.startswith(b"HTTP/1.1 408 "), head)
-        self.assertEqual(json.loads(body)["error"], "request_timeout")
+        error = refusal(self, self.transport.value(), 408)
+        self.assertEqual(error["error"], "request_timeout")
         self.assertTrue(self.transport.disconnecting)
 
     def test_each_request_has_its_own_deadline(self):
@@ -174,12 +173,10 @@ class StrictParsingTests(_ClockedChannelTestCase):
 
     def assert_refused(self, request: bytes, status: int = 400) -> dict:
         self.channel.dataReceived(request)
-        head, _, body = self.transport.value().partition(b"\r\n\r\n")
-        self.assertTrue(head.startswith(b"HTTP/1.1 %d " % status), head)
-        self.assertIn(b"Content-Type: application/json", head)
+        error = refusal(self, self.transport.value(), status)
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.successResultOf(self.storage.keys()), ["big"])
-        return json.loads(body)
+        return error
 
     def test_transfer_codings_other_than_chunked(self):
         for coding in [b"identity", b"gzip, chunked", b"chunked, gzip", b"x"]:

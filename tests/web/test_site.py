@@ -28,7 +28,7 @@ from ersid.embedded.memory import DictStorage
 from ersid.web.app import Service
 from ersid.web.site import makeSite
 
-from .._helpers import raw_exchange, serve
+from .._helpers import raw_exchange, refusal, serve
 
 LIMIT = 1000
 
@@ -339,9 +339,8 @@ class SlowClientTests(_ClockedTestCase):
         self.trickle(100, 29)
         self.assertFalse(self.transport.disconnecting)
         self.clock.advance(1)
-        head, _, body = self.transport.value().partition(b"\r\n\r\n")
-        self.assertTrue(head.startswith(b"HTTP/1.1 408 "), head)
-        self.assertEqual(json.loads(body)["error"], "request_timeout")
+        error = refusal(self, self.transport.value(), 408)
+        self.assertEqual(error["error"], "request_timeout")
         self.assertTrue(self.transport.disconnecting)
         self.assertIsNone(self.successResultOf(self.storage.get("slow")))
 
