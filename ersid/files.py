@@ -27,6 +27,7 @@ __all__ = [
     "default_data_dir",
     "open_private",
     "refuse_if_exposed",
+    "sync_directory",
 ]
 
 _log = Logger()
@@ -73,12 +74,15 @@ def _prepare_data_dir(path: str) -> None:
         raise StartupError(str(e)) from None
 
 
-def open_private(path: str, flags: int) -> int:
+def open_private(path: str, flags: int, follow: bool = False) -> int:
     """
     Open C{path} with C{flags}, creating it mode 0600 if it is new, and make
-    it mode 0600 if it is not: the file descriptor.
+    it mode 0600 if it is not: the file descriptor. A symbolic link is
+    refused (C{ELOOP}) unless C{follow}: one planted in a shared directory
+    would have Ersid write where someone else chose.
     """
-    descriptor = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    flags |= os.O_CREAT | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    descriptor = os.open(path, flags, 0o600)
     try:
         os.fchmod(descriptor, 0o600)
     except BaseException:
@@ -88,8 +92,20 @@ def open_private(path: str, flags: int) -> int:
 
 
 def create_private(path: str) -> None:
-    """Create C{path} mode 0600 unless it exists; make it mode 0600 if it does."""
-    os.close(open_private(path, os.O_WRONLY | os.O_APPEND))
+    """
+    Create C{path} mode 0600 unless it exists; make it mode 0600 if it does
+    (through a symbolic link: the path is the user's choice).
+    """
+    os.close(open_private(path, os.O_WRONLY | os.O_APPEND, follow=True))
+
+
+def sync_directory(path: str) -> None:
+    """Make the entries of the directory C{path} durable (a new file's name)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def refuse_if_exposed(path: str, what: str, error: type[Exception]) -> None:
@@ -115,10 +131,12 @@ class FileLock:
     @raise StartupError: if another process holds it, naming that process.
     """
 
+    _descriptor: int | None = None
+
     def __init__(self, path: str, what: str) -> None:
         self.path = path
         try:
-            self._descriptor: int | None = open_private(path, os.O_RDWR)
+            self._descriptor = open_private(path, os.O_RDWR)
         except OSError as e:
             raise StartupError(f"cannot lock {what}: {e}") from None
         try:

@@ -197,6 +197,14 @@ class ConnectionBudget:
             soft = 1 << 20
         return cls(max(soft - _RESERVE, 1), clock)
 
+    def spent(self) -> bool:
+        """
+        Whether the budget is spent: a factory then builds no protocol, and
+        Twisted closes the connection it accepted at once (a listening port
+        accepts many at a time, before it can be paused).
+        """
+        return self._count >= self.limit
+
     def add_port(self, port: IListeningPort) -> None:
         """Pause and resume C{port} with the budget."""
         self._ports.append(port)
@@ -259,3 +267,8 @@ class _Counted(WrappingFactory):
     def __init__(self, factory: IProtocolFactory, budget: ConnectionBudget) -> None:
         super().__init__(factory)
         self.budget = budget
+
+    def buildProtocol(self, addr: IAddress) -> ProtocolWrapper | None:
+        if self.budget.spent():
+            return None
+        return super().buildProtocol(addr)

@@ -6,9 +6,11 @@ private, and a snapshot path that means what it says.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import stat
+import sys
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
@@ -52,6 +54,30 @@ class ClaimFilesTests(TestCase):
         """The locks of a daemon that is not kept go with it."""
         FileLock(os.path.join(self.root, "lock"), "the thing")
         FileLock(os.path.join(self.root, "lock"), "the thing")
+
+    def test_planted_link_for_a_lock_refused(self):
+        """
+        In a shared directory someone could point the lock's name at a file
+        of the daemon's user: it must not be truncated.
+        """
+        victim = os.path.join(self.root, "victim")
+        with open(victim, "w") as f:
+            f.write("precious")
+        dump = os.path.join(self.root, "shared.json")
+        os.symlink(victim, dump + ".lock")
+        with self.assertRaises(StartupError):
+            claim_files(self.data_dir, dump)
+        with open(victim) as f:
+            self.assertEqual(f.read(), "precious")
+
+    def test_a_lock_that_cannot_be_opened_says_so_once(self):
+        unraisable = []
+        self.patch(sys, "unraisablehook", unraisable.append)
+        with self.assertRaises(StartupError) as raised:
+            FileLock(os.path.join(self.root, "missing", "lock"), "the thing")
+        self.assertIn("cannot lock the thing", str(raised.exception))
+        gc.collect()
+        self.assertEqual(unraisable, [])
 
     def test_data_directory_readable_by_others_made_private(self):
         os.makedirs(self.data_dir, mode=0o755)

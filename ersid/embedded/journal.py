@@ -27,8 +27,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ersid.embedded.journal_format import segment_path, segments
-from ersid.files import open_private
+from ersid.embedded.journal_format import segment_path, segment_start, segments
+from ersid.files import open_private, sync_directory
 from ersid.storage import StorageUnavailable
 
 __all__ = ["FSYNC_POLICIES", "Journal"]
@@ -59,6 +59,13 @@ class _Task:
 
 # What the journal's thread is handed: entries to write, or one task.
 _Batch = list[_Pending] | list[_Task]
+
+
+def _sync_and_close(descriptor: int) -> None:
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _reason(error: OSError) -> str:
@@ -95,9 +102,15 @@ class Journal:
         self._writer: threading.Thread | None = None
         self._ticker = LoopingCall(self._sync_every_second)
         self._ticker.clock = reactor
+        # The descriptor of the segment is swapped by a rotation in the
+        # thread while the reactor may take a copy to sync: the two hold
+        # this lock, so that neither sees a number just closed.
+        self._swapping = threading.Lock()
         existing = segments(directory)
         self._path = existing[-1] if existing else segment_path(directory, revision)
         self._descriptor = open_private(self._path, os.O_WRONLY | os.O_APPEND)
+        if not existing:
+            sync_directory(directory)
         self._good_size = self._size = os.fstat(self._descriptor).st_size
 
     def start(self) -> None:
@@ -161,14 +174,20 @@ class Journal:
         new_path = segment_path(self.directory, revision)
 
         def switch() -> Callable[[], None]:
+            if self._closed:
+                raise OSError(errno.EBADF, "the journal is closed")
+            if self._size != self._good_size:
+                self._cut_back()  # an earlier cut that failed: it must not last
             descriptor = open_private(new_path, os.O_WRONLY | os.O_APPEND)
             try:
+                sync_directory(self.directory)
                 os.fsync(self._descriptor)
             except OSError:
                 os.close(descriptor)
                 raise
-            os.close(self._descriptor)
-            self._descriptor, self._path = descriptor, new_path
+            with self._swapping:
+                os.close(self._descriptor)
+                self._descriptor, self._path = descriptor, new_path
             self._good_size = self._size = os.fstat(descriptor).st_size
             self._unsynced = False
             return compact
@@ -176,7 +195,7 @@ class Journal:
         def compact() -> None:
             def delete_older() -> None:
                 for path in segments(self.directory):
-                    if path < new_path:
+                    if segment_start(path) < revision:
                         os.unlink(path)
 
             self._task(delete_older).addErrback(
@@ -198,17 +217,20 @@ class Journal:
         With everysec, fsync beside the writes rather than between them (as
         Redis does): a write need not wait for the disk to catch up.
         """
-        if not self._unsynced or self._closed:
+        if not self._unsynced:
             return
         self._unsynced = False
+        with self._swapping:
+            if self._closed:
+                return
+            # A copy of its own: a rotation may close the journal's meanwhile.
+            copy = os.dup(self._descriptor)
         pool = self._reactor.getThreadPool()
-        synced = deferToThreadPool(self._reactor, pool, os.fsync, self._descriptor)
+        synced = deferToThreadPool(self._reactor, pool, _sync_and_close, copy)
         synced.addErrback(self._sync_failed)
 
     def _sync_failed(self, failure: Failure) -> None:
         failure.trap(OSError)
-        if failure.value.errno == errno.EBADF:
-            return  # the segment was closed by a rotation, which syncs it
         _log.error(
             "Journal {path} cannot be synced to disk: {reason}",
             path=self._path,
@@ -218,8 +240,11 @@ class Journal:
 
     def _close(self) -> None:
         """In the thread: sync and close the segment; later entries are refused."""
-        self._closed = True
+        with self._swapping:
+            self._closed = True
         try:
+            if self._size != self._good_size:
+                self._cut_back()  # refused entries must not outlive the daemon
             os.fsync(self._descriptor)
         finally:
             os.close(self._descriptor)

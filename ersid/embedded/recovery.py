@@ -186,4 +186,11 @@ def _recover(data_dir: str, dump_file: str) -> Recovered:
             count=replayed,
             revision=revision,
         )
+    # Revisions taken by writes that were then refused leave no entry, but
+    # a segment may be named after one (its snapshot failed): revisions go
+    # on from past it, so that none is handed out twice and segments keep
+    # their order.
+    paths = segments(data_dir)
+    if paths:
+        revision = max(revision, segment_start(paths[-1]))
     return Recovered(records, revision, snapshot_revision)

@@ -95,11 +95,12 @@ class Snapshotter:
         C{path}, if any: an unchanged store is not written again.
     @param covering: called before each snapshot (see L{Covering}).
     @param fork_with: the store's records as they are at the instant of the
-        call, less changes that may still be refused (they are iterated in
-        the child). Given it, a forked child writes each snapshot;
+        call, less changes that may still be refused. Given it, a forked
+        child writes each snapshot from them (where there is no C{fork},
+        they are copied at that instant and written in a thread);
         otherwise serialising happens on the reactor thread a page at a
-        time, yielding to the reactor between pages, and file I/O in the
-        reactor's thread pool.
+        time from L{IStorage.scan}, yielding to the reactor between pages,
+        and file I/O in the reactor's thread pool.
     """
 
     def __init__(
@@ -115,7 +116,7 @@ class Snapshotter:
         self.path = path
         self.last: SnapshotOutcome | None = None
         self._covering = covering
-        self._fork_with = fork_with if CAN_FORK else None
+        self._fork_with = fork_with
         self._reactor = reactor
         self._written_revision = written_revision
         self._running: Deferred[SnapshotOutcome] | None = None
@@ -160,8 +161,13 @@ class Snapshotter:
             if not force and revision == self._written_revision:
                 return None
             covered = await self._covering(revision) if self._covering else None
-            if self._fork_with is not None:
+            if self._fork_with is not None and CAN_FORK:
                 keys, size = await self._write_in_child(revision)
+            elif self._fork_with is not None:
+                image = list(self._fork_with())
+                keys, size = await self._in_thread(
+                    write_snapshot, self.path, revision, image
+                )
             else:
                 keys, size = await self._write(revision)
         except Exception as e:

@@ -44,9 +44,10 @@ class Channel(HTTPChannel):
       - gives a request's line and headers C{site.head_timeout} seconds to
         arrive, and drops a connection idle for C{timeOut} seconds, with one
         timer per connection rather than one per request;
-      - stops answering pipelined requests while the client leaves earlier
-        responses unread, so that what one client does not read stays
-        bounded, and drops it after C{site.send_timeout} seconds of that;
+      - stops reading, and answering pipelined requests, while the client
+        leaves responses unread, so that what one client does not read stays
+        bounded; and drops it when a request of its has waited so
+        C{site.send_timeout} seconds;
       - counts itself in the site's connection budget, which closes it when
         short of descriptors if it is idle;
       - answers a client that closes its side after its request (as
@@ -59,6 +60,7 @@ class Channel(HTTPChannel):
     _idle_timer: IDelayedCall | None = None
     _send_timer: IDelayedCall | None = None
     _reading_body = False
+    _client_done = False
     _hosts = 0
     _content_types = 0
     _backed_up = False
@@ -83,8 +85,13 @@ class Channel(HTTPChannel):
 
     def readConnectionLost(self) -> None:
         """The client sent all it will: answer what it asked, then close."""
-        self.persistent = False
+        self._client_done = True
         if self._idle_since is not None:
+            self.loseConnection()
+
+    def requestDone(self, request: Request) -> None:
+        super().requestDone(request)  # which starts on the next pipelined one
+        if self._client_done and self._idle_since is not None:
             self.loseConnection()
 
     def writeConnectionLost(self) -> None:
@@ -163,7 +170,7 @@ class Channel(HTTPChannel):
         head has taken over a second (a head comes in one packet): whether
         it did.
         """
-        if self._idle_since is None:
+        if self._idle_since is None or self._reading_body:
             return False
         if self._head_since is not None:
             if self.site.reactor.seconds() - self._head_since < 1:
@@ -174,12 +181,15 @@ class Channel(HTTPChannel):
     # Flow control: no more answers than the client reads.
 
     def pauseProducing(self) -> None:
-        """The client is not reading: answer no further requests for now."""
+        """
+        The client is not reading: read nothing more from it, and answer
+        nothing more, until it does. (twisted.web stops reading only
+        between requests: while one is answered, pipelined ones would pile
+        up in memory.)
+        """
         self._backed_up = True
-        if self._send_timer is None:
-            timeout = self.site.send_timeout
-            self._send_timer = self.callLater(timeout, self._not_reading)
         super().pauseProducing()
+        self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         self._backed_up = False
@@ -199,6 +209,9 @@ class Channel(HTTPChannel):
         if not self._backed_up:
             return True
         self._parked = request
+        if self._send_timer is None:
+            timeout = self.site.send_timeout
+            self._send_timer = self.callLater(timeout, self._not_reading)
         return False
 
     def _not_reading(self) -> None:
@@ -256,12 +269,15 @@ class Channel(HTTPChannel):
         """
         body = error.body()
         reason = RESPONSES.get(error.status, b"Error")
-        head = (
-            b"HTTP/1.1 %d %s\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (error.status, reason, len(body))
-        )
+        lines = [
+            b"HTTP/1.1 %d %s" % (error.status, reason),
+            b"Date: " + self.site.date_header(),
+            b"Content-Type: application/json",
+            b"Content-Length: %d" % (len(body),),
+            b"Cache-Control: no-store",
+            b"Connection: close",
+        ]
+        head = b"\r\n".join(lines) + b"\r\n\r\n"
         self.transport.write(head + body)
         self.loseConnection()
         # Nothing more of this connection is read: what follows a refused

@@ -21,8 +21,12 @@ from ersid.web.errors import ApiError
 __all__ = ["etag", "read_condition", "write_precondition"]
 
 # One element of a list of entity tags: [W/]"opaque", with optional white
-# space around it, followed by a comma or the end (RFC 9110, 8.8.3).
-_ELEMENT = re.compile(rb'[ \t]*(?:(W/)?("[\x21\x23-\x7e\x80-\xff]*")|(\*))?[ \t]*(,|$)')
+# space around it, followed by a comma or the end (RFC 9110, 8.8.3). The
+# quantifiers are possessive: with backtracking, a header of spaces would
+# take seconds to refuse.
+_ELEMENT = re.compile(
+    rb'[ \t]*+(?:(W/)?("[\x21\x23-\x7e\x80-\xff]*+")|(\*))?[ \t]*+(,|$)'
+)
 _VERSION = re.compile(rb'"([1-9][0-9]{0,19})"')
 
 

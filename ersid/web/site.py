@@ -194,7 +194,7 @@ class _BoundedRequest(Request):
         self._refuse(ApiError(408, "request_timeout", message))
 
     def _refuse(self, error: ApiError) -> None:
-        """Stop reading this request and answer C{error} (see L{_Channel.refuse})."""
+        """Stop reading this request and answer C{error} (see L{Channel.refuse})."""
         self._refused = True
         self._cancel_deadline()
         self.content = None
@@ -236,6 +236,11 @@ class _Site(Site):
         self.budget = budget
         self.date_header = _DateHeader(self.reactor)
         self._logging = access_log is not None
+
+    def buildProtocol(self, addr: Any) -> Channel | None:
+        if self.budget is not None and self.budget.spent():
+            return None  # closed at once; the budget keeps descriptors for files
+        return super().buildProtocol(addr)
 
     def log(self, request: Request) -> None:
         if self._logging:

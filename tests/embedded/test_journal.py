@@ -17,6 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import TestCase
 
+from ersid.embedded import journal as journal_module
 from ersid.embedded import open_embedded
 from ersid.embedded.journal import Journal
 from ersid.embedded.journal_format import JournalEntry
@@ -245,6 +246,69 @@ class JournalTests(_JournalTestCase):
             self.assertIn(f"journal {path} is damaged at offset 0", message)
             self.assertIn(f"python -m ersid.embedded.inspect_journal {path}", message)
             self.assertIn(f"truncate -s 0 {path}", message)
+
+        return self.run_async(check())
+
+
+class RotationTests(_JournalTestCase):
+    def test_a_new_segment_is_durable_in_its_directory(self):
+        """
+        With fsync always, writes after a rotation are acknowledged once on
+        disk: the new segment's name must be on disk too.
+        """
+        synced = []
+        self.patch(journal_module, "sync_directory", synced.append)
+        storage = self.open()
+
+        async def check():
+            await storage.set("k", b"v")
+            synced.clear()
+            await storage.journal.rotate(1)
+            self.assertEqual(synced, [self.directory])
+
+        return self.run_async(check())
+
+    def test_a_failed_cut_is_finished_before_a_rotation(self):
+        """
+        Entries of a refused batch that could not be cut off at once must
+        not stay in a segment that rotation leaves behind.
+        """
+        storage = self.open()
+        real_write, real_ftruncate = os.write, os.ftruncate
+        failing = {"write": True, "ftruncate": True}
+
+        def write(descriptor, data):
+            if failing.pop("write", False):
+                real_write(descriptor, data[:10])  # a part of the batch gets in
+                raise OSError(28, "No space left on device")
+            return real_write(descriptor, data)
+
+        def ftruncate(descriptor, length):
+            if failing.pop("ftruncate", False):
+                raise OSError(5, "Input/output error")
+            return real_ftruncate(descriptor, length)
+
+        async def check():
+            await storage.set("kept", b"v")
+            self.patch(os, "write", write)
+            self.patch(os, "ftruncate", ftruncate)
+            with self.assertRaises(StorageUnavailable):
+                await storage.set("refused", b"v")
+            await storage.journal.rotate(2)
+            await storage.journal.stop()
+            self.assertEqual(list(_replayed(self.directory)), ["kept"])
+
+        return self.run_async(check())
+
+    def test_no_rotation_after_stop(self):
+        storage = self.open()
+
+        async def check():
+            await storage.journal.stop()
+            with self.assertRaises(OSError):
+                await storage.journal.rotate(5)
+            segments = [n for n in os.listdir(self.directory) if "journal" in n]
+            self.assertEqual(segments, [f"journal.{0:020d}"])
 
         return self.run_async(check())
 

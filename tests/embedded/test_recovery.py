@@ -110,3 +110,12 @@ class ContinuityTests(TestCase):
         self.journal(3, 4)
         self.snapshot_at(3)
         self.assertEqual(recover(self.directory, self.snapshot).revision, 4)
+
+    def test_revisions_go_on_past_the_newest_segment(self):
+        """
+        A segment named after revisions taken by refused writes (its
+        snapshot failed): new writes must not reuse them.
+        """
+        self.journal(0, 1, 2)
+        self.journal(5)
+        self.assertEqual(recover(self.directory, self.snapshot).revision, 5)

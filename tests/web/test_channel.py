@@ -19,6 +19,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from ersid.embedded.memory import DictStorage
+from ersid.listening import ConnectionBudget
 from ersid.storage import Record
 from ersid.web.app import Service
 from ersid.web.site import makeSite
@@ -123,6 +124,29 @@ class FlowControlTests(_ClockedChannelTestCase):
             self.assertEqual(len(self.responses(self.transport.value())), 1)
             answered += len(self.responses(self.transport.read()))
         self.assertEqual(answered, 20)
+
+    def test_nothing_more_is_read_while_the_client_does_not_read(self):
+        """
+        Pipelined requests arriving while one is answered stay in the
+        kernel, not in the daemon's memory: reading stops with answering.
+        """
+        self.channel.dataReceived(GET)
+        self.assertEqual(self.transport.producerState, "paused")
+        self.transport.read()
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_a_connection_uploading_a_body_is_not_shed(self):
+        self.channel.dataReceived(
+            b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"
+        )
+        self.clock.advance(5)
+        self.assertFalse(self.channel.shed())
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_an_idle_connection_is_shed(self):
+        self.channel.dataReceived(b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(self.channel.shed())
+        self.assertTrue(self.transport.disconnecting)
 
     def test_client_that_never_reads_is_dropped(self):
         self.channel.dataReceived(GET * 3)
@@ -247,6 +271,20 @@ class MethodTests(_ClockedChannelTestCase):
         head, _, body = self.transport.value().partition(b"\r\n\r\n")
         return head.split(b"\r\n"), body
 
+    def test_connections_over_the_budget_are_closed_at_once(self):
+        """
+        A listening port accepts many connections at a time, before the
+        budget can pause it: those over the budget get no protocol.
+        """
+        budget = ConnectionBudget(1, self.clock)
+        site = makeSite(Service(DictStorage()), reactor=self.clock, budget=budget)
+        address = IPv4Address("TCP", "127.0.0.1", 6)
+        first = site.buildProtocol(address)
+        first.makeConnection(StringTransport())
+        self.assertIsNone(site.buildProtocol(address))
+        first.connectionLost(None)
+        self.assertIsNotNone(site.buildProtocol(address))
+
     def test_methods_in_the_wrong_case(self):
         for method in [b"Delete", b"delete", b"head", b"Get", b"put", b"QUERY"]:
             with self.subTest(method=method):
@@ -277,6 +315,20 @@ class _SlowStorage(DictStorage):
 
 
 class HalfCloseTests(TestCase):
+    def test_pipelined_requests_before_the_close_all_answered(self):
+        storage = _SlowStorage()
+
+        async def check():
+            url = await serve(self, Service(storage))
+            put = b"PUT /k%d HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv"
+            received = await raw_exchange(
+                urlsplit(url).port, put % 1 + put % 2 + put % 3, half_close=True
+            )
+            self.assertEqual(received.count(b"HTTP/1.1 201 Created"), 3, received)
+            self.assertEqual(await storage.keys(), ["k1", "k2", "k3"])
+
+        return Deferred.fromCoroutine(check())
+
     def test_client_that_closes_its_side_gets_its_answer(self):
         """As C{printf 'PUT ...' | nc host port} does."""
         storage = _SlowStorage()

@@ -9,6 +9,7 @@ without them would not succeed (13.2.1).
 from __future__ import annotations
 
 import json
+import signal
 
 from treq.testing import StubTreq
 from twisted.trial.unittest import TestCase
@@ -119,3 +120,31 @@ def _service(storage):
     from ersid.web.app import Service
 
     return Service(storage)
+
+
+class PathologicalHeaderTests(TestCase):
+    def test_a_header_of_spaces_is_refused_at_once(self):
+        """
+        With backtracking, a list of 16,000 spaces took seconds to refuse,
+        holding up every other client; an alarm of one second guards it.
+        """
+        storage = DictStorage([("k", Record(b"old", version=38))], 38)
+        http = StubTreq(_service(storage).resource())
+
+        def too_slow(signum, frame):
+            raise AssertionError("the header took over a second to parse")
+
+        previous = signal.signal(signal.SIGALRM, too_slow)
+        self.addCleanup(signal.signal, signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_REAL, 1)
+        try:
+            response = self.successResultOf(
+                http.put(
+                    "http://ersid.test/k",
+                    data=b"new",
+                    headers={"If-Match": '"1",' + " " * 16_000 + "x"},
+                )
+            )
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        self.assertEqual(response.code, 400)
