@@ -219,7 +219,14 @@ def claim_files(data_dir: str, dump_file: str) -> ClaimedFiles:
     @raise StartupError: if any of them cannot be had.
     """
     _prepare_data_dir(data_dir)
+    if not dump_file or os.path.isdir(dump_file):
+        raise StartupError(f"--dump-file {dump_file!r} must name a file")
     linked = os.path.islink(dump_file)
+    if linked and os.lstat(dump_file).st_uid not in (0, os.geteuid()):
+        raise StartupError(
+            f"--dump-file {dump_file} is a link another user made "
+            f"(uid {os.lstat(dump_file).st_uid}); Ersid follows only its own"
+        )
     given, dump_file = dump_file, os.path.realpath(dump_file)
     directory = os.path.dirname(dump_file)
     if linked and not os.path.isdir(directory):
@@ -228,6 +235,8 @@ def claim_files(data_dir: str, dump_file: str) -> ClaimedFiles:
             "not exist (a volume not mounted?); Ersid will not start without its "
             "snapshot"
         )
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise StartupError(f"the directory of --dump-file, {directory}, is a file")
     if not os.path.isdir(directory):
         inside = os.path.commonpath([os.path.realpath(data_dir), directory])
         if inside != os.path.realpath(data_dir):
@@ -243,4 +252,36 @@ def claim_files(data_dir: str, dump_file: str) -> ClaimedFiles:
         FileLock(os.path.join(data_dir, "ersid.lock"), f"data directory {data_dir}"),
         FileLock(dump_file + ".lock", f"snapshot {dump_file}"),
     ]
+    _check_snapshot_file(dump_file)
     return ClaimedFiles(dump_file, locks)
+
+
+def _check_snapshot_file(path: str) -> None:
+    """
+    Refuse a snapshot another user owns or may have written: its values
+    would be loaded as the store's. Make one that others may only read
+    private, saying so.
+    """
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return
+    mode = stat.S_IMODE(status.st_mode)
+    if status.st_uid != os.geteuid():
+        raise StartupError(
+            f"snapshot {path} belongs to another user (uid {status.st_uid}); "
+            "Ersid loads only its own"
+        )
+    if mode & 0o022:
+        raise StartupError(
+            f"snapshot {path} may have been written by others (mode {mode:04o}); "
+            f"check it, then: chmod 600 {path}"
+        )
+    if mode & 0o077:
+        os.chmod(path, 0o600)
+        _log.warn(
+            "Snapshot {path} could be read by others (mode {mode:04o}); made it "
+            "private",
+            path=path,
+            mode=mode,
+        )

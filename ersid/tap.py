@@ -183,6 +183,7 @@ def makeService(options: Options, reactor: Any = _global_reactor) -> IService:
             options["data-dir"],
             options["manhole-authorized-keys"],
             options["manhole-passwd"],
+            reactor,
         )
         if ssh is not None:
             counted = budget.counting(ssh)

@@ -100,6 +100,53 @@ class ClaimFilesTests(TestCase):
         os.symlink(target, link)
         self.assertEqual(claim_files(self.data_dir, link).dump_file, target)
 
+    def test_link_another_user_made_is_not_followed(self):
+        """
+        In a shared directory (/tmp) another user could point the snapshot's
+        name into a directory of ours, and have us write there.
+        """
+        target = os.path.join(self.root, "ours", "planted.json")
+        os.makedirs(os.path.dirname(target))
+        link = os.path.join(self.root, "s.json")
+        os.symlink(target, link)
+        os.lchown(link, 65534, 65534)
+        with self.assertRaises(StartupError) as raised:
+            claim_files(self.data_dir, link)
+        self.assertIn("a link another user made", str(raised.exception))
+
+    def test_snapshot_another_user_owns_or_may_write_refused(self):
+        dump = os.path.join(self.root, "s.json")
+        with open(dump, "w") as f:
+            f.write("{}")
+        os.chown(dump, 65534, 65534)
+        with self.assertRaises(StartupError) as raised:
+            claim_files(self.data_dir, dump)
+        self.assertIn("belongs to another user", str(raised.exception))
+        os.chown(dump, os.geteuid(), os.getegid())
+        os.chmod(dump, 0o666)
+        with self.assertRaises(StartupError) as raised:
+            claim_files(self.data_dir, dump)
+        self.assertIn("may have been written by others", str(raised.exception))
+
+    def test_snapshot_others_may_read_made_private(self):
+        dump = os.path.join(self.root, "s.json")
+        with open(dump, "w") as f:
+            f.write("{}")
+        os.chmod(dump, 0o644)
+        claim_files(self.data_dir, dump)
+        self.assertEqual(_mode(dump), 0o600)
+
+    def test_dump_file_that_names_no_file(self):
+        for dump in ["", self.root]:
+            with self.assertRaises(StartupError) as raised:
+                claim_files(self.data_dir, dump)
+            self.assertIn("must name a file", str(raised.exception))
+        blocker = os.path.join(self.root, "a-file")
+        open(blocker, "w").close()
+        with self.assertRaises(StartupError) as raised:
+            claim_files(self.data_dir, os.path.join(blocker, "s.json"))
+        self.assertIn(f"{blocker}, is a file", str(raised.exception))
+
     def test_link_to_nothing_refused(self):
         link = os.path.join(self.root, "link.json")
         os.symlink(os.path.join(self.root, "unmounted", "snapshot.json"), link)

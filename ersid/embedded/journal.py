@@ -98,6 +98,7 @@ class Journal:
         self._unsynced = False
         self._closed = False
         self._stop_waiters: list[Deferred[None]] | None = None
+        self._settled: Callable[[list[Any]], None] = lambda undos: None
         self._batches: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._ticker = LoopingCall(self._sync_every_second)
@@ -155,14 +156,12 @@ class Journal:
         self._kick()
         return done
 
-    def pending(self) -> list[Callable[[], None]]:
+    def when_settled(self, settled: Callable[[list[Any]], None]) -> None:
         """
-        The undo of every change not yet written, oldest first: what a
-        snapshot taken now must leave out, as any of them may yet be refused.
+        Call C{settled} with the C{undo} of every entry once it is written,
+        or refused and undone: the store's changes no longer waiting.
         """
-        waiting = [item for item in self._in_flight if isinstance(item, _Pending)]
-        waiting += [item for item in self._queue if isinstance(item, _Pending)]
-        return [item.undo for item in waiting]
+        self._settled = settled
 
     def rotate(self, revision: int) -> Deferred[Callable[[], None]]:
         """
@@ -178,6 +177,13 @@ class Journal:
                 raise OSError(errno.EBADF, "the journal is closed")
             if self._size != self._good_size:
                 self._cut_back()  # an earlier cut that failed: it must not last
+            if self._size == 0 and self._path != new_path:
+                # Nothing in it: it becomes the new segment, rather than
+                # snapshots that keep failing leaving an empty file each.
+                os.rename(self._path, new_path)
+                sync_directory(self.directory)
+                self._path = new_path
+                return compact
             descriptor = open_private(new_path, os.O_WRONLY | os.O_APPEND)
             try:
                 sync_directory(self.directory)
@@ -348,6 +354,7 @@ class Journal:
             if self.error is not None:
                 _log.info("Journal {path} writable again", path=self._path)
                 self.error = None
+            self._settled([pending.undo for pending in entries])
             for pending in entries:
                 pending.done.callback(pending.result)
         else:
@@ -372,5 +379,6 @@ class Journal:
         failed = entries + later
         for pending in reversed(failed):
             pending.undo()
+        self._settled([pending.undo for pending in failed])
         for pending in failed:
             pending.done.errback(StorageUnavailable(f"journal {self._path}: {reason}"))

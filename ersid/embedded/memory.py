@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Iterator, Mapping
 from operator import itemgetter
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
@@ -41,6 +41,14 @@ class DictStorage:
     """
     Keep every record in memory, packed and in key order (see
     L{PackedRecords}), so that listing by prefix is a walk from the prefix.
+
+    A write changes the records at once and is acknowledged once its
+    journal entry is written; until then it may still be refused, and
+    undone. Reads, listings and scans show only what is written (the
+    records as they were before the changes still waiting), so that no
+    client ever sees a value, or an ETag, that may never have been; the
+    conditions of writes are checked against the latest state, in the
+    order the writes come.
     """
 
     name = "dict"
@@ -58,6 +66,11 @@ class DictStorage:
             records = PackedRecords(records)
         self._records = records
         self._revision = max(revision, records.highest_version)
+        # Keys with changes waiting for the journal: their packed record as
+        # the journal has it, and how many changes wait.
+        self._unwritten: dict[str, list[Any]] = {}
+        if journal is not None:
+            journal.when_settled(self._settled)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -68,7 +81,8 @@ class DictStorage:
         if self._closed:
             raise StorageUnavailable("the server is shutting down")
         if precondition is not None:
-            current = self.get_now(key)
+            packed = self._records.get_packed(key)
+            current = None if packed is None else unpack_record(packed)
             if not precondition.holds(current):
                 raise PreconditionFailed(key, current)
 
@@ -83,12 +97,31 @@ class DictStorage:
         if self.journal is None:
             return succeed(result)
         assert entry is not None
+        waiting = self._unwritten.get(key)
+        if waiting is None:
+            self._unwritten[key] = [previous, 1]
+        else:
+            waiting[1] += 1
         return self.journal.append(entry, _Change(self._records, key, previous), result)
+
+    def _settled(self, changes: list[Any]) -> None:
+        """The journal wrote, or refused and undid, C{changes}."""
+        unwritten = self._unwritten
+        for change in changes:
+            waiting = unwritten[change.key]
+            waiting[1] -= 1
+            if not waiting[1]:
+                del unwritten[change.key]
 
     def get(self, key: str) -> Deferred[Record | None]:
         return succeed(self.get_now(key))
 
     def get_now(self, key: str) -> Record | None:
+        if self._unwritten:
+            waiting = self._unwritten.get(key)
+            if waiting is not None:
+                packed = waiting[0]
+                return None if packed is None else unpack_record(packed)
         packed = self._records.get_packed(key)
         return None if packed is None else unpack_record(packed)
 
@@ -135,7 +168,7 @@ class DictStorage:
     ) -> Deferred[list[str]]:
         start = prefix if after is None or after < prefix else after
         matching: list[str] = []
-        for key, _ in self._records.items_from(start):
+        for key, _ in self._written_from(start):
             if len(matching) == limit or not key.startswith(prefix):
                 break
             if key != after:
@@ -153,32 +186,36 @@ class DictStorage:
         writer, whose copy of the store cannot change under it: call it
         just before the fork, and iterate in the child.
         """
-        before: dict[str, bytes | None] = {}
-        if self.journal is not None:
-            for change in self.journal.pending():
-                assert isinstance(change, _Change)
-                before.setdefault(change.key, change.previous)
-        return self._image(before)
+        return ((key, unpack_record(packed)) for key, packed in self._written_from(""))
 
-    def _image(self, before: dict[str, bytes | None]) -> Iterator[tuple[str, Record]]:
-        """The records, with those of C{before} as they were before their changes."""
+    def _written_from(self, start: str) -> Iterator[tuple[str, bytes]]:
+        """
+        Keys from C{start} on, in order, with their packed records as the
+        journal has them. The records must not change until it ends.
+        """
+        unwritten = {key: waiting[0] for key, waiting in self._unwritten.items()}
+        if not unwritten:
+            yield from self._records.items_from(start)
+            return
         deleted = sorted(
-            (key, previous)
-            for key, previous in before.items()
-            if previous is not None and self._records.get_packed(key) is None
+            (key, before)
+            for key, before in unwritten.items()
+            if key >= start
+            and before is not None
+            and self._records.get_packed(key) is None
         )
-        current = self._records.items_from()
+        current = self._records.items_from(start)
         for key, packed in heapq.merge(current, deleted, key=itemgetter(0)):
-            packed = before.get(key, packed)
+            packed = unwritten.get(key, packed)
             if packed is not None:
-                yield key, unpack_record(packed)
+                yield key, packed
 
     def scan(self, cursor: object | None = None, limit: int = 1000) -> Deferred[Page]:
         """A page of records after the key C{cursor}, the last one of the page before."""
         after = "" if cursor is None else cursor
         assert isinstance(after, str)
         items: list[tuple[str, Record]] = []
-        for key, packed in self._records.items_from(after):
+        for key, packed in self._written_from(after):
             if cursor is not None and key == after:
                 continue
             if len(items) == limit:

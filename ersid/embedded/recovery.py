@@ -22,6 +22,7 @@ from ersid.embedded.journal_format import (
     JournalEntry,
     SegmentDamage,
     read_segment,
+    segment_path,
     segment_start,
     segments,
 )
@@ -116,7 +117,15 @@ def _check_continuity(
     """
     paths = segments(data_dir)
     if not paths:
-        return
+        if snapshot_revision is None:
+            return  # a new store
+        raise JournalCorrupt(
+            f"the snapshot {dump_file} holds revisions up to {snapshot_revision}, "
+            f"but {data_dir} holds no journal: the changes after it are missing "
+            "(was --data-dir changed?). Ersid will not start with part of your "
+            "data; to start from the snapshot alone (a backup restored, say), "
+            f"give it an empty journal: touch {segment_path(data_dir, snapshot_revision)}"
+        )
     start = segment_start(paths[0])
     if start <= (snapshot_revision or 0):
         return

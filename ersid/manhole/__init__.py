@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.conch.manhole_ssh import ConchFactory
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ersid.manhole.credentials import (
@@ -35,6 +36,7 @@ def manhole_factory(
     data_dir: str,
     authorized_keys: str,
     password_file: str | None,
+    clock: IReactorTime,
 ) -> ConchFactory | None:
     """
     The manhole's SSH factory over C{namespace}, letting in the keys in
@@ -61,4 +63,4 @@ def manhole_factory(
         "SSH manhole host key fingerprint: {fingerprint}",
         fingerprint=fingerprint(host_key),
     )
-    return makeFactory(namespace, host_key, authorized, passwords)
+    return makeFactory(namespace, host_key, authorized, passwords, clock)

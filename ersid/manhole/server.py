@@ -21,6 +21,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
@@ -43,8 +44,35 @@ def _warnings_and_worse(event: dict[str, Any]) -> None:
 _quiet = Logger(observer=_warnings_and_worse)
 
 
+# Seconds a connection may take to log in before it is closed: one that
+# never does would otherwise hold its place for ever.
+LOGIN_TIMEOUT = 60.0
+
+
 class _Transport(SSHServerTransport):
     _log = _quiet
+    _login_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        clock = self.factory.clock
+        self._login_timer = clock.callLater(LOGIN_TIMEOUT, self._too_slow)
+
+    def logged_in(self) -> None:
+        """The client has logged in: it may stay."""
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
+
+    def _too_slow(self) -> None:
+        self._login_timer = None
+        peer = self.transport.getPeer()
+        _log.info("Manhole connection from {peer} did not log in", peer=peer.host)
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.logged_in()
+        super().connectionLost(reason)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         """The client disconnecting, as logging out does, is no error."""
@@ -110,6 +138,7 @@ class _AuditedUserAuth(SSHUserAuthServer):
 
         def succeeded(result: Any) -> Any:
             _log.info("Manhole login by {user} from {peer} ({method})", **fields)
+            self.transport.logged_in()
             return result
 
         def failed(reason: Failure) -> Failure:
@@ -128,10 +157,12 @@ def makeFactory(
     host_key: keys.Key,
     authorized: list[keys.Key],
     password_hashes: dict[bytes, bytes],
+    clock: IReactorTime,
 ) -> ConchFactory:
     """
     An SSH server factory giving each authenticated operator a
-    L{ColoredManhole} over C{namespace}.
+    L{ColoredManhole} over C{namespace}; connections that have not logged
+    in after C{LOGIN_TIMEOUT} seconds on C{clock} are closed.
     """
     realm = TerminalRealm()
     realm.sessionFactory = _Session
@@ -144,6 +175,7 @@ def makeFactory(
     if password_hashes:
         checkers.append(HashedPasswordChecker(password_hashes))
     factory = _Factory(Portal(realm, checkers))
+    factory.clock = clock
     factory.publicKeys = {host_key.sshType(): host_key.public()}
     factory.privateKeys = {host_key.sshType(): host_key}
     factory.services = {

@@ -52,7 +52,10 @@ class AtomicFile:
 
     def abort(self) -> None:
         """Give up: remove the temporary file, leave the final one as it was."""
-        self._file.close()
+        try:
+            self._file.close()  # which flushes, and fails on a full disk
+        except OSError:
+            pass
         try:
             os.unlink(self.temporary)
         except FileNotFoundError:

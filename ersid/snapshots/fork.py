@@ -32,11 +32,12 @@ class ChildFailed(Exception):
 
 def in_child(
     reactor: IReactorThreads, work: Callable[[], dict[str, Any]]
-) -> Deferred[dict[str, Any]]:
+) -> tuple[int, Deferred[dict[str, Any]]]:
     """
-    Run C{work} in a forked child at the lowest priority, and fire with what
-    it returns (a JSON object), or fail with L{ChildFailed}. The kernel
-    kills the child if the parent dies.
+    Run C{work} in a forked child at the lowest priority: the child's
+    process ID, and a Deferred firing with what C{work} returns (a JSON
+    object), or failing with L{ChildFailed}. The kernel kills the child if
+    the parent dies.
     """
     report, report_end = os.pipe()
     parent = os.getpid()
@@ -46,7 +47,7 @@ def in_child(
         _child(work, parent, report_end)
     os.close(report_end)
     pool = reactor.getThreadPool()
-    return deferToThreadPool(reactor, pool, _wait_for_child, pid, report)
+    return pid, deferToThreadPool(reactor, pool, _wait_for_child, pid, report)
 
 
 def _die_with_parent(parent: int) -> None:

@@ -8,13 +8,15 @@ backend); L{write_snapshot} writes one whole, blocking.
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -121,6 +123,7 @@ class Snapshotter:
         self._written_revision = written_revision
         self._running: Deferred[SnapshotOutcome] | None = None
         self._waiting: list[Deferred[SnapshotOutcome]] = []
+        self._child: int | None = None
 
     def health(self) -> dict[str, Any]:
         """The last snapshot, for C{/_health}."""
@@ -208,8 +211,28 @@ class Snapshotter:
             keys, size = write_snapshot(self.path, revision, items)
             return {"keys": keys, "bytes": size}
 
-        outcome = await in_child(self._reactor, work)
+        self._child, writing = in_child(self._reactor, work)
+        try:
+            outcome = await writing
+        finally:
+            self._child = None
         return outcome["keys"], outcome["bytes"]
+
+    def abandon(self) -> None:
+        """
+        Kill the forked child writing a snapshot, if one is: that snapshot
+        fails. For a daemon stopping, which must not wait on a child that
+        is stuck (a hung disk, a stopped process).
+        """
+        if self._child is not None:
+            try:
+                os.kill(self._child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def abandon_after(self, seconds: float) -> IDelayedCall:
+        """L{abandon} in C{seconds}, unless the call is cancelled."""
+        return self._reactor.callLater(seconds, self.abandon)
 
     async def _write(self, revision: int) -> tuple[int, int]:
         """Write a page per reactor turn, and the file in the thread pool."""

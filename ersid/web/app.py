@@ -123,6 +123,8 @@ class Service:
     def openapi(self, request: IRequest) -> bytes:
         """The OpenAPI description of this API."""
         request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Content-Length", b"%d" % (len(_OPENAPI),))
+        request.setHeader(b"Cache-Control", b"no-cache")
         return _OPENAPI
 
     @app.route("/_keys", methods=["GET"])

@@ -7,6 +7,7 @@ request.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol
@@ -29,6 +30,11 @@ DEFAULT_HEAD_TIMEOUT = 30.0
 DEFAULT_SEND_TIMEOUT = 60.0
 # The most digits of a body length Ersid reads: 2**63 has 19.
 _LENGTH_DIGITS = 19
+# A Host header (RFC 9110, 7.2): a host name, an IPv4 address or an IP
+# literal in brackets, and a port; or nothing.
+_HOST = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]++\]|[A-Za-z0-9._~!$&'()*+,;=%-]*+)(?::[0-9]*+)?"
+)
 
 _log = Logger()
 
@@ -63,6 +69,7 @@ class Channel(HTTPChannel):
     _client_done = False
     _hosts = 0
     _content_types = 0
+    _chunked = False
     _backed_up = False
     _parked: Request | None = None
     _host: IAddress | None = None
@@ -79,6 +86,7 @@ class Channel(HTTPChannel):
                 timer.cancel()
         self._idle_timer = self._send_timer = None
         self._parked = None
+        self.site.unread.pop(self, None)
         if self.site.budget is not None:
             self.site.budget.closed(self)
         super().connectionLost(reason)
@@ -125,10 +133,15 @@ class Channel(HTTPChannel):
         """
         self._head_since = None
         self._reading_body = True
-        hosts, types = self._hosts, self._content_types
+        hosts, types, chunked = self._hosts, self._content_types, self._chunked
         self._hosts = self._content_types = 0
+        self._chunked = False
         if version == b"HTTP/1.1" and hosts != 1:
             return "an HTTP/1.1 request needs one Host header"
+        if version != b"HTTP/1.1" and chunked:
+            # RFC 9112 6.1: HTTP/1.0 has no transfer codings; the framing
+            # of such a message is faulty.
+            return "HTTP/1.0 has no Transfer-Encoding"
         if hosts > 1:
             return "a request has one Host header at most"
         if types > 1:
@@ -167,9 +180,14 @@ class Channel(HTTPChannel):
     def shed(self) -> bool:
         """
         Close the connection if no request of its is under way, or one whose
-        head has taken over a second (a head comes in one packet): whether
-        it did.
+        head has taken over a second (a head comes in one packet), or if it
+        leaves its answers unread: whether it did.
         """
+        if self._backed_up:
+            # It has not read its answers for a while: a place and up to a
+            # value's worth of memory, held unused.
+            self.transport.abortConnection()
+            return True
         if self._idle_since is None or self._reading_body:
             return False
         if self._head_since is not None:
@@ -190,9 +208,18 @@ class Channel(HTTPChannel):
         self._backed_up = True
         super().pauseProducing()
         self.transport.pauseProducing()
+        # What clients leave unread is bounded all together, too: when too
+        # many hold up to a value each, the one waiting longest is dropped.
+        waiting = self.site.unread
+        waiting[self] = None
+        if len(waiting) > self.site.most_unread:
+            oldest = next(iter(waiting))
+            del waiting[oldest]
+            oldest.transport.abortConnection()
 
     def resumeProducing(self) -> None:
         self._backed_up = False
+        self.site.unread.pop(self, None)
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
@@ -247,9 +274,15 @@ class Channel(HTTPChannel):
             line = b"Content-Length: " + digits
         elif lowered == b"host":
             self._hosts += 1
+            if not _HOST.fullmatch(value.strip(b" \t")):
+                self.refuse(
+                    ApiError(400, "bad_request", "the Host header is not a host")
+                )
+                return False
         elif lowered == b"content-type":
             self._content_types += 1
         elif colon and lowered == b"transfer-encoding":
+            self._chunked = True
             if value.strip(b" \t").lower() != b"chunked":
                 message = "the only transfer coding accepted is chunked"
                 self.refuse(ApiError(400, "bad_request", message))

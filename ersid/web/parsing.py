@@ -33,7 +33,13 @@ MAX_LIST_LIMIT = 1000
 _MAX_CONTENT_TYPE_BYTES = 255
 
 _WHOLE_NUMBER = re.compile("[0-9]{1,9}")
-_PRINTABLE_ASCII = re.compile(b"[\x20-\x7e]+")
+# A media type (RFC 9110, 8.3.1): type/subtype and parameters, one of it.
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]++"
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e]|\\[\t \x21-\x7e])*+"'
+_MEDIA_TYPE = re.compile(
+    rb"%s/%s(?:[ \t]*+;[ \t]*+(?:%s=(?:%s|%s))?)*+"
+    % (_TOKEN, _TOKEN, _TOKEN, _TOKEN, _QUOTED)
+)
 
 
 def decode_key(raw_path: bytes) -> str:
@@ -67,14 +73,17 @@ def key_of(request: IRequest) -> str:
 
 
 def content_type_of(request: IRequest) -> str:
-    """The content type of a value written: short, printable ASCII."""
+    """The content type of a value written: one media type, short."""
     raw = request.getHeader(b"Content-Type")
     if raw is None:
         return DEFAULT_CONTENT_TYPE
-    raw = raw.strip()
-    if len(raw) > _MAX_CONTENT_TYPE_BYTES or not _PRINTABLE_ASCII.fullmatch(raw):
+    raw = raw.strip(b" \t")
+    if len(raw) > _MAX_CONTENT_TYPE_BYTES or not _MEDIA_TYPE.fullmatch(raw):
         raise ApiError(
-            400, "bad_content_type", "Content-Type must be short, printable ASCII"
+            400,
+            "bad_content_type",
+            "Content-Type must be one media type, such as text/plain; "
+            "charset=utf-8, of at most 255 bytes",
         )
     return raw.decode("ascii")
 

@@ -147,6 +147,11 @@ class _BoundedRequest(Request):
         self._expected = length
         if length != 0:
             self._started = site.reactor.seconds()
+        if length is None:
+            # A chunked body can trickle in its chunk sizes and trailers,
+            # which reach no handleContentChunk: its deadline starts now.
+            timeout = site.body_timeout
+            self._deadline = site.reactor.callLater(timeout, self._too_slow)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
@@ -216,6 +221,9 @@ class _Site(Site):
     displayTracebacks = False
     head_timeout = DEFAULT_HEAD_TIMEOUT
     send_timeout = DEFAULT_SEND_TIMEOUT
+    # Connections leaving their answers unread, each holding up to a value
+    # or so of them in memory: at most this many at a time.
+    most_unread = 128
 
     def __init__(
         self,
@@ -234,6 +242,7 @@ class _Site(Site):
         self.max_body_size = service.max_value_size
         self.body_timeout = body_timeout
         self.budget = budget
+        self.unread: dict[Channel, None] = {}
         self.date_header = _DateHeader(self.reactor)
         self._logging = access_log is not None
 

@@ -24,7 +24,13 @@ from ersid.embedded.journal_format import JournalEntry
 from ersid.embedded.memory import DictStorage
 from ersid.embedded.recovery import JournalCorrupt, load_snapshot, read_journal
 from ersid.snapshots import Snapshotter
-from ersid.storage import OpenedStorage, Precondition, Record, StorageUnavailable
+from ersid.storage import (
+    OpenedStorage,
+    Precondition,
+    PreconditionFailed,
+    Record,
+    StorageUnavailable,
+)
 from ersid.web.app import Service
 
 from .._helpers import captured_log, require
@@ -315,9 +321,9 @@ class RotationTests(_JournalTestCase):
 
 class DurableImageTests(_JournalTestCase):
     """
-    A snapshot holds what the journal has made durable: changes still
-    waiting for their journal entries, which may yet be refused, are left
-    out, old values back in their place.
+    Reads, listings and snapshots hold what the journal has made durable:
+    changes still waiting for their journal entries, which may yet be
+    refused, are left out, old values back in their place.
     """
 
     def test_changes_waiting_for_the_journal_are_left_out(self):
@@ -337,8 +343,23 @@ class DurableImageTests(_JournalTestCase):
                 {key: record.value for key, record in image.items()},
                 {"kept": b"old", "gone": b"old"},
             )
-            self.assertEqual((await storage.get("kept")).value, b"new")
+            # Reads and listings show what is written, never what may yet
+            # be refused; conditions are checked against the latest state.
+            self.assertEqual((await storage.get("kept")).value, b"old")
+            self.assertIsNone(await storage.get("created"))
+            self.assertEqual((await storage.get("gone")).value, b"old")
+            self.assertEqual(await storage.keys(), ["gone", "kept"])
+            self.assertEqual(
+                [key for key, _ in (await storage.scan()).items], ["gone", "kept"]
+            )
+            old = (await storage.get("kept")).version
+            with self.assertRaises(PreconditionFailed):
+                await storage.set(
+                    "kept", b"x", precondition=Precondition.if_version([old])
+                )
             await gatherResults(writes)
+            self.assertEqual((await storage.get("kept")).value, b"new")
+            self.assertEqual(await storage.keys(), ["created", "kept"])
             image = dict(storage.durable_records())
             self.assertEqual(
                 {key: record.value for key, record in image.items()},

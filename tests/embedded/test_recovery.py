@@ -85,6 +85,20 @@ class ContinuityTests(TestCase):
                 b'], "count": 0}\n' % revision
             )
 
+    def test_snapshot_without_its_journal_refused(self):
+        """
+        A snapshot with no journal beside it (a new --data-dir, say): the
+        changes after it are missing; an empty segment says there are none.
+        """
+        self.snapshot_at(3)
+        with self.assertRaises(StartupError) as raised:
+            recover(self.directory, self.snapshot)
+        empty = segment_path(self.directory, 3)
+        self.assertIn("holds no journal", str(raised.exception))
+        self.assertIn(f"touch {empty}", str(raised.exception))
+        open(empty, "wb").close()
+        self.assertEqual(recover(self.directory, self.snapshot).revision, 3)
+
     def test_journal_from_the_start_needs_no_snapshot(self):
         self.journal(0, 1, 2)
         self.assertEqual(recover(self.directory, self.snapshot).revision, 2)

@@ -13,8 +13,13 @@ import subprocess
 import bcrypt
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from ersid.manhole.credentials import (
@@ -26,6 +31,7 @@ from ersid.manhole.credentials import (
     read_authorized_keys,
     read_password_file,
 )
+from ersid.manhole.server import makeFactory
 from ersid.tap import Options, makeService
 
 from .._helpers import Daemon, captured_log, http, require
@@ -201,6 +207,25 @@ class PasswordCheckerTests(TestCase):
             self.assertFalse([m for m in logged if "Traceback" in m])
 
         return Deferred.fromCoroutine(check())
+
+
+class LoginTimeoutTests(TestCase):
+    def test_connection_that_never_logs_in_is_closed(self):
+        clock = Clock()
+        host_key = load_or_create_host_key(os.path.join(self.mktemp(), "data"))
+        hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4))
+        factory = makeFactory({}, host_key, [], {b"ops": hashed}, clock)
+        factory.doStart()
+        self.addCleanup(factory.doStop)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.9", 5))
+        protocol = factory.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        clock.advance(59)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class ManholeOptionsTests(TestCase):

@@ -8,6 +8,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
+import subprocess
+import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
@@ -25,7 +28,7 @@ from ersid.snapshots import (
 )
 from ersid.storage import Record, StorageUnavailable
 
-from .._helpers import captured_log
+from .._helpers import captured_log, require
 
 
 def load_snapshot(path: str) -> tuple[dict[str, Record], int] | None:
@@ -272,6 +275,41 @@ class SnapshotServiceTests(SnapshotTestsMixin, TestCase):
         return self.run_async(check())
 
 
+class StuckChildTests(SnapshotTestsMixin, TestCase):
+    def test_stopping_does_not_wait_on_a_stuck_child(self):
+        """
+        A snapshot's child that never ends (a hung disk, a stopped process)
+        is killed when the daemon stops, which then writes its last one.
+        """
+        storage = DictStorage(SAMPLE, revision=12)
+        calls = []
+
+        def image():
+            calls.append(None)
+            if len(calls) == 1:
+                return _stuck()
+            return storage.durable_records()
+
+        snapshotter = Snapshotter(storage, self.path, reactor, fork_with=image)
+        service = SnapshotService(3600, snapshotter)
+
+        async def check():
+            service.startService()  # its first snapshot gets stuck
+            await service.stopService()
+            self.assertEqual(len(calls), 2)
+            self.assertTrue(snapshotter.last.ok)
+            self.assertEqual(load_snapshot(self.path), (dict(SAMPLE), 12))
+
+        return self.run_async(check())
+
+
+def _stuck():
+    """Records that never come: the child writing them hangs."""
+    while True:
+        time.sleep(60)
+        yield
+
+
 class LoadSnapshotTests(TestCase):
     def setUp(self):
         self.directory = self.mktemp()
@@ -443,5 +481,45 @@ class ForkedSnapshotterTests(SnapshotTestsMixin, TestCase):
             self.assertIn(
                 f"Snapshot to {path} failed: Not a directory", self.messages()
             )
+
+        return self.run_async(check())
+
+
+class FullDiskTests(SnapshotTestsMixin, TestCase):
+    """
+    A snapshot that does not fit fails, says why, and leaves nothing
+    behind: a temporary left by each attempt would keep the disk full.
+    """
+
+    def setUp(self):
+        super().setUp()
+        require(
+            os.geteuid() == 0 and bool(shutil.which("mount")),
+            "needs root to mount a small tmpfs for the disk-full test",
+        )
+        self.small = os.path.join(self.directory, "small")
+        os.makedirs(self.small)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", self.small], check=True
+        )
+        self.addCleanup(subprocess.run, ["umount", "-l", self.small], check=True)
+
+    def test_nothing_left_behind(self):
+        path = os.path.join(self.small, "snapshot.json")
+
+        async def check():
+            # 64 KB of values: the last of them fails when the file is closed.
+            for count in (64, 200):
+                storage = DictStorage(
+                    [(f"k{i}", Record(b"v" * 1000)) for i in range(count)]
+                )
+                for fork_with in (None, storage.durable_records):
+                    snapshotter = Snapshotter(
+                        storage, path, reactor, fork_with=fork_with
+                    )
+                    outcome = await snapshotter.snapshot(force=True)
+                    self.assertFalse(outcome.ok)
+                    self.assertEqual(outcome.error, "No space left on device")
+                    self.assertEqual(os.listdir(self.small), [])
 
         return self.run_async(check())

@@ -225,6 +225,10 @@ class RestTests(TestCase):
                 b"a\x01b",
                 b"a\tb",
                 b"a\x7fb",
+                b"a/b, c/d",  # two media types in one
+                b"text",
+                b"text/plain; charset",
+                b'text/plain; a="unterminated',
             ]:
                 await self.expect_error(
                     "PUT",
@@ -235,6 +239,25 @@ class RestTests(TestCase):
                     headers={b"Content-Type": [content_type]},
                 )
             self.assertEqual(await self.storage.stats(), (0, 0))
+
+        return self.run_async(check())
+
+    def test_media_types_kept_byte_exact(self):
+        async def check():
+            for content_type in [
+                "text/plain",
+                "text/plain; charset=utf-8",
+                'multipart/form-data;boundary="a b;c"',
+                "application/vnd.api+json ; q=1;",
+            ]:
+                response, _ = await self.request(
+                    "PUT", "/k", b"v", headers={"Content-Type": [content_type]}
+                )
+                self.assertLess(response.code, 300, content_type)
+                response, _ = await self.request("GET", "/k")
+                self.assertEqual(
+                    response.headers.getRawHeaders("Content-Type"), [content_type]
+                )
 
         return self.run_async(check())
 

@@ -135,6 +135,24 @@ class FlowControlTests(_ClockedChannelTestCase):
         self.transport.read()
         self.assertEqual(self.transport.producerState, "producing")
 
+    def test_clients_not_reading_are_bounded_all_together(self):
+        """
+        Each client that does not read holds up to a value of answers: when
+        too many do, the one waiting longest is dropped.
+        """
+        self.site.most_unread = 2
+        connections = []
+        for port in range(3):
+            channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+            transport = _BufferingTransport()
+            channel.makeConnection(transport)
+            self.addCleanup(channel.connectionLost, None)
+            channel.dataReceived(GET)
+            connections.append(transport)
+        self.assertEqual([t.disconnecting for t in connections], [True, False, False])
+        connections[1].read()
+        self.assertEqual(len(self.site.unread), 1)
+
     def test_a_connection_uploading_a_body_is_not_shed(self):
         self.channel.dataReceived(
             b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"
@@ -235,6 +253,25 @@ class StrictParsingTests(_ClockedChannelTestCase):
         self.assert_refused(b"GET /big HTTP/1.1\r\n\r\n")
         self.setUp()
         self.assert_refused(b"GET /big HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+
+    def test_hosts_that_are_no_host(self):
+        for host in [b"a b", b"a/b", b"a@b", b"[::1", b"a:b"]:
+            self.setUp()
+            self.assert_refused(b"GET /big HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+
+    def test_hosts_that_are(self):
+        for host in [b"", b"example.com", b"127.0.0.1:8080", b"[::1]:80", b"xn--a-b"]:
+            self.setUp()
+            self.channel.dataReceived(b"GET /big HTTP/1.1\r\nHost: %s\r\n\r\n" % host)
+            self.assertEqual(
+                self.responses(self.transport.value()), [b"HTTP/1.1 200 OK"], host
+            )
+
+    def test_transfer_encoding_in_http_1_0(self):
+        """RFC 9112 6.1: the framing of such a message is faulty."""
+        self.assert_refused(
+            b"PUT /k HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nv\r\n0\r\n\r\n"
+        )
 
     def test_two_content_types(self):
         self.assert_refused(

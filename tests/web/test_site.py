@@ -344,6 +344,25 @@ class SlowClientTests(_ClockedTestCase):
         self.assertTrue(self.transport.disconnecting)
         self.assertIsNone(self.successResultOf(self.storage.get("slow")))
 
+    def test_chunked_body_trickling_its_framing_cut_off_at_deadline(self):
+        """
+        Chunk sizes, extensions and trailers carry no body bytes: a client
+        sending them a byte at a time still meets the deadline.
+        """
+        for framing in [b"3;" + b"x" * 40, b"0\r\nTrailer: " + b"x" * 40]:
+            self.connect()
+            self.channel.dataReceived(
+                b"PUT /slow HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            for byte in framing[:29]:
+                self.clock.advance(1)
+                self.channel.dataReceived(bytes([byte]))
+            self.assertFalse(self.transport.disconnecting)
+            self.clock.advance(1)
+            error = refusal(self, self.transport.value(), 408)
+            self.assertEqual(error["error"], "request_timeout")
+        self.assertIsNone(self.successResultOf(self.storage.get("slow")))
+
     def test_body_that_never_starts_dropped_by_idle_timeout(self):
         self.trickle(100, 0)
         self.clock.advance(59)
