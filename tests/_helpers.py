@@ -225,3 +225,24 @@ def refusal(test, sent: bytes, status: int) -> dict:
     test.assertTrue(head.startswith(b"HTTP/1.1 %d " % status), head)
     test.assertIn(b"Content-Type: application/json", head)
     return json.loads(body)
+
+
+def small_tmpfs(test, directory: str) -> str:
+    """
+    A 64 KiB tmpfs mounted at C{directory}/small for the duration of
+    C{test}, for a disk that fills up; the test fails without root.
+    """
+    import shutil
+    import subprocess
+
+    require(
+        os.geteuid() == 0 and bool(shutil.which("mount")),
+        "needs root to mount a small tmpfs for the disk-full test",
+    )
+    small = os.path.join(directory, "small")
+    os.makedirs(small)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", small], check=True
+    )
+    test.addCleanup(subprocess.run, ["umount", "-l", small], check=True)
+    return small

@@ -114,10 +114,16 @@ class ClaimFilesTests(TestCase):
             claim_files(self.data_dir, link)
         self.assertIn("a link another user made", str(raised.exception))
 
-    def test_snapshot_another_user_owns_or_may_write_refused(self):
+    def snapshot(self, mode: int) -> str:
+        """A snapshot file of C{mode}, where the daemon will look for it."""
         dump = os.path.join(self.root, "s.json")
         with open(dump, "w") as f:
             f.write("{}")
+        os.chmod(dump, mode)
+        return dump
+
+    def test_snapshot_another_user_owns_or_may_write_refused(self):
+        dump = self.snapshot(0o600)
         os.chown(dump, 65534, 65534)
         with self.assertRaises(StartupError) as raised:
             claim_files(self.data_dir, dump)
@@ -129,10 +135,7 @@ class ClaimFilesTests(TestCase):
         self.assertIn("may have been written by others", str(raised.exception))
 
     def test_snapshot_others_may_read_made_private(self):
-        dump = os.path.join(self.root, "s.json")
-        with open(dump, "w") as f:
-            f.write("{}")
-        os.chmod(dump, 0o644)
+        dump = self.snapshot(0o644)
         claim_files(self.data_dir, dump)
         self.assertEqual(_mode(dump), 0o600)
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
-import subprocess
 import threading
 
 from treq.testing import StubTreq
@@ -33,7 +31,7 @@ from ersid.storage import (
 )
 from ersid.web.app import Service
 
-from .._helpers import captured_log, require
+from .._helpers import captured_log, small_tmpfs
 
 
 def _replayed(directory: str, after: int = 0) -> dict[str, Record]:
@@ -427,16 +425,7 @@ class DiskFullTests(_JournalTestCase):
 
     def setUp(self):
         super().setUp()
-        require(
-            os.geteuid() == 0 and bool(shutil.which("mount")),
-            "needs root to mount a small tmpfs for the disk-full test",
-        )
-        self.small = os.path.join(self.directory, "small")
-        os.makedirs(self.small)
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", self.small], check=True
-        )
-        self.addCleanup(subprocess.run, ["umount", "-l", self.small], check=True)
+        self.small = small_tmpfs(self, self.directory)
 
     async def health(self, opened: OpenedStorage) -> dict:
         """/_health of a daemon serving the store C{opened}."""

@@ -8,8 +8,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
-import subprocess
 import time
 
 from twisted.internet import reactor
@@ -28,7 +26,7 @@ from ersid.snapshots import (
 )
 from ersid.storage import Record, StorageUnavailable
 
-from .._helpers import captured_log, require
+from .._helpers import captured_log, small_tmpfs
 
 
 def load_snapshot(path: str) -> tuple[dict[str, Record], int] | None:
@@ -493,16 +491,7 @@ class FullDiskTests(SnapshotTestsMixin, TestCase):
 
     def setUp(self):
         super().setUp()
-        require(
-            os.geteuid() == 0 and bool(shutil.which("mount")),
-            "needs root to mount a small tmpfs for the disk-full test",
-        )
-        self.small = os.path.join(self.directory, "small")
-        os.makedirs(self.small)
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", self.small], check=True
-        )
-        self.addCleanup(subprocess.run, ["umount", "-l", self.small], check=True)
+        self.small = small_tmpfs(self, self.directory)
 
     def test_nothing_left_behind(self):
         path = os.path.join(self.small, "snapshot.json")
