@@ -5,8 +5,11 @@ child process to say something.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 
 from treq.client import HTTPClient
@@ -219,8 +222,6 @@ def refusal(test, sent: bytes, status: int) -> dict:
     The JSON error of the response in C{sent}, raw bytes from the server,
     after checking that it has C{status} and the connection is closing.
     """
-    import json
-
     head, _, body = sent.partition(b"\r\n\r\n")
     test.assertTrue(head.startswith(b"HTTP/1.1 %d " % status), head)
     test.assertIn(b"Content-Type: application/json", head)
@@ -232,9 +233,6 @@ def small_tmpfs(test, directory: str) -> str:
     A 64 KiB tmpfs mounted at C{directory}/small for the duration of
     C{test}, for a disk that fills up; the test fails without root.
     """
-    import shutil
-    import subprocess
-
     require(
         os.geteuid() == 0 and bool(shutil.which("mount")),
         "needs root to mount a small tmpfs for the disk-full test",

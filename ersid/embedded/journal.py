@@ -94,10 +94,10 @@ class Journal:
         self._reactor = reactor
         self._queue: list[_Pending | _Task] = []
         self._tasks_queued = 0
-        self._in_flight: _Batch = []
+        self._busy = False
         self._unsynced = False
         self._closed = False
-        self._stop_waiters: list[Deferred[None]] | None = None
+        self._stopping: Deferred[None] | None = None
         self._settled: Callable[[list[Any]], None] = lambda undos: None
         self._batches: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -124,24 +124,18 @@ class Journal:
         completes: a file that cannot be synced is closed all the same, and
         the failure logged.
         """
-        stopped: Deferred[None] = Deferred()
-        if self._stop_waiters is None:
-            self._stop_waiters = [stopped]
+        if self._stopping is None:
             if self._ticker.running:
                 self._ticker.stop()
-            self._task(self._close).addBoth(self._stopped)
-        elif self._closed and not self._stop_waiters:
-            stopped.callback(None)
-        else:
-            self._stop_waiters.append(stopped)
+            self._stopping = self._task(self._close)
+            self._stopping.addErrback(
+                lambda failure: _log.failure(
+                    "Journal {path} failed to close", failure, path=self._path
+                )
+            )
+        stopped: Deferred[None] = Deferred()
+        self._stopping.addCallback(stopped.callback)
         return stopped
-
-    def _stopped(self, outcome: object) -> None:
-        if isinstance(outcome, Failure):
-            _log.failure("Journal {path} failed to close", outcome, path=self._path)
-        waiters, self._stop_waiters = self._stop_waiters or [], []
-        for waiter in waiters:
-            waiter.callback(None)
 
     def append(
         self, entry: bytes, undo: Callable[[], None], result: _T
@@ -175,8 +169,7 @@ class Journal:
         def switch() -> Callable[[], None]:
             if self._closed:
                 raise OSError(errno.EBADF, "the journal is closed")
-            if self._size != self._good_size:
-                self._cut_back()  # an earlier cut that failed: it must not last
+            self._cut_back()  # if an earlier cut failed: it must not last
             if self._size == 0 and self._path != new_path:
                 # Nothing in it: it becomes the new segment, rather than
                 # snapshots that keep failing leaving an empty file each.
@@ -249,15 +242,14 @@ class Journal:
         with self._swapping:
             self._closed = True
         try:
-            if self._size != self._good_size:
-                self._cut_back()  # refused entries must not outlive the daemon
+            self._cut_back()  # refused entries must not outlive the daemon
             os.fsync(self._descriptor)
         finally:
             os.close(self._descriptor)
 
     def _kick(self) -> None:
         """Hand the thread the next batch, unless it is busy with one."""
-        if self._in_flight or not self._queue:
+        if self._busy or not self._queue:
             return
         if not self._tasks_queued:
             batch: _Batch = self._queue
@@ -270,7 +262,7 @@ class Journal:
             while isinstance(self._queue[entries], _Pending):
                 entries += 1
             batch, self._queue = self._queue[:entries], self._queue[entries:]
-        self._in_flight = batch
+        self._busy = True
         if self._writer is None:
             self._writer = threading.Thread(
                 target=self._run_batches, name="ersid-journal", daemon=True
@@ -304,8 +296,7 @@ class Journal:
         if self._closed:
             return "the journal is closed"
         try:
-            if self._size != self._good_size:
-                self._cut_back()  # an earlier cut that failed
+            self._cut_back()  # if an earlier cut failed
             data = memoryview(b"".join([item.data for item in batch]))
             self._size += len(data)
             while data:
@@ -324,12 +315,13 @@ class Journal:
             return _reason(e)
 
     def _cut_back(self) -> None:
-        """Drop whatever part of a failed batch reached the file."""
-        os.ftruncate(self._descriptor, self._good_size)
-        self._size = self._good_size
+        """Drop whatever part of a failed batch reached the file, if any did."""
+        if self._size != self._good_size:
+            os.ftruncate(self._descriptor, self._good_size)
+            self._size = self._good_size
 
     def _done(self, outcome: Any, batch: _Batch) -> None:
-        self._in_flight = []
+        self._busy = False
         if isinstance(batch[0], _Task):
             self._task_done(batch[0], outcome)
         else:

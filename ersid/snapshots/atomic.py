@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+from ersid.files import sync_directory
 from ersid.startup import StartupError
 
 __all__ = ["AtomicFile", "remove_stale_temporaries"]
@@ -44,11 +45,7 @@ class AtomicFile:
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.temporary, self.path)
-        directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        sync_directory(self.directory)
 
     def abort(self) -> None:
         """Give up: remove the temporary file, leave the final one as it was."""

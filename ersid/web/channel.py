@@ -48,8 +48,11 @@ class Channel(HTTPChannel):
         differently: folded header lines, transfer codings other than
         chunked, lengths with more digits than any body could have;
       - gives a request's line and headers C{site.head_timeout} seconds to
-        arrive, and drops a connection idle for C{timeOut} seconds, with one
-        timer per connection rather than one per request;
+        arrive, and a body that does not come in one piece (its bytes, or a
+        chunked body's framing, trickling in) C{site.body_timeout} seconds
+        from the end of the headers; drops a connection idle for
+        C{timeOut} seconds: all with one timer per connection rather than
+        one per request;
       - stops reading, and answering pipelined requests, while the client
         leaves responses unread, so that what one client does not read stays
         bounded; and drops it when a request of its has waited so
@@ -63,6 +66,9 @@ class Channel(HTTPChannel):
 
     _idle_since: float | None = None
     _head_since: float | None = None
+    _head_end = 0.0
+    _body_since: float | None = None
+    _version = b"HTTP/1.1"
     _idle_timer: IDelayedCall | None = None
     _send_timer: IDelayedCall | None = None
     _reading_body = False
@@ -111,31 +117,40 @@ class Channel(HTTPChannel):
     def setTimeout(self, period: float | None) -> float | None:
         previous, self.timeOut = self.timeOut, period
         if period is None:
-            self._idle_since = None
+            # The whole request is in: only answering it remains.
+            self._idle_since = self._body_since = None
             self._reading_body = False
         else:
             self._idle_since = self.site.reactor.seconds()
             if self._idle_timer is None:
-                self._arm(min(period, self.site.head_timeout))
+                self._arm(min(period, self._shortest_deadline()))
         return previous
 
     def resetTimeout(self) -> None:
-        """Data came: the connection is not idle, and a request's head began."""
+        """
+        Data came: the connection is not idle, and a request's head began,
+        or its body did not come with its head.
+        """
         if self._idle_since is not None:
             self._idle_since = now = self.site.reactor.seconds()
-            if self._head_since is None and not self._reading_body:
+            if self._reading_body:
+                if self._body_since is None:
+                    self._body_since = self._head_end
+            elif self._head_since is None:
                 self._head_since = now
 
-    def head_received(self, version: bytes) -> str | None:
+    def head_received(self) -> str | None:
         """
         A request's line and headers are in: their deadline is met. What in
         them a proxy in front could read another way, if anything.
         """
         self._head_since = None
         self._reading_body = True
+        self._head_end = self.site.reactor.seconds()
         hosts, types, chunked = self._hosts, self._content_types, self._chunked
         self._hosts = self._content_types = 0
         self._chunked = False
+        version = self._version
         if version == b"HTTP/1.1" and hosts != 1:
             return "an HTTP/1.1 request needs one Host header"
         if version != b"HTTP/1.1" and chunked:
@@ -151,31 +166,35 @@ class Channel(HTTPChannel):
     def _arm(self, seconds: float) -> None:
         self._idle_timer = self.callLater(seconds, self._check_deadlines)
 
+    def _shortest_deadline(self) -> float:
+        return min(self.site.head_timeout, self.site.body_timeout)
+
     def _check_deadlines(self) -> None:
         """
-        Fired at least every C{head_timeout} seconds while idle, so that a
-        head that began is cut off on time, whenever it began.
+        Fired at least every head or body timeout while a request is read,
+        so that a head or a body that began is cut off on time, whenever it
+        began.
         """
         self._idle_timer = None
         if self._idle_since is None or self.timeOut is None:
             return  # answering a request; setTimeout arms the timer afterwards
         now = self.site.reactor.seconds()
-        head_deadline = float("inf")
-        if self._head_since is not None:
-            head_deadline = self._head_since + self.site.head_timeout
-            if head_deadline <= now:
-                seconds = self.site.head_timeout
-                message = (
-                    f"the request's headers did not arrive within {seconds} seconds"
-                )
+        deadlines = [self._idle_since + self.timeOut, now + self._shortest_deadline()]
+        for since, seconds, what in [
+            (self._head_since, self.site.head_timeout, "request's headers"),
+            (self._body_since, self.site.body_timeout, "request body"),
+        ]:
+            if since is None:
+                continue
+            if since + seconds <= now:
+                message = f"the {what} did not arrive within {seconds} seconds"
                 self.refuse(ApiError(408, "request_timeout", message))
                 return
-        idle_deadline = self._idle_since + self.timeOut
-        if idle_deadline <= now:
+            deadlines.append(since + seconds)
+        if deadlines[0] <= now:
             self.timeoutConnection()
             return
-        soonest = min(head_deadline, idle_deadline, now + self.site.head_timeout)
-        self._arm(soonest - now)
+        self._arm(min(deadlines) - now)
 
     def shed(self) -> bool:
         """
@@ -264,17 +283,18 @@ class Channel(HTTPChannel):
     def headerReceived(self, line: bytes) -> bool:
         name, colon, value = line.partition(b":")
         lowered = name.lower()
-        if colon and lowered == b"content-length" and value.strip(b" \t").isdigit():
+        value = value.strip(b" \t")
+        if colon and lowered == b"content-length" and value.isdigit():
             # Python reads no number of over 4,300 digits; any over 19 is
             # larger than a body can be.
-            digits = value.strip(b" \t").lstrip(b"0") or b"0"
+            digits = value.lstrip(b"0") or b"0"
             if len(digits) > _LENGTH_DIGITS:
                 self.refuse(ApiError.value_too_large(self.site.max_body_size))
                 return False
             line = b"Content-Length: " + digits
         elif lowered == b"host":
             self._hosts += 1
-            if not _HOST.fullmatch(value.strip(b" \t")):
+            if not _HOST.fullmatch(value):
                 self.refuse(
                     ApiError(400, "bad_request", "the Host header is not a host")
                 )
@@ -283,15 +303,15 @@ class Channel(HTTPChannel):
             self._content_types += 1
         elif colon and lowered == b"transfer-encoding":
             self._chunked = True
-            if value.strip(b" \t").lower() != b"chunked":
+            if value.lower() != b"chunked":
                 message = "the only transfer coding accepted is chunked"
                 self.refuse(ApiError(400, "bad_request", message))
                 return False
         return super().headerReceived(line)
 
     def checkPersistence(self, request: Request, version: bytes) -> bool:
-        """Also tells the request its HTTP version before its body is read."""
-        request.http_version = version  # type: ignore[attr-defined]
+        """Also notes the request's HTTP version, before its body is read."""
+        self._version = version
         return super().checkPersistence(request, version)
 
     def refuse(self, error: ApiError) -> None:

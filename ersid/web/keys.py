@@ -75,14 +75,11 @@ def _render_record(record: Record | None, request: IRequest) -> bytes:
     headers.setRawHeaders(b"ETag", [etag(record.version)])
     headers.setRawHeaders(b"X-Content-Type-Options", [b"nosniff"])
     headers.setRawHeaders(b"Cache-Control", [b"no-cache"])
-    if request.requestHeaders.hasHeader(
-        b"If-Match"
-    ) or request.requestHeaders.hasHeader(b"If-None-Match"):
-        status = read_condition(request, record)
-        if status == 412:
-            raise PreconditionFailed(key_of(request), record)
-        if status == 304:
-            return empty(request, 304)
+    status = read_condition(request, record)
+    if status == 412:
+        raise PreconditionFailed(key_of(request), record)
+    if status == 304:
+        return empty(request, 304)
     headers.setRawHeaders(b"Content-Type", [header_value(record.content_type)])
     if request.method == b"HEAD":
         headers.setRawHeaders(b"Content-Length", [b"%d" % (len(record.value),)])

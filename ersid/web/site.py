@@ -63,17 +63,10 @@ def _path_of_absolute_form(target: bytes) -> bytes | None:
 class _BoundedRequest(Request):
     """
     A request that refuses a body larger than its site's C{max_body_size}
-    as soon as the size is known, before buffering it, and a body that takes
-    longer than C{body_timeout} seconds to arrive, however steadily it
-    trickles in (Twisted's idle timeout restarts with every byte, and closes
-    a connection whose body never starts after a minute). Its body is kept
-    in memory, bounded by that size: a full temporary directory cannot fail
-    it. It also refuses, before reading the body, headers that could be
-    read two ways: no C{Host} or several in HTTP/1.1, several
-    C{Content-Type}s.
-
-    The deadline's timer is set only once a body turns out not to arrive in
-    one piece, which a small body almost always does.
+    as soon as the size is known, before buffering it (its deadline is the
+    channel's). Its body is kept in memory, bounded by that size: a full
+    temporary directory cannot fail it. It also refuses, before reading the
+    body, headers that could be read two ways (see L{Channel.head_received}).
 
     It also processes itself with less work than a twisted.web request (see
     L{process} and L{requestReceived}).
@@ -82,11 +75,7 @@ class _BoundedRequest(Request):
     defaultContentType = None
     _refused = False
     _received = 0
-    _expected: int | None = 0
-    _started = 0.0
-    _deadline: Any = None
     _postpath: list[bytes] | None = None
-    http_version = b"HTTP/1.1"  # told by the channel before the body comes
 
     def process(self) -> None:
         """
@@ -136,7 +125,7 @@ class _BoundedRequest(Request):
     def gotLength(self, length: int | None) -> None:
         channel = self.channel
         site = channel.site
-        ambiguity = channel.head_received(self.http_version)
+        ambiguity = channel.head_received()
         if ambiguity is not None:
             self._refuse(ApiError(400, "bad_request", ambiguity))
             return
@@ -144,14 +133,6 @@ class _BoundedRequest(Request):
             self._refuse(ApiError.value_too_large(site.max_body_size))
             return
         self.content = BytesIO()
-        self._expected = length
-        if length != 0:
-            self._started = site.reactor.seconds()
-        if length is None:
-            # A chunked body can trickle in its chunk sizes and trailers,
-            # which reach no handleContentChunk: its deadline starts now.
-            timeout = site.body_timeout
-            self._deadline = site.reactor.callLater(timeout, self._too_slow)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
@@ -162,17 +143,12 @@ class _BoundedRequest(Request):
             self._refuse(ApiError.value_too_large(site.max_body_size))
             return
         super().handleContentChunk(data)
-        if self._deadline is None and self._received != self._expected:
-            remaining = self._started + site.body_timeout - site.reactor.seconds()
-            self._deadline = site.reactor.callLater(max(remaining, 0), self._too_slow)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         """
         Twisted's C{requestReceived} less the look for a form to parse, which
         this site never does.
         """
-        if self._deadline is not None:
-            self._cancel_deadline()
         if self._refused:
             return
         self.content.seek(0)
@@ -185,23 +161,9 @@ class _BoundedRequest(Request):
     def parseCookies(self) -> None:
         """The API reads no cookies: leave them unparsed."""
 
-    def connectionLost(self, reason: Any) -> None:
-        self._cancel_deadline()
-        super().connectionLost(reason)
-
-    def _cancel_deadline(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-
-    def _too_slow(self) -> None:
-        seconds = self.channel.site.body_timeout
-        message = f"the request body did not arrive within {seconds} seconds"
-        self._refuse(ApiError(408, "request_timeout", message))
-
     def _refuse(self, error: ApiError) -> None:
         """Stop reading this request and answer C{error} (see L{Channel.refuse})."""
         self._refused = True
-        self._cancel_deadline()
         self.content = None
         # No "100 Continue": the client should not send the body at all.
         self.requestHeaders.removeHeader(b"Expect")

@@ -299,15 +299,7 @@ class StrictParsingTests(_ClockedChannelTestCase):
         self.assertEqual(self.successResultOf(self.storage.get("k")).value, b"v")
 
 
-class MethodTests(_ClockedChannelTestCase):
-    """Methods are case-sensitive (RFC 9110); unknown ones get a JSON 405."""
-
-    def answer(self, request: bytes) -> tuple[list[bytes], bytes]:
-        self.transport.clear()
-        self.channel.dataReceived(request)
-        head, _, body = self.transport.value().partition(b"\r\n\r\n")
-        return head.split(b"\r\n"), body
-
+class BudgetTests(_ClockedChannelTestCase):
     def test_connections_over_the_budget_are_closed_at_once(self):
         """
         A listening port accepts many connections at a time, before the
@@ -321,6 +313,16 @@ class MethodTests(_ClockedChannelTestCase):
         self.assertIsNone(site.buildProtocol(address))
         first.connectionLost(None)
         self.assertIsNotNone(site.buildProtocol(address))
+
+
+class MethodTests(_ClockedChannelTestCase):
+    """Methods are case-sensitive (RFC 9110); unknown ones get a JSON 405."""
+
+    def answer(self, request: bytes) -> tuple[list[bytes], bytes]:
+        self.transport.clear()
+        self.channel.dataReceived(request)
+        head, _, body = self.transport.value().partition(b"\r\n\r\n")
+        return head.split(b"\r\n"), body
 
     def test_methods_in_the_wrong_case(self):
         for method in [b"Delete", b"delete", b"head", b"Get", b"put", b"QUERY"]:
