@@ -14,9 +14,11 @@ setup(
         "twisted.plugins": ["ersid_plugin.py"],
     },
     install_requires=[
-        # The Twisted releases Ersid is tested with; it overrides a few of
-        # twisted.web's private methods (tests/test_twisted.py).
+        # The Twisted releases Ersid is tested with (the few private names
+        # it uses are pinned by tests/test_twisted.py).
         "twisted[conch]>=26.10,<27",
+        # llhttp, the HTTP/1.1 parser of the API's connections.
+        "httptools>=0.9,<0.10",
         "klein>=24.8",
         "treq>=24.9",
         "attrs>=23.1",
@@ -32,6 +34,6 @@ setup(
         "mysql": ["mysqlclient>=2.2"],
         "cli": [],
         "bench": ["matplotlib>=3.8"],
-        "test": ["hypothesis>=6.100", "ruff>=0.6", "schemathesis>=4.0"],
+        "test": ["h11>=0.16", "hypothesis>=6.100", "ruff>=0.6", "schemathesis>=4.0"],
     },
 )

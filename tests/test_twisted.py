@@ -12,7 +12,11 @@ from twisted.conch.ssh.factory import SSHFactory
 from twisted.conch.ssh.transport import SSHServerTransport
 from twisted.conch.ssh.userauth import SSHUserAuthServer
 from twisted.enterprise import adbapi
+from twisted.internet import reactor, tcp
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -31,18 +35,44 @@ class _Pool:
 
 
 class TwistedPrivatesTests(TestCase):
-    def test_http_channel_answers_bad_requests_in_one_method(self):
+    def test_tcp_transport_tells_what_waits_to_be_sent(self):
         """
-        ersid.web.site overrides HTTPChannel._respondToBadRequestAndDisconnect
-        to answer unparseable requests in JSON.
+        ersid.web.protocol sends a response at once when nothing written
+        before waits in the TCP transport: its dataBuffer and _tempDataLen
+        say so, and writeSomeData sends.
         """
-        self.assertTrue(callable(HTTPChannel._respondToBadRequestAndDisconnect))
-        answered = []
-        channel = HTTPChannel()
-        channel._respondToBadRequestAndDisconnect = lambda: answered.append(True)
-        channel.makeConnection(StringTransport())
-        channel.dataReceived(b"GARBAGE\r\n")
-        self.assertEqual(answered, [True])
+        seen: list[tuple[bytes, int]] = []
+        sent: Deferred[bytes] = Deferred()
+
+        class Server(Protocol):
+            def connectionMade(self) -> None:
+                transport = self.transport
+                seen.append((transport.dataBuffer, transport._tempDataLen))
+                self.transport.write(b"queued")
+                seen.append((transport.dataBuffer, transport._tempDataLen))
+                transport.loseConnection()
+
+        class Client(Protocol):
+            received = b""
+
+            def dataReceived(self, data: bytes) -> None:
+                self.received += data
+
+            def connectionLost(self, reason: Failure) -> None:
+                sent.callback(self.received)
+
+        async def check() -> None:
+            port = reactor.listenTCP(
+                0, Factory.forProtocol(Server), interface="127.0.0.1"
+            )
+            self.addCleanup(port.stopListening)
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+            await connectProtocol(endpoint, Client())
+            self.assertEqual(await sent, b"queued")
+            self.assertEqual(seen, [(b"", 0), (b"", 6)])
+            self.assertTrue(callable(tcp.Connection.writeSomeData))
+
+        return Deferred.fromCoroutine(check())
 
     def test_adbapi_connection_keeps_its_pool_and_connection(self):
         """

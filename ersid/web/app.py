@@ -66,6 +66,18 @@ class Service:
         self.read_now: Callable[[str], Record | None] | None = (
             storage.get_now if IImmediateReads.providedBy(storage) else None
         )
+        self._key_routes = {
+            method: route for route in KEY_ROUTES for method in route.methods
+        }
+
+    def key_route(self, method: bytes, path: bytes) -> KeyRoute | None:
+        """
+        The key route answering C{method} on C{path}, if it is a key's:
+        paths starting with C{/_} are the API's own, C{/} no key's.
+        """
+        if path[1:2] in (b"_", b""):
+            return None
+        return self._key_routes.get(method)
 
     def resource(self) -> FastPath:
         """The API as a web resource (see L{FastPath})."""

@@ -18,11 +18,18 @@ NO_BODY_CODES = (204, 304)
 class ApiError(Exception):
     """An error the client caused or must be told about, rendered as JSON."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[bytes, bytes] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
 
     @classmethod
     def value_too_large(cls, limit: int) -> ApiError:
@@ -39,6 +46,8 @@ class ApiError(Exception):
 
     def render(self, request: IRequest) -> bytes:
         """Set C{request}'s status and headers for this error; the body."""
+        for name, value in self.headers.items():
+            request.setHeader(name, value)
         return json_body(request, self.status, self.document)
 
 

@@ -17,7 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ersid.web.errors import NO_BODY_CODES, ApiError
-from ersid.web.keys import KEY_ROUTES, KeyRoute
+from ersid.web.keys import KeyRoute
 
 if TYPE_CHECKING:
     from ersid.web.app import Service
@@ -37,9 +37,6 @@ class FastPath(Resource):
         super().__init__()
         self._service = service
         self._klein = service.app.resource()
-        self._key_routes = {
-            method: route for route in KEY_ROUTES for method in route.methods
-        }
         self._routes = service.app.url_map.bind("api")
         rules = list(service.app.url_map.iter_rules())
         self._methods = {
@@ -54,8 +51,8 @@ class FastPath(Resource):
         }
 
     def render(self, request: IRequest) -> bytes | int:
-        route = self._key_routes.get(request.method)
-        if route is None or request.path[1:2] in (b"_", b""):
+        route = self._service.key_route(request.method, request.path)
+        if route is None:
             try:
                 unquote_to_bytes(request.path).decode("utf-8")
             except UnicodeDecodeError:
@@ -74,7 +71,7 @@ class FastPath(Resource):
             # cost a microsecond each.
             outcome.addBoth(self._respond, route, request)
             return NOT_DONE_YET
-        body = self._body(outcome, route, request)
+        body = route.body(self._service, outcome, request)
         if request.code in NO_BODY_CODES:
             _finish(body, request)
             return NOT_DONE_YET
@@ -98,16 +95,7 @@ class FastPath(Resource):
         return ApiError(405, "method_not_allowed", message).render(request)
 
     def _respond(self, outcome: Any, route: KeyRoute, request: IRequest) -> None:
-        _finish(self._body(outcome, route, request), request)
-
-    def _body(self, outcome: Any, route: KeyRoute, request: IRequest) -> bytes:
-        """The response body C{route} renders of C{outcome}, or of its failure."""
-        if not isinstance(outcome, Failure):
-            try:
-                return route.render(outcome, request)
-            except Exception:
-                outcome = Failure()
-        return self._service.render_failure(request, outcome)
+        _finish(route.body(self._service, outcome, request), request)
 
 
 def _finish(body: bytes, request: IRequest) -> None:

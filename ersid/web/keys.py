@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
 from ersid.storage import PreconditionFailed, Record, WriteResult
@@ -54,6 +55,18 @@ class KeyRoute:
             return outcome.addCallback(self.render, request)
         return self.render(outcome, request)
 
+    def body(self, service: Service, outcome: Any, request: IRequest) -> bytes:
+        """
+        The response body of C{outcome}, what C{start} returned or its
+        Deferred gave (a L{Failure} included), its status and headers set.
+        """
+        if not isinstance(outcome, Failure):
+            try:
+                return self.render(outcome, request)
+            except Exception:
+                outcome = Failure()
+        return service.render_failure(request, outcome)
+
 
 def _not_found(request: IRequest) -> ApiError:
     return ApiError(404, "not_found", f"no such key: {key_of(request)!r}")
@@ -71,20 +84,19 @@ def _get(
 def _render_record(record: Record | None, request: IRequest) -> bytes:
     if record is None:
         raise _not_found(request)
-    headers = request.responseHeaders
-    headers.setRawHeaders(b"ETag", [etag(record.version)])
-    headers.setRawHeaders(b"X-Content-Type-Options", [b"nosniff"])
-    headers.setRawHeaders(b"Cache-Control", [b"no-cache"])
+    request.setHeader(b"ETag", etag(record.version))
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
+    request.setHeader(b"Cache-Control", b"no-cache")
     status = read_condition(request, record)
     if status == 412:
         raise PreconditionFailed(key_of(request), record)
     if status == 304:
         return empty(request, 304)
-    headers.setRawHeaders(b"Content-Type", [header_value(record.content_type)])
+    request.setHeader(b"Content-Type", header_value(record.content_type))
     if request.method == b"HEAD":
-        headers.setRawHeaders(b"Content-Length", [b"%d" % (len(record.value),)])
+        request.setHeader(b"Content-Length", b"%d" % (len(record.value),))
         return b""
-    # Content-Length is set when the body is written (see the fast path).
+    # Content-Length is set when the body is written.
     return record.value
 
 

@@ -327,6 +327,7 @@ class MethodTests(_ClockedChannelTestCase):
     def test_methods_in_the_wrong_case(self):
         for method in [b"Delete", b"delete", b"head", b"Get", b"put", b"QUERY"]:
             with self.subTest(method=method):
+                self.setUp()
                 head, body = self.answer(
                     b"%s /big HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % method
                 )
@@ -338,7 +339,7 @@ class MethodTests(_ClockedChannelTestCase):
     def test_options_star(self):
         head, body = self.answer(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(head[0], b"HTTP/1.1 200 OK")
-        self.assertIn(b"Allow: GET, HEAD, PUT, POST, DELETE", head)
+        self.assertIn(b"Allow: DELETE, GET, HEAD, POST, PUT", head)
         self.assertFalse([line for line in head if line.lower().startswith(b"server")])
         self.assertEqual(body, b"")
 

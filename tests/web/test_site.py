@@ -245,6 +245,7 @@ class RequestTargetTests(_ClockedTestCase):
 
     def test_other_targets_refused(self):
         for target in [b"k", b"ftp://host/k", b"http:/k", b"ersid.test:80", b"*"]:
+            self.connect()
             status, body = self.exchange(
                 b"PUT " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv"
             )
@@ -252,17 +253,38 @@ class RequestTargetTests(_ClockedTestCase):
             self.assertEqual(json.loads(body)["error"], "bad_request_target")
         self.assertEqual(self.successResultOf(self.storage.stats()), (0, 0))
 
-    def test_requests_twisted_cannot_parse_get_a_json_400(self):
-        for request in [
-            b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
-            b"PUT /k HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nv",
-            b"GET /k HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 17000 + b"\r\n\r\n",
-            b"GET /k HTTP/9.9\r\nHost: x\r\n\r\n",
+    def test_requests_the_parser_refuses_get_a_json_error(self):
+        for request, status_line, code in [
+            (
+                b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+                b"HTTP/1.1 400 Bad Request",
+                "bad_request",
+            ),
+            (
+                b"PUT /k HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nv",
+                b"HTTP/1.1 400 Bad Request",
+                "bad_request",
+            ),
+            (
+                b"GET /k HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 17000 + b"\r\n\r\n",
+                b"HTTP/1.1 431 Request Header Fields Too Large",
+                "header_fields_too_large",
+            ),
+            (
+                b"GET /k HTTP/9.9\r\nHost: x\r\n\r\n",
+                b"HTTP/1.1 400 Bad Request",
+                "bad_request",
+            ),
+            (
+                b"GET /k HTTP/2.0\r\nHost: x\r\n\r\n",
+                b"HTTP/1.1 505 HTTP Version Not Supported",
+                "http_version_not_supported",
+            ),
         ]:
             self.connect()
             status, body = self.exchange(request)
-            self.assertEqual(status, b"HTTP/1.1 400 Bad Request", request[:40])
-            self.assertEqual(json.loads(body)["error"], "bad_request")
+            self.assertEqual(status, status_line, request[:40])
+            self.assertEqual(json.loads(body)["error"], code)
             self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.successResultOf(self.storage.stats()), (0, 0))
 
@@ -296,7 +318,7 @@ class IdleTimeoutTests(_ClockedTestCase):
     def test_request_being_answered_is_not_timed_out(self):
         pending = _Pending()
         self.site.resource = pending
-        self.channel.dataReceived(self.GET)
+        self.channel.dataReceived(b"GET /_health HTTP/1.1\r\nHost: x\r\n\r\n")
         self.clock.advance(600)
         self.assertFalse(self.transport.disconnecting)
         pending.requests[0].finish()
@@ -363,12 +385,13 @@ class SlowClientTests(_ClockedTestCase):
             self.assertEqual(error["error"], "request_timeout")
         self.assertIsNone(self.successResultOf(self.storage.get("slow")))
 
-    def test_body_that_never_starts_dropped_by_idle_timeout(self):
+    def test_body_that_never_starts_cut_off_at_deadline(self):
         self.trickle(100, 0)
-        self.clock.advance(59)
+        self.clock.advance(29.9)
         self.assertFalse(self.transport.disconnecting)
-        self.clock.advance(1)
-        self.assertTrue(self.transport.disconnecting)
+        self.clock.advance(0.1)
+        error = refusal(self, self.transport.value(), 408)
+        self.assertEqual(error["error"], "request_timeout")
         self.assertIsNone(self.successResultOf(self.storage.get("slow")))
 
     def test_slow_but_complete_body_accepted(self):

@@ -1,0 +1,124 @@
+"""
+A request as the HTTP layer reads it (L{Head}), and the light request a key
+route answers on the fast path (L{KeyRequest}): the few members of
+twisted.web's C{IRequest} that the key routes use, and a response written
+as bytes in one piece.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from io import BytesIO
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IAddress
+
+from ersid.web.errors import NO_BODY_CODES
+
+__all__ = ["Fields", "Head", "KeyRequest", "status_line"]
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def status_line(code: int) -> bytes:
+    """C{HTTP/1.1 <code> <reason>} and its line end."""
+    line = _STATUS_LINES.get(code)
+    if line is None:
+        try:
+            reason = HTTPStatus(code).phrase.encode("ascii")
+        except ValueError:
+            reason = b"Unknown"
+        line = _STATUS_LINES[code] = b"HTTP/1.1 %d %s\r\n" % (code, reason)
+    return line
+
+
+class Fields(dict[bytes, list[bytes]]):
+    """
+    A request's header fields: every line of each, by lower-case name; with
+    the one method of twisted.web's C{Headers} the API's code uses.
+    """
+
+    def getRawHeaders(self, name: bytes) -> list[bytes] | None:
+        return self.get(name.lower())
+
+
+@attrs.define(slots=True, eq=False)
+class Head:
+    """
+    A request whose line, headers and body have been read.
+
+    @ivar target: the request target as sent, e.g. C{/key?x=1}.
+    @ivar version: C{b"HTTP/1.1"} or C{b"HTTP/1.0"}.
+    @ivar keep_alive: whether the connection stays open after the answer.
+    """
+
+    method: bytes
+    target: bytes
+    version: bytes
+    fields: Fields
+    body: bytes
+    keep_alive: bool
+
+
+class KeyRequest:
+    """
+    A key request, for its L{ersid.web.keys.KeyRoute}: read like a
+    twisted.web request, answered with L{response}.
+    """
+
+    code = 200
+    sentLength = 0
+    _content: BytesIO | None = None
+
+    def __init__(self, head: Head, path: bytes, peer: IAddress) -> None:
+        self.method = head.method
+        self.uri = head.target
+        self.path = path
+        self.clientproto = head.version
+        self.requestHeaders = head.fields
+        self.responseHeaders: dict[bytes, bytes] = {}
+        self._body = head.body
+        self._peer = peer
+
+    @property
+    def content(self) -> BytesIO:
+        """The body, as twisted.web gives it; made only for requests that read it."""
+        if self._content is None:
+            self._content = BytesIO(self._body)
+        return self._content
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        lines = self.requestHeaders.get(name.lower())
+        return None if lines is None else lines[-1]
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        self.responseHeaders[name] = value
+
+    def setResponseCode(self, code: int, message: Any = None) -> None:
+        self.code = code
+
+    def getClientAddress(self) -> IAddress:
+        return self._peer
+
+    def response(self, body: bytes, date: bytes, close: bool) -> bytes:
+        """
+        The whole response with C{body}: none for C{HEAD}, 204 and 304, as
+        HTTP has it; a C{Content-Length} unless the route set one.
+        """
+        code = self.code
+        headers = self.responseHeaders
+        if code in NO_BODY_CODES:
+            body = b""
+        elif b"Content-Length" not in headers:
+            headers[b"Content-Length"] = b"%d" % (len(body),)
+        if self.method == b"HEAD":
+            body = b""
+        self.sentLength = len(body)
+        lines = [status_line(code), b"Date: ", date, b"\r\n"]
+        for name, value in headers.items():
+            lines += (name, b": ", value, b"\r\n")
+        if close:
+            lines.append(b"Connection: close\r\n")
+        lines += (b"\r\n", body)
+        return b"".join(lines)

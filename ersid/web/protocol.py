@@ -1,0 +1,631 @@
+"""
+An HTTP/1.1 connection to the API, parsed by llhttp (Node.js's parser,
+through C{httptools}): key requests are answered straight from their
+storage call, the response written as bytes in one piece; everything else
+goes to twisted.web and Klein (L{ersid.web.slowpath}).
+
+Beyond parsing, a connection is where a public server's limits live: one
+reading of every request (what a proxy in front could read another way is
+refused), deadlines for a request's head and body and for silence, no more
+answers than the client reads, and JSON for every error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserInvalidMethodError,
+    HttpParserInvalidURLError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+)
+from twisted.internet import tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+)
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from ersid.web import slowpath
+from ersid.web.errors import ApiError, empty
+from ersid.web.exchange import Fields, Head, KeyRequest, status_line
+from ersid.web.keys import KeyRoute
+
+if TYPE_CHECKING:
+    from ersid.web.site import ApiSite
+
+__all__ = ["MAX_FIELDS", "MAX_HEAD_BYTES", "MAX_TARGET_BYTES", "Connection"]
+
+# The longest request target, and the most bytes and lines of header
+# fields, a request may have.
+MAX_TARGET_BYTES = 8192
+MAX_HEAD_BYTES = 16384
+MAX_FIELDS = 100
+# A Host header (RFC 9110, 7.2): a host name, an IPv4 address or an IP
+# literal in brackets, and a port; or nothing.
+_HOST = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]++\]|[A-Za-z0-9._~!$&'()*+,;=%-]*+)(?::[0-9]*+)?"
+)
+_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+_ALLOW_ANY = b"DELETE, GET, HEAD, POST, PUT"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+_log = Logger()
+
+
+class _Stop(Exception):
+    """Raised in a parser callback: read nothing more of this connection."""
+
+
+@implementer(IHalfCloseableProtocol, IPushProducer)
+class Connection(Protocol):
+    """
+    One client connection. Requests are read by llhttp, and answered one
+    at a time in the order they came (pipelined ones wait in C{_waiting});
+    then it:
+
+      - refuses in JSON, and closes, what llhttp accepts but a proxy in
+        front might read differently (see L{_ambiguity}), and what it
+        refuses itself;
+      - gives a request's line and headers C{head_timeout} seconds to
+        arrive, its body C{body_timeout} seconds from the end of its
+        headers, and drops a connection silent for C{idle_timeout}
+        seconds: with one timer per connection, not one per request;
+      - stops reading, and answering, while the client leaves responses
+        unread; drops it when a request of its has waited so
+        C{send_timeout} seconds, or when too many clients do so at once;
+      - counts itself in the site's connection budget, which closes it when
+        short of descriptors if it is idle;
+      - answers a client that closes its side after its requests (as
+        C{printf ... | nc} does) before closing its own.
+    """
+
+    peer: IAddress
+    host: IAddress
+    stream_producer: IPushProducer | None = None
+
+    _in_message = False
+    _in_head = False
+    _now = 0.0
+    _version = "1.1"
+    _host: bytes | None = None
+    _head_since: float | None = None
+    _body_since: float | None = None
+    _idle_since: float | None = None
+    _head_received = 0
+    _head_size = 0
+    _field_count = 0
+    _body_size = 0
+    _reading_done = False
+    _backed_up = False
+    _looping = False
+    _continue_owed = False
+    _closed = False
+    _answering: object | None = None
+    _timer: IDelayedCall | None = None
+    _send_timer: IDelayedCall | None = None
+
+    def __init__(self, factory: ApiSite) -> None:
+        self.factory = factory
+        self._clock = factory.reactor
+        self._service = factory.service
+        self._max_body = factory.service.max_value_size
+        self._parser = HttpRequestParser(self)
+        self._waiting: deque[Head | ApiError] = deque()
+        self._target: list[bytes] = []
+        self._fields = Fields()
+        self._body: list[bytes] = []
+
+    # The connection.
+
+    def connectionMade(self) -> None:
+        self._write = _writer(self.transport)
+        self.peer = self.transport.getPeer()
+        self.host = self.transport.getHost()
+        self.transport.registerProducer(self, True)
+        if self.factory.budget is not None:
+            self.factory.budget.opened(self)
+        self._idle_since = self._clock.seconds()
+        self._arm(min(self.factory.idle_timeout, self._shortest_deadline()))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._reading_done:
+            return
+        self._now = self._clock.seconds()
+        if self._in_head:
+            self._head_received += len(data)
+        try:
+            self._parser.feed_data(data)
+        except HttpParserCallbackError:
+            if not self._reading_done:  # a bug, not a refusal
+                _log.failure("Parsing a request from {peer}", peer=str(self.peer))
+                self._refuse(ApiError(500, "internal", "internal error"))
+        except HttpParserUpgrade:
+            # At CONNECT or Upgrade, llhttp stops parsing: neither is offered,
+            # so the request is answered as any other, and nothing after it.
+            self._reading_done = True
+            if self._waiting and isinstance(self._waiting[-1], Head):
+                self._waiting[-1].keep_alive = False
+        except HttpParserInvalidMethodError:
+            # Methods are case-sensitive (RFC 9110): none llhttp does not
+            # know is one the API has.
+            message = f"method not allowed here; allowed: {_ALLOW_ANY.decode()}"
+            allow = {b"Allow": _ALLOW_ANY}
+            self._refuse(ApiError(405, "method_not_allowed", message, allow))
+        except HttpParserInvalidURLError:
+            message = "the request target must be a path, such as /key"
+            self._refuse(ApiError(400, "bad_request_target", message))
+        except HttpParserError as e:
+            self._refuse(_parser_error(e, self._max_body))
+        else:
+            if self._in_head and self._head_received > MAX_HEAD_BYTES:
+                self._refuse(_fields_too_large())
+        self._answer_waiting()
+
+    def readConnectionLost(self) -> None:
+        """The client sent all it will: answer what it asked, then close."""
+        self._reading_done = True
+        self._now = self._clock.seconds()
+        self._answer_waiting()
+
+    def writeConnectionLost(self) -> None:
+        """Nothing more can be sent: a half-closed client gets nothing."""
+        self._close()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closed = True
+        for timer in (self._timer, self._send_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._send_timer = None
+        self._waiting.clear()
+        answering, self._answering = self._answering, None
+        if isinstance(answering, Request):
+            answering.connectionLost(reason)
+        self.factory.unread.pop(self, None)
+        if self.factory.budget is not None:
+            self.factory.budget.closed(self)
+
+    def _close(self) -> None:
+        # Unregistered, or the transport would wait for its producer to
+        # resume instead of closing (twisted.web's channel does the same).
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    # llhttp's callbacks, in the order it makes them.
+
+    def on_message_begin(self) -> None:
+        self._in_message = self._in_head = True
+        self._head_since = self._now
+        self._idle_since = None
+        self._target = []
+        self._fields = Fields()
+        self._body = []
+        self._head_received = self._head_size = self._field_count = 0
+        self._body_size = 0
+
+    def on_url(self, part: bytes) -> None:
+        self._target.append(part)
+        self._head_size += len(part)
+        if self._head_size > MAX_TARGET_BYTES:
+            message = f"request targets are at most {MAX_TARGET_BYTES} bytes"
+            self._stop(ApiError(414, "target_too_long", message))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer field, after a chunked body: not kept
+        self._field_count += 1
+        self._head_size += len(name) + len(value) + 4
+        if self._field_count > MAX_FIELDS or self._head_size > MAX_HEAD_BYTES:
+            self._stop(_fields_too_large())
+        name = name.lower()
+        value = value.rstrip(b" \t")
+        lines = self._fields.get(name)
+        if lines is None:
+            self._fields[name] = [value]
+        else:
+            lines.append(value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_since = None
+        self._body_since = self._now
+        fields = self._fields
+        self._version = version = self._parser.get_http_version()
+        error = _ambiguity(version, fields, self._host)
+        if error is not None:
+            self._stop(error)
+        hosts = fields.get(b"host")
+        if hosts is not None:
+            self._host = hosts[0]  # checked: the next request's is, often
+        length = fields.get(b"content-length")
+        if length is not None:
+            # llhttp checked it is digits; Python reads no number of over
+            # 4,300 of them, and one of over 19 is larger than any body.
+            digits = length[0].lstrip(b"0")
+            if len(digits) > 19 or int(digits or b"0") > self._max_body:
+                self._stop(ApiError.value_too_large(self._max_body))
+        expect = fields.get(b"expect")
+        if expect is not None and expect[-1].lower() == b"100-continue":
+            self._continue_owed = version == "1.1"
+
+    def on_body(self, data: bytes) -> None:
+        self._body_size += len(data)
+        if self._body_size > self._max_body:
+            self._stop(ApiError.value_too_large(self._max_body))
+        self._body.append(data)
+
+    def on_message_complete(self) -> None:
+        self._in_message = self._continue_owed = False
+        self._body_since = None
+        version = self._version
+        fields = self._fields
+        keep_alive = version == "1.1" and (
+            b"connection" not in fields or not _says_close(fields)
+        )
+        head = Head(
+            self._parser.get_method(),
+            b"".join(self._target),
+            _VERSIONS[version],
+            fields,
+            b"".join(self._body),
+            keep_alive,
+        )
+        self._waiting.append(head)
+        if not keep_alive:
+            self._reading_done = True
+            raise _Stop()
+
+    # Answers, one at a time, in order.
+
+    def _answer_waiting(self) -> None:
+        """
+        Answer the requests waiting, in order, as long as the client reads
+        the answers; then close the connection if nothing more is to come,
+        or note that it is idle.
+        """
+        if self._looping or self._closed:
+            return
+        self._looping = True
+        try:
+            waiting = self._waiting
+            while waiting and self._answering is None and not self._backed_up:
+                item = waiting.popleft()
+                if isinstance(item, ApiError):
+                    self._write_refusal(item)
+                    return
+                self._answer(item)
+        finally:
+            self._looping = False
+        if self._answering is not None:
+            return
+        if waiting:
+            if self._send_timer is None:
+                timeout = self.factory.send_timeout
+                self._send_timer = self._clock.callLater(timeout, self._not_reading)
+        elif self._reading_done:
+            self._close()
+        elif not self._in_message:
+            self._idle_since = self._now
+        elif self._continue_owed:
+            # Its earlier requests answered, this one may send its body.
+            self._continue_owed = False
+            self.transport.write(_CONTINUE)
+
+    def _answer(self, head: Head) -> None:
+        target = head.target
+        if target[:1] == b"/":
+            path = target.partition(b"?")[0]
+        else:
+            path = _path_of_absolute_form(target)
+            if path is None:
+                self._answer_target(head)
+                return
+        service = self._service
+        route = service.key_route(head.method, path)
+        if route is None:
+            self._answering = _RENDERING
+            request = slowpath.render(self, head, path)
+            if self._answering is _RENDERING:  # not finished yet
+                self._answering = request
+            return
+        request = KeyRequest(head, path, self.peer)
+        try:
+            outcome = route.start(service, request)
+        except Exception:
+            outcome = Failure()
+        if isinstance(outcome, Deferred):
+            self._answering = request
+            outcome.addBoth(self._respond, route, request, head.keep_alive)
+        else:
+            self._send(request, route.body(service, outcome, request), head.keep_alive)
+
+    def _answer_target(self, head: Head) -> None:
+        """
+        Answer a request whose target is no path: C{*} to C{OPTIONS}, the
+        one method it is meant for; a 400 to the rest. (Targets in absolute
+        form, C{http://host/key}, are served as their path.)
+        """
+        request = KeyRequest(head, head.target, self.peer)
+        if head.target == b"*" and head.method == b"OPTIONS":
+            request.setHeader(b"Allow", _ALLOW_ANY)
+            body = empty(request, 200)
+        else:
+            message = "the request target must be a path, such as /key"
+            body = ApiError(400, "bad_request_target", message).render(request)
+        self._send(request, body, head.keep_alive)
+
+    def _respond(
+        self, outcome: Any, route: KeyRoute, request: KeyRequest, keep_alive: bool
+    ) -> None:
+        if self._answering is not request:
+            return  # the connection was lost
+        self._answering = None
+        self._now = self._clock.seconds()
+        self._send(request, route.body(self._service, outcome, request), keep_alive)
+        self._answer_waiting()
+
+    def _send(self, request: KeyRequest, body: bytes, keep_alive: bool) -> None:
+        date = self.factory.date_header()
+        self._write(request.response(body, date, not keep_alive))
+        if self.factory.logging:
+            self.factory.log(request)
+
+    def slow_done(self, request: Request) -> None:
+        """A request rendered by twisted.web is answered."""
+        if self._answering in (request, _RENDERING):
+            self._answering = None
+            self._now = self._clock.seconds()
+            self._answer_waiting()
+
+    # Refusals: requests that cannot be answered, and end the connection.
+
+    def _stop(self, error: ApiError) -> None:
+        """In a parser callback: refuse the request being read."""
+        self._refuse(error)
+        raise _Stop()
+
+    def _refuse(self, error: ApiError) -> None:
+        """
+        Answer C{error}, after the requests before it, and close: what
+        follows a request that was refused is not a request.
+        """
+        self._reading_done = True
+        self._in_message = self._in_head = self._continue_owed = False
+        self._head_since = self._body_since = None
+        self._waiting.append(error)
+
+    def _write_refusal(self, error: ApiError) -> None:
+        body = error.body()
+        lines = [
+            *(name + b": " + value for name, value in error.headers.items()),
+            b"Date: " + self.factory.date_header(),
+            b"Content-Type: application/json",
+            b"Content-Length: %d" % (len(body),),
+            b"Cache-Control: no-store",
+            b"Connection: close",
+        ]
+        head = status_line(error.status) + b"\r\n".join(lines) + b"\r\n\r\n"
+        self.transport.write(head + body)
+        self._waiting.clear()
+        self._close()
+
+    # Time: deadlines for a request's head and body, and for silence.
+
+    def _shortest_deadline(self) -> float:
+        return min(self.factory.head_timeout, self.factory.body_timeout)
+
+    def _arm(self, seconds: float) -> None:
+        self._timer = self._clock.callLater(seconds, self._check_deadlines)
+
+    def _check_deadlines(self) -> None:
+        """
+        Fired at least every head or body timeout, so that a head or a body
+        that began is cut off on time, whenever it began.
+        """
+        self._timer = None
+        now = self._clock.seconds()
+        factory = self.factory
+        deadlines = [now + self._shortest_deadline()]
+        for since, seconds, what in [
+            (self._head_since, factory.head_timeout, "request's headers"),
+            (self._body_since, factory.body_timeout, "request body"),
+        ]:
+            if since is None:
+                continue
+            if since + seconds <= now:
+                message = f"the {what} did not arrive within {seconds} seconds"
+                self._refuse(ApiError(408, "request_timeout", message))
+                self._answer_waiting()
+                return
+            deadlines.append(since + seconds)
+        if self._idle_since is not None:
+            if self._idle_since + factory.idle_timeout <= now:
+                self._close()
+                return
+            deadlines.append(self._idle_since + factory.idle_timeout)
+        self._arm(min(deadlines) - now)
+
+    # Flow control: no more answers than the client reads.
+
+    def pauseProducing(self) -> None:
+        """
+        The client is not reading: read nothing more from it, and answer
+        nothing more, until it does.
+        """
+        self._backed_up = True
+        self.transport.pauseProducing()
+        if self.stream_producer is not None:
+            self.stream_producer.pauseProducing()
+        # What clients leave unread is bounded all together, too: when too
+        # many hold up to a value each, the one waiting longest is dropped.
+        unread = self.factory.unread
+        unread[self] = None
+        if len(unread) > self.factory.most_unread:
+            oldest = next(iter(unread))
+            del unread[oldest]
+            oldest.transport.abortConnection()
+
+    def resumeProducing(self) -> None:
+        self._backed_up = False
+        self._now = self._clock.seconds()
+        self.factory.unread.pop(self, None)
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        if not self._reading_done:
+            self.transport.resumeProducing()
+        if self.stream_producer is not None:
+            self.stream_producer.resumeProducing()
+        self._answer_waiting()
+
+    def stopProducing(self) -> None:
+        """The connection is going: L{connectionLost} follows."""
+
+    def _not_reading(self) -> None:
+        self._send_timer = None
+        _log.info(
+            "Dropping {peer}: it left responses unread for {seconds} seconds",
+            peer=str(self.peer),
+            seconds=self.factory.send_timeout,
+        )
+        self.transport.abortConnection()
+
+    def shed(self) -> bool:
+        """
+        Close the connection if no request of its is under way, or one whose
+        head has taken over a second (a head comes in one packet), or if it
+        leaves its answers unread: whether it did.
+        """
+        if self._backed_up:
+            # It has not read its answers for a while: a place and up to a
+            # value's worth of memory, held unused.
+            self.transport.abortConnection()
+            return True
+        if self._answering is not None or self._waiting:
+            return False
+        if self._in_message and not self._in_head:
+            return False  # uploading a body
+        if self._head_since is not None:
+            if self._clock.seconds() - self._head_since < 1:
+                return False
+        self._close()
+        return True
+
+
+# Rendering, by twisted.web, of a request that may finish at once.
+_RENDERING = object()
+
+
+def _writer(transport: Any) -> Callable[[bytes], None]:
+    """
+    How to send bytes on C{transport}: at once when it is a TCP connection
+    with nothing waiting to be sent.
+
+    A transport's C{write} only buffers; the bytes go at the reactor's next
+    turn, at the price of two C{epoll_ctl} calls and a dispatch: a third
+    of the cost of a small request. Sending at once needs to know that
+    nothing written before is still waiting, which Twisted tells only in
+    private attributes: C{dataBuffer} and C{_tempDataLen} (pinned by
+    tests/test_twisted.py). Anything else, TLS included, is written.
+    """
+    if not isinstance(transport, tcp.Connection):
+        return transport.write
+
+    def write(data: bytes) -> None:
+        if not transport.dataBuffer and not transport._tempDataLen:
+            sent = transport.writeSomeData(data)
+            if sent == len(data):
+                return
+            if isinstance(sent, int):
+                data = data[sent:]
+        transport.write(data)
+
+    return write
+
+
+def _says_close(fields: Fields) -> bool:
+    connection = fields.get(b"connection")
+    return connection is not None and any(
+        token.strip(b" \t").lower() == b"close"
+        for line in connection
+        for token in line.split(b",")
+    )
+
+
+def _ambiguity(version: str, fields: Fields, host: bytes | None) -> ApiError | None:
+    """
+    What in a request's head, accepted by llhttp, a proxy in front could
+    read another way, or HTTP forbids: the error to answer, or C{None}.
+    C{host} is a Host value known to be good.
+    """
+    if version not in _VERSIONS:
+        message = "only HTTP/1.1 and HTTP/1.0 are served"
+        return ApiError(505, "http_version_not_supported", message)
+    hosts = fields.get(b"host")
+    if version == "1.1" and (hosts is None or len(hosts) != 1):
+        return _bad_request("an HTTP/1.1 request needs one Host header")
+    if hosts is not None:
+        if len(hosts) > 1:
+            return _bad_request("a request has one Host header at most")
+        if hosts[0] != host and not _HOST.fullmatch(hosts[0]):
+            return _bad_request("the Host header is not a host")
+    codings = fields.get(b"transfer-encoding")
+    if codings is not None:
+        if version != "1.1":
+            # RFC 9112 6.1: HTTP/1.0 has no transfer codings; the framing of
+            # such a message is faulty.
+            return _bad_request("HTTP/1.0 has no Transfer-Encoding")
+        if len(codings) != 1 or codings[0].lower() != b"chunked":
+            return _bad_request("the only transfer coding accepted is chunked")
+    types = fields.get(b"content-type")
+    if types is not None and len(types) > 1:
+        return _bad_request("a request has one Content-Type header at most")
+    return None
+
+
+def _bad_request(message: str) -> ApiError:
+    return ApiError(400, "bad_request", message)
+
+
+def _fields_too_large() -> ApiError:
+    return ApiError(
+        431,
+        "header_fields_too_large",
+        f"a request has at most {MAX_FIELDS} header lines and "
+        f"{MAX_HEAD_BYTES} bytes of them",
+    )
+
+
+def _parser_error(error: HttpParserError, max_body: int) -> ApiError:
+    """The answer to a request llhttp refused, with its reason."""
+    reason = str(error)
+    if reason == "Content-Length overflow":
+        return ApiError.value_too_large(max_body)
+    return _bad_request(f"the request is not valid HTTP/1.1: {reason}")
+
+
+def _path_of_absolute_form(target: bytes) -> bytes | None:
+    """
+    The path of an C{http} or C{https} URL (C{/} if it has none), or
+    C{None} if C{target} is no such URL.
+    """
+    scheme, separator, rest = target.partition(b"://")
+    if not separator or scheme.lower() not in (b"http", b"https"):
+        return None
+    rest = rest.partition(b"?")[0]
+    slash = rest.find(b"/")
+    return b"/" if slash == -1 else rest[slash:]
