@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 from typing import IO, Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IProtocolNegotiationFactory, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.web.http import combinedLogFormatter, datetimeToLogString, datetimeToString
 from twisted.web.resource import IResource
+from zope.interface import implementer
 
 from ersid.files import create_private, open_private
 from ersid.listening import ConnectionBudget
@@ -59,6 +60,7 @@ class _Once:
         return self._value
 
 
+@implementer(IProtocolNegotiationFactory)
 class ApiSite(Factory):
     """
     The API's connections: requests bounded by the service's maximum value
@@ -109,6 +111,13 @@ class ApiSite(Factory):
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        HTTP/1.1 for TLS's ALPN. Without a protocol to agree on, Twisted's TLS
+        fails the handshake of every client offering some, curl included.
+        """
+        return [b"http/1.1"]
 
     def buildProtocol(self, addr: Any) -> Connection | None:
         if self.budget is not None and self.budget.spent():

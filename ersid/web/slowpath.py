@@ -36,9 +36,10 @@ def render(connection: Connection, head: Head, path: bytes) -> Request:
     for name, lines in head.fields.items():
         headers.setRawHeaders(name, lines)
     request.content = BytesIO(head.body)
-    query = head.target.partition(b"?")[2]
+    _, question_mark, query = head.target.partition(b"?")
     request.method, request.clientproto = head.method, head.version
-    request.uri = path + b"?" + query if query else path
+    # A target in absolute form, http://host/key, is served as its path.
+    request.uri = path + question_mark + query
     request.path = path
     request.args = parse_qs(query, keep_blank_values=True) if query else {}
     request.process()

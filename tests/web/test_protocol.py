@@ -14,14 +14,19 @@ from urllib.parse import urlsplit
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
 
 from ersid.embedded.memory import DictStorage
 from ersid.listening import ConnectionBudget
 from ersid.storage import Record
 from ersid.web.app import Service
+from ersid.web.protocol import MAX_FIELDS, MAX_HEAD_BYTES, MAX_TARGET_BYTES
 from ersid.web.site import makeSite
 
 from .._helpers import raw_exchange, refusal, serve
@@ -45,13 +50,17 @@ class _BufferingTransport(StringTransport):
             self.paused = True
             self.producer.pauseProducing()
 
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
     def read(self) -> bytes:
         """What the client reads: everything sent so far."""
         sent = self.value()
         self.clear()
         if self.paused:
             self.paused = False
-            self.producer.resumeProducing()
+            if self.producer is not None:
+                self.producer.resumeProducing()
         return sent
 
 
@@ -384,3 +393,262 @@ class HalfCloseTests(TestCase):
             self.assertEqual((await storage.get("k")).value, b"v")
 
         return Deferred.fromCoroutine(check())
+
+
+class SmugglingTests(StrictParsingTests):
+    """
+    What llhttp itself refuses (bare LF line ends, bad chunk sizes, white
+    space before a colon, a request line without a version) is answered
+    in JSON too.
+    """
+
+    def test_bare_line_feeds(self):
+        self.assert_refused(b"PUT /k HTTP/1.1\nHost: x\nContent-Length: 1\n\nv")
+        self.setUp()
+        self.assert_refused(b"PUT /k HTTP/1.1\r\nHost: x\nContent-Length: 1\r\n\r\nv")
+
+    def test_bad_chunk_sizes(self):
+        for size in [b"-1", b"0x3", b"3 3", b"g", b"", b"1" * 30]:
+            with self.subTest(size=size):
+                self.setUp()
+                self.assert_refused(
+                    b"PUT /k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"%s\r\nabc\r\n0\r\n\r\n" % size
+                )
+
+    def test_white_space_before_a_colon(self):
+        self.assert_refused(
+            b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length : 1\r\n\r\nv"
+        )
+
+    def test_other_http_versions(self):
+        for line, status in [
+            (b"PUT /k HTTP/2.0", 505),
+            (b"PUT /k HTTP/0.9", 505),
+            (b"PUT /k HTTP/1.2", 400),
+            (b"PUT /k", 505),
+        ]:
+            with self.subTest(line=line):
+                self.setUp()
+                self.assert_refused(
+                    line + b"\r\nHost: x\r\nContent-Length: 1\r\n\r\nv", status
+                )
+
+    def test_a_refused_request_ends_the_connection(self):
+        """What follows a refused request is not read as a request."""
+        self.assert_refused(
+            b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            b"PUT /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv"
+        )
+
+    def test_requests_before_a_refused_one_are_answered_in_order(self):
+        self.channel.dataReceived(
+            b"GET /big HTTP/1.1\r\nHost: x\r\n\r\nGET /big HTTP/1.1\r\n\r\n"
+        )
+        self.assertEqual(
+            self.responses(self.transport.read() + self.transport.read()),
+            [b"HTTP/1.1 200 OK", b"HTTP/1.1 400 Bad Request"],
+        )
+        self.assertTrue(self.transport.disconnecting)
+
+
+class LimitTests(_ClockedChannelTestCase):
+    """
+    A request's target and header fields are bounded, however they arrive:
+    over the limits, a JSON 414 or 431 and the connection closed.
+    """
+
+    def answer(self, *chunks: bytes) -> tuple[bytes, dict | None]:
+        for chunk in chunks:
+            self.channel.dataReceived(chunk)
+        head, _, body = self.transport.value().partition(b"\r\n\r\n")
+        status = head.split(b"\r\n")[0]
+        return status, json.loads(body) if body[:1] == b"{" else None
+
+    def test_header_lines_over_the_limit(self):
+        fields = b"".join(b"X-%d: 1\r\n" % i for i in range(MAX_FIELDS))
+        status, error = self.answer(
+            b"GET /big HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n"
+        )
+        self.assertEqual(status, b"HTTP/1.1 431 Request Header Fields Too Large")
+        self.assertEqual(error["error"], "header_fields_too_large")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_header_lines_at_the_limit(self):
+        fields = b"".join(b"X-%d: 1\r\n" % i for i in range(MAX_FIELDS - 1))
+        status, _ = self.answer(b"GET /big HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n")
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+
+    def test_one_header_trickling_in_without_end(self):
+        """
+        llhttp hands over a field only once it ends; the bytes of one that
+        never does are counted as they come, and bounded.
+        """
+        self.channel.dataReceived(b"GET /big HTTP/1.1\r\nHost: x\r\nX: ")
+        for _ in range(MAX_HEAD_BYTES // 1000):
+            self.channel.dataReceived(b"a" * 1000)
+        self.assertEqual(self.transport.value(), b"")
+        status, error = self.answer(b"a" * 1000)
+        self.assertEqual(status, b"HTTP/1.1 431 Request Header Fields Too Large")
+        self.assertEqual(error["error"], "header_fields_too_large")
+
+    def test_header_bytes_at_the_limit_in_small_pieces(self):
+        value = b"a" * (MAX_HEAD_BYTES - 200)
+        request = b"GET /big HTTP/1.1\r\nHost: x\r\nX: " + value + b"\r\n\r\n"
+        pieces = [request[i : i + 100] for i in range(0, len(request), 100)]
+        status, _ = self.answer(*pieces)
+        self.assertEqual(status, b"HTTP/1.1 200 OK")
+
+    def test_a_long_target(self):
+        status, error = self.answer(
+            b"GET /big?" + b"a" * MAX_TARGET_BYTES + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        self.assertEqual(status, b"HTTP/1.1 414 Request-URI Too Long")
+        self.assertEqual(error["error"], "target_too_long")
+
+
+class ContinueTests(_ClockedChannelTestCase):
+    """
+    C{Expect: 100-continue}: the client is told to send its body, unless its
+    declared length is refused first.
+    """
+
+    PUT = (
+        b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+
+    def test_continue_then_the_answer(self):
+        self.channel.dataReceived(self.PUT % 1)
+        self.assertEqual(self.transport.read(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.channel.dataReceived(b"v")
+        self.assertEqual(
+            self.responses(self.transport.value()), [b"HTTP/1.1 201 Created"]
+        )
+        self.assertEqual(self.successResultOf(self.storage.get("k")).value, b"v")
+
+    def test_too_large_refused_without_continue(self):
+        self.channel.dataReceived(self.PUT % 1001)
+        sent = self.transport.value()
+        self.assertNotIn(b"100 Continue", sent)
+        self.assertEqual(refusal(self, sent, 413)["error"], "value_too_large")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_continue_waits_for_the_answers_before_it(self):
+        """A 100 follows the responses to earlier requests, in order."""
+        streaming = self.site.resource = _Streaming()
+        self.channel.dataReceived(
+            b"GET /_stream HTTP/1.1\r\nHost: x\r\n\r\n" + self.PUT % 1
+        )
+        self.assertNotIn(b"100 Continue", self.transport.read())
+        streaming.producer.request.unregisterProducer()
+        streaming.producer.request.finish()
+        self.assertTrue(
+            self.transport.read().endswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        )
+        self.channel.dataReceived(b"v")
+        self.assertEqual(
+            self.responses(self.transport.read()), [b"HTTP/1.1 201 Created"]
+        )
+
+    def test_no_continue_in_http_1_0(self):
+        self.channel.dataReceived(
+            b"PUT /k HTTP/1.0\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n"
+        )
+        self.assertEqual(self.transport.value(), b"")
+
+
+class PersistenceTests(_ClockedChannelTestCase):
+    """Keep-alive in HTTP/1.1 unless the client says close; never in 1.0."""
+
+    def test_http_1_0_answered_then_closed(self):
+        self.channel.dataReceived(
+            b"GET /big HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" + GET
+        )
+        sent = self.transport.read()
+        self.assertEqual(self.responses(sent), [b"HTTP/1.1 200 OK"])
+        self.assertIn(b"\r\nConnection: close\r\n\r\n", sent)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_connection_close_answered_then_closed(self):
+        self.channel.dataReceived(
+            b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n"
+            + GET
+        )
+        self.assertEqual(self.responses(self.transport.read()), [b"HTTP/1.1 200 OK"])
+        self.assertEqual(self.transport.read(), b"")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_upgrade_answered_then_closed(self):
+        """No upgrade is offered: the request is answered, then nothing more."""
+        self.channel.dataReceived(
+            b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n"
+            b"Upgrade: websocket\r\n\r\n" + GET
+        )
+        self.assertEqual(self.responses(self.transport.read()), [b"HTTP/1.1 200 OK"])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_chunked_body_with_extensions_and_trailers(self):
+        self.channel.dataReceived(
+            b"PUT /k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"2;name=value\r\nab\r\n1\r\nc\r\n0\r\nContent-Type: image/png\r\n\r\n"
+            + b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        sent = self.transport.value()
+        self.assertEqual(
+            self.responses(sent), [b"HTTP/1.1 201 Created", b"HTTP/1.1 200 OK"]
+        )
+        record = self.successResultOf(self.storage.get("k"))
+        self.assertEqual(
+            (record.value, record.content_type), (b"abc", "application/octet-stream")
+        )
+
+
+class _Streaming(Resource):
+    """A resource answering with a stream, its producer a push producer."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.producer = _Producer()
+
+    def render_GET(self, request):
+        self.producer.request = request
+        request.registerProducer(self.producer, True)
+        request.write(b"x" * 100_000)
+        return NOT_DONE_YET
+
+
+@implementer(IPushProducer)
+class _Producer:
+    paused = False
+    request = None
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class StreamingTests(_ClockedChannelTestCase):
+    def test_a_stream_pauses_while_the_client_does_not_read(self):
+        """
+        A response streamed off the fast path (as a watch will be) is told
+        to pause while the client leaves it unread, and to resume.
+        """
+        streaming = self.site.resource = _Streaming()
+        self.channel.dataReceived(b"GET /_stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(streaming.producer.paused)
+        self.transport.read()
+        self.assertFalse(streaming.producer.paused)
+        request = streaming.producer.request
+        request.unregisterProducer()
+        request.finish()
+        self.channel.dataReceived(GET)
+        self.assertEqual(self.responses(self.transport.value()), [b"HTTP/1.1 200 OK"])
