@@ -67,11 +67,24 @@ class KeyRequest:
     twisted.web request, answered with L{response}.
     """
 
-    code = 200
-    sentLength = 0
-    _content: BytesIO | None = None
+    __slots__ = (
+        "_body",
+        "_content",
+        "_peer",
+        "clientproto",
+        "code",
+        "method",
+        "path",
+        "requestHeaders",
+        "responseHeaders",
+        "sentLength",
+        "uri",
+    )
 
     def __init__(self, head: Head, path: bytes, peer: IAddress) -> None:
+        self.code = 200
+        self.sentLength = 0
+        self._content: BytesIO | None = None
         self.method = head.method
         self.uri = head.target
         self.path = path
@@ -115,10 +128,8 @@ class KeyRequest:
         if self.method == b"HEAD":
             body = b""
         self.sentLength = len(body)
-        lines = [status_line(code), b"Date: ", date, b"\r\n"]
-        for name, value in headers.items():
-            lines += (name, b": ", value, b"\r\n")
+        lines = [status_line(code) + b"Date: " + date]
+        lines += [name + b": " + value for name, value in headers.items()]
         if close:
-            lines.append(b"Connection: close\r\n")
-        lines += (b"\r\n", body)
-        return b"".join(lines)
+            lines.append(b"Connection: close")
+        return b"\r\n".join(lines) + b"\r\n\r\n" + body

@@ -47,13 +47,21 @@ from ersid.web.keys import KeyRoute
 if TYPE_CHECKING:
     from ersid.web.site import ApiSite
 
-__all__ = ["MAX_FIELDS", "MAX_HEAD_BYTES", "MAX_TARGET_BYTES", "Connection"]
+__all__ = [
+    "MAX_FIELDS",
+    "MAX_HEAD_BYTES",
+    "MAX_TARGET_BYTES",
+    "MOST_WAITING",
+    "Connection",
+]
 
 # The longest request target, and the most bytes and lines of header
 # fields, a request may have.
 MAX_TARGET_BYTES = 8192
 MAX_HEAD_BYTES = 16384
 MAX_FIELDS = 100
+# Pipelined requests read ahead of the one being answered, at most.
+MOST_WAITING = 16
 # A Host header (RFC 9110, 7.2): a host name, an IPv4 address or an IP
 # literal in brackets, and a port; or nothing.
 _HOST = re.compile(
@@ -111,6 +119,7 @@ class Connection(Protocol):
     _body_size = 0
     _reading_done = False
     _backed_up = False
+    _reading_paused = False
     _looping = False
     _continue_owed = False
     _closed = False
@@ -174,6 +183,7 @@ class Connection(Protocol):
             if self._in_head and self._head_received > MAX_HEAD_BYTES:
                 self._refuse(_fields_too_large())
         self._answer_waiting()
+        self._read_or_not()
 
     def readConnectionLost(self) -> None:
         """The client sent all it will: answer what it asked, then close."""
@@ -310,6 +320,8 @@ class Connection(Protocol):
                 self._answer(item)
         finally:
             self._looping = False
+        if self._reading_paused:
+            self._read_or_not()
         if self._answering is not None:
             return
         if waiting:
@@ -461,13 +473,26 @@ class Connection(Protocol):
 
     # Flow control: no more answers than the client reads.
 
+    def _read_or_not(self) -> None:
+        """
+        Read from the client only while it reads its answers and few of its
+        requests wait: pipelined requests stay in the kernel, not in memory.
+        """
+        pause = self._backed_up or len(self._waiting) > MOST_WAITING
+        if pause != self._reading_paused and not self._closed:
+            self._reading_paused = pause
+            if pause:
+                self.transport.pauseProducing()
+            elif not self._reading_done:
+                self.transport.resumeProducing()
+
     def pauseProducing(self) -> None:
         """
         The client is not reading: read nothing more from it, and answer
         nothing more, until it does.
         """
         self._backed_up = True
-        self.transport.pauseProducing()
+        self._read_or_not()
         if self.stream_producer is not None:
             self.stream_producer.pauseProducing()
         # What clients leave unread is bounded all together, too: when too
@@ -486,8 +511,7 @@ class Connection(Protocol):
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
-        if not self._reading_done:
-            self.transport.resumeProducing()
+        self._read_or_not()
         if self.stream_producer is not None:
             self.stream_producer.resumeProducing()
         self._answer_waiting()

@@ -26,7 +26,12 @@ from ersid.embedded.memory import DictStorage
 from ersid.listening import ConnectionBudget
 from ersid.storage import Record
 from ersid.web.app import Service
-from ersid.web.protocol import MAX_FIELDS, MAX_HEAD_BYTES, MAX_TARGET_BYTES
+from ersid.web.protocol import (
+    MAX_FIELDS,
+    MAX_HEAD_BYTES,
+    MAX_TARGET_BYTES,
+    MOST_WAITING,
+)
 from ersid.web.site import makeSite
 
 from .._helpers import raw_exchange, refusal, serve
@@ -652,3 +657,47 @@ class StreamingTests(_ClockedChannelTestCase):
         request.finish()
         self.channel.dataReceived(GET)
         self.assertEqual(self.responses(self.transport.value()), [b"HTTP/1.1 200 OK"])
+
+
+class _HeldStorage(DictStorage):
+    """A store whose writes are answered when the test releases them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[Deferred, Deferred]] = []
+
+    def set(self, *args, **kwargs):
+        later = Deferred()
+        self.held.append((later, super().set(*args, **kwargs)))
+        return later
+
+    def release(self) -> None:
+        later, written = self.held.pop(0)
+        written.chainDeferred(later)
+
+
+class ReadAheadTests(TestCase):
+    def test_pipelined_requests_read_ahead_are_bounded(self):
+        """
+        While a request waits on storage, the client's pipelined requests
+        are read only a few ahead: the rest stay in the kernel.
+        """
+        storage = _HeldStorage()
+        site = makeSite(Service(storage), reactor=Clock())
+        connection = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        self.addCleanup(connection.connectionLost, None)
+        put = b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv"
+        for _ in range(MOST_WAITING + 1):
+            connection.dataReceived(put)
+            self.assertEqual(transport.producerState, "producing")
+        connection.dataReceived(put)
+        self.assertEqual(transport.producerState, "paused")
+        answered = 0
+        while storage.held:
+            storage.release()
+            answered += 1
+        self.assertEqual(transport.value().count(b"HTTP/1.1 20"), answered)
+        self.assertEqual(answered, MOST_WAITING + 2)
+        self.assertEqual(transport.producerState, "producing")
