@@ -44,6 +44,12 @@ class BareHTTP(Protocol):
 
 
 if __name__ == "__main__":
-    reactor.listenTCP(int(sys.argv[1]), Factory.forProtocol(BareHTTP), interface="127.0.0.1")
+    # Ersid's backlog: Twisted's default of 50 drops bursts of connections.
+    reactor.listenTCP(
+        int(sys.argv[1]),
+        Factory.forProtocol(BareHTTP),
+        backlog=1024,
+        interface="127.0.0.1",
+    )
     print("listening", flush=True)
     reactor.run()

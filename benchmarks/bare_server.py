@@ -33,6 +33,7 @@ class BareStore(Resource):
 if __name__ == "__main__":
     site = Site(BareStore())
     site.log = lambda request: None
-    reactor.listenTCP(int(sys.argv[1]), site, interface="127.0.0.1")
+    # Ersid's backlog: Twisted's default of 50 drops bursts of connections.
+    reactor.listenTCP(int(sys.argv[1]), site, backlog=1024, interface="127.0.0.1")
     print("listening", flush=True)
     reactor.run()

@@ -1,36 +1,50 @@
 #!/usr/bin/env python3
 """
-Measure Ersid against the ceiling of any Twisted HTTP service on this
-interpreter: a bare twisted.web resource over a dict (bare_server.py).
+Measure Ersid against its peers, and against the limit of any Twisted HTTP
+server on this interpreter, in one run and under the same load.
 
-In one run, under the same load (wrk, 50 keep-alive connections, GET and PUT
-of 100-byte values over 1,000 keys; server on core 0, wrk on core 1 where
-there are two), it measures the bare server, Ersid with the dict backend and,
-when a MariaDB server can be started, Ersid with MySQL, all running side by
-side and loaded in turn, in slices of a few seconds; then the cost of
-snapshots with 1,000,000 keys. Prints a table and writes results/latest.json
-and results/latest.png.
+The targets: a bare httptools protocol over a dict (bare_httptools.py, the
+limit), a bare twisted.web resource over a dict (bare_server.py), Ersid with
+the dict backend (journal flushed every second, its default, and before
+each write), Ersid with MySQL when a MariaDB server can be started, etcd
+(v2 keys API, one core, a flush before each write) and webdis in front of
+Redis (no persistence). They run side by side, each on core 0, and wrk on
+core 1 loads one at a time, in slices of a few seconds: PUT and GET of
+100-byte values over 1,000 keys with 50 keep-alive connections, then, for
+the limit, Ersid dict, etcd and webdis, with 10 and with 500. Before that,
+what an idle keep-alive connection costs Ersid dict, etcd and webdis in
+memory; after it, the cost of snapshots with 1,000,000 keys. Prints tables
+and writes results/latest.json and results/latest.png.
 
-Usage: bin/dev bench [--duration S] [--rounds N] [--no-scale] [--no-mysql]
-(--duration: seconds a slice)
+Usage: bin/dev bench [--duration S] [--rounds N] [--rounds-other N]
+[--idle-connections N] [--no-scale] [--no-mysql] [--output DIR]
+(--duration: seconds a slice; --rounds-other: rounds at 10 and 500
+connections, 0 for none)
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import http.client
 import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
@@ -39,8 +53,23 @@ sys.path.insert(0, CHECKOUT)
 from ersid.testing import free_port  # noqa: E402 (after the path is set)
 
 WRK_SCRIPT = os.path.join(HERE, "wrk_mixed.lua")
+# Data directories on a disk, not a tmpfs: a flush must reach one.
+WORK_ROOT = "/var/tmp"
+VALUE_SIZE = 100
+KEYS = 1000
 CONNECTIONS = 50
-CEILING = "twisted.web (ceiling)"
+OTHER_CONNECTIONS = (10, 500)
+
+LIMIT = "bare httptools (limit)"
+ERSID = "ersid dict"
+ETCD = "etcd"
+WEBDIS = "webdis + redis"
+# Every figure has a ratio to each of these: "ratio_to_limit", "ratio_to_etcd".
+REFERENCES = {"limit": LIMIT, "etcd": ETCD}
+# Also measured with OTHER_CONNECTIONS.
+PEERS = (LIMIT, ERSID, ETCD, WEBDIS)
+# Measured for the memory an idle connection costs.
+IDLE_MEASURED = (ERSID, ETCD, WEBDIS)
 
 
 def _pinned(core: int, command: list[str]) -> list[str]:
@@ -49,33 +78,130 @@ def _pinned(core: int, command: list[str]) -> list[str]:
     return command
 
 
+@dataclass(frozen=True)
+class Process:
+    """
+    A server process: its command, the piece of its output that says it
+    serves (None when it says nothing: its port then tells), and what it
+    needs in its environment.
+    """
+
+    command: list[str]
+    ready: bytes | None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Target:
+    """
+    A server under load: its processes, started in this order (the last one
+    answers HTTP on C{port}), and how its API spells a key's URL (the
+    prefix before the key's number, per method) and a PUT's body (the
+    value, or C{value=<value>} form-encoded).
+    """
+
+    name: str
+    port: int
+    processes: list[Process]
+    get_prefix: str = "/bench/"
+    put_prefix: str = "/bench/"
+    put_form: bool = False
+
+    def prefix(self, method: str) -> str:
+        """What comes before a key's number in the path of a C{method}."""
+        return self.put_prefix if method == "PUT" else self.get_prefix
+
+    def path(self, method: str, number: int) -> str:
+        """The path of key C{number}, as wrk_mixed.lua builds it."""
+        return f"{self.prefix(method)}{number:06d}"
+
+    def load(
+        self, method: str, seconds: float, connections: int = CONNECTIONS
+    ) -> dict[str, float]:
+        """wrk's figures for C{seconds} of C{method} requests over the keys."""
+        return _wrk(
+            f"http://127.0.0.1:{self.port}",
+            method,
+            seconds,
+            connections,
+            prefix=self.prefix(method),
+            put_form=self.put_form,
+        )
+
+    def create_keys(self) -> None:
+        """
+        Write every key (1 s of PUT), then read one back. Any answer but a
+        2xx, or a value that is not the one written, is a bug of the
+        benchmark, not a figure: webdis, for one, answers Redis's errors
+        with 200 OK.
+        """
+        figures = self.load("PUT", 1)
+        url = f"http://127.0.0.1:{self.port}{self.path('GET', 1)}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read()
+        if figures["non_2xx"] or b"v" * VALUE_SIZE not in body:
+            raise RuntimeError(
+                f"{self.name}: {figures['non_2xx']:.0f} PUTs failed; "
+                f"GET {url} answered {body[:300]!r}"
+            )
+
+
 @contextmanager
-def _server(command: list[str], ready: bytes) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server on core 0 until its output shows C{ready}."""
-    process = subprocess.Popen(
-        _pinned(0, command),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=CHECKOUT,
-        env={**os.environ, "PYTHONPATH": CHECKOUT},
-    )
-    assert process.stdout is not None
-    output = b""
-    while ready not in output:
-        line = process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{command[0]} exited:\n{output.decode()}")
-        output += line
-    process.startup_output = output  # type: ignore[attr-defined]
+def _server(process: Process, log: str) -> Iterator[subprocess.Popen[bytes]]:
+    """
+    Run C{process} on core 0 until its output shows it is ready. Its output
+    goes to the file C{log}: a pipe nobody reads once it is ready would fill
+    up and stop a server that keeps logging.
+    """
+    with open(log, "wb") as output:
+        popen = subprocess.Popen(
+            _pinned(0, process.command),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=CHECKOUT,
+            env={**os.environ, "PYTHONPATH": CHECKOUT, **process.env},
+        )
     try:
-        yield process
+        if process.ready is not None:
+            _wait_until(functools.partial(_logged, log, process.ready), popen, log)
+        yield popen
     finally:
-        process.send_signal(signal.SIGTERM)
+        popen.send_signal(signal.SIGTERM)
         try:
-            process.wait(120)
+            popen.wait(120)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            popen.kill()
+            popen.wait()
+
+
+def _logged(log: str, text: bytes) -> bool:
+    with open(log, "rb") as f:
+        return text in f.read()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _wait_until(
+    ready: Callable[[], bool],
+    popen: subprocess.Popen[bytes],
+    log: str,
+    timeout: float = 300,
+) -> None:
+    """Poll C{ready}; fail with the server's log if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if popen.poll() is not None or time.monotonic() > deadline:
+            with open(log, errors="replace") as f:
+                output = f.read()[-4000:]
+            state = "exited" if popen.returncode is not None else "is not ready"
+            raise RuntimeError(f"{popen.args} {state}:\n{output}")
+        time.sleep(0.01)
 
 
 def _wrk(
@@ -83,7 +209,9 @@ def _wrk(
     method: str,
     seconds: float,
     connections: int = CONNECTIONS,
-    keys: int = 1000,
+    keys: int = KEYS,
+    prefix: str = "/bench/",
+    put_form: bool = False,
 ) -> dict[str, float]:
     result = subprocess.run(
         _pinned(
@@ -99,7 +227,14 @@ def _wrk(
                 url,
             ],
         ),
-        env={**os.environ, "WRK_METHOD": method, "WRK_KEYS": str(keys)},
+        env={
+            **os.environ,
+            "WRK_METHOD": method,
+            "WRK_KEYS": str(keys),
+            "WRK_VALUE_SIZE": str(VALUE_SIZE),
+            "WRK_PREFIX": prefix,
+            "WRK_PUT_FORM": "1" if put_form else "0",
+        },
         capture_output=True,
         text=True,
         check=True,
@@ -116,10 +251,18 @@ def _milliseconds(text: str) -> float:
 
 
 def parse_wrk(output: str) -> dict[str, float]:
+    """
+    wrk's figures: requests/s, latency percentiles and maximum, answers
+    other than 2xx or 3xx, and socket errors (connect, read, write and
+    timeout, added up).
+    """
     requests = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])
     latency = dict(re.findall(r"^\s+(50|90|99)%\s+(\S+)", output, re.M))
     maximum = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", output)[1]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
     return {
         "requests_per_second": requests,
         "p50_ms": _milliseconds(latency["50"]),
@@ -127,6 +270,7 @@ def parse_wrk(output: str) -> dict[str, float]:
         "p99_ms": _milliseconds(latency["99"]),
         "max_ms": _milliseconds(maximum),
         "non_2xx": int(errors[1]) if errors else 0,
+        "socket_errors": sum(map(int, socket_errors.groups())) if socket_errors else 0,
     }
 
 
@@ -139,7 +283,7 @@ def _twistd(port: int, data_dir: str, *extra: str) -> list[str]:
         "--pidfile=",
         "ersid",
         "-p",
-        f"tcp:{port}:interface=127.0.0.1",
+        str(port),  # as Ersid listens by default: 127.0.0.1, backlog 1024
         "-m",
         "none",
         "-d",
@@ -148,77 +292,246 @@ def _twistd(port: int, data_dir: str, *extra: str) -> list[str]:
     ]
 
 
-def throughput(seconds: float, rounds: int, with_mysql: bool) -> dict:
-    """
-    Requests/s and latency of each target: all of them run side by side
-    (one at a time under load), and each round gives every target a slice
-    of C{seconds} of PUT, then of GET, in an order that alternates from one
-    round to the next. Short, interleaved slices measure the targets under
-    the same conditions: on a shared VM the machine's speed drifts by a
-    fifth within a minute.
-    """
-    work = tempfile.mkdtemp(prefix="ersid-bench-")
-    targets: dict[str, tuple[list[str], bytes, int]] = {}
-    port = free_port()
-    targets[CEILING] = (
-        [sys.executable, os.path.join(HERE, "bare_server.py"), str(port)],
-        b"listening",
-        port,
-    )
-    port = free_port()
-    targets["ersid dict"] = (
-        _twistd(port, os.path.join(work, "dict")),
-        b"REST API listening",
-        port,
-    )
-    mariadb = None
-    if with_mysql and shutil.which("mariadbd"):
-        from ersid.testing.mariadb import PASSWORD, MariaDB
+def _options(options: dict[str, str]) -> list[str]:
+    """Command-line options, from their names and values."""
+    return [word for option in options.items() for word in option]
 
-        mariadb = MariaDB(tempfile.mkdtemp(prefix="ersid-mariadb-"))
-        mariadb.fresh_database()
-        os.environ["ERSID_MYSQL_PASSWORD"] = PASSWORD
-        port = free_port()
-        targets["ersid mysql"] = (
-            _twistd(
-                port,
+
+def _bare(name: str, script: str) -> Target:
+    """One of the bare servers of this folder, which print "listening"."""
+    port = free_port()
+    command = [sys.executable, os.path.join(HERE, script), str(port)]
+    return Target(name, port, [Process(command, b"listening")])
+
+
+def _ersid(name: str, data_dir: str, *options: str) -> Target:
+    port = free_port()
+    command = _twistd(port, data_dir, *options)
+    return Target(name, port, [Process(command, b"REST API listening")])
+
+
+def _etcd(data_dir: str) -> Target:
+    """
+    A one-member etcd on one core (GOMAXPROCS=1, as Ersid has one), with
+    its v2 keys API, which takes a PUT's value form-encoded. It flushes
+    its log before it acknowledges a write.
+    """
+    port, peer_port = free_port(), free_port()
+    client, peer = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer_port}"
+    command = [
+        "etcd",
+        "--enable-v2",
+        *_options(
+            {
+                "--data-dir": data_dir,
+                "--name": "default",
+                "--listen-client-urls": client,
+                "--advertise-client-urls": client,
+                "--listen-peer-urls": peer,
+                "--initial-advertise-peer-urls": peer,
+                "--initial-cluster": f"default={peer}",
+            }
+        ),
+    ]
+    # etcd 3.4 logs "ready to serve client requests", then this once it does.
+    process = Process(command, b"serving insecure client requests", {"GOMAXPROCS": "1"})
+    return Target(
+        ETCD,
+        port,
+        [process],
+        get_prefix="/v2/keys/bench/",
+        put_prefix="/v2/keys/bench/",
+        put_form=True,
+    )
+
+
+def _webdis(directory: str) -> Target:
+    """
+    Webdis (one thread, ten connections to Redis) in front of a Redis that
+    keeps nothing on disk. Webdis reads a PUT's body as the command's last
+    argument (PUT /SET/key), and a slash in a path separates arguments:
+    its keys are spelled bench:000001.
+    """
+    os.makedirs(directory)
+    redis_port, port = free_port(), free_port()
+    config = os.path.join(directory, "webdis.json")
+    with open(config, "w") as f:
+        json.dump(
+            {
+                "redis_host": "127.0.0.1",
+                "redis_port": redis_port,
+                "http_host": "127.0.0.1",
+                "http_port": port,
+                "threads": 1,
+                # Per thread; later releases than Debian's 0.1.9 name it
+                # pool_size_per_thread.
+                "pool_size": 10,
+                "daemonize": False,
+                "verbosity": 1,
+                "logfile": os.path.join(directory, "webdis.log"),
+            },
+            f,
+        )
+    redis = Process(
+        [
+            "redis-server",
+            *_options(
+                {
+                    "--bind": "127.0.0.1",
+                    "--port": str(redis_port),
+                    "--save": "",
+                    "--appendonly": "no",
+                    "--dir": directory,
+                }
+            ),
+        ],
+        b"Ready to accept connections",
+    )
+    # Webdis logs to its own file only: its port tells when it serves.
+    webdis = Process(["webdis", config], None)
+    return Target(
+        WEBDIS,
+        port,
+        [redis, webdis],
+        get_prefix="/GET/bench:",
+        put_prefix="/SET/bench:",
+    )
+
+
+def _targets(work: str, mysql_socket: str | None) -> list[Target]:
+    """
+    Every target, in the order of their slices (see L{slices}): the limit
+    and Ersid dict first, MySQL last.
+    """
+    targets = [
+        _bare(LIMIT, "bare_httptools.py"),
+        _ersid(ERSID, os.path.join(work, "dict")),
+        _etcd(os.path.join(work, "etcd")),
+        _webdis(os.path.join(work, "webdis")),
+        _bare("twisted.web (bare)", "bare_server.py"),
+        _ersid(
+            "ersid dict fsync=always",
+            os.path.join(work, "dict-always"),
+            "--fsync",
+            "always",
+        ),
+    ]
+    if mysql_socket is not None:
+        targets.append(
+            _ersid(
+                "ersid mysql",
                 os.path.join(work, "mysql"),
                 "--storage",
                 "mysql",
                 "--mysql-url",
-                f"mysql://ersid@localhost/ersid?unix_socket={mariadb.socket}",
+                f"mysql://ersid@localhost/ersid?unix_socket={mysql_socket}",
                 "-i",
                 "3600",
-            ),
-            b"REST API listening",
-            port,
+            )
         )
-    measured: dict[str, dict[str, list[dict[str, float]]]] = {}
+    return targets
+
+
+@contextmanager
+def _running(targets: list[Target], work: str) -> Iterator[dict[str, int]]:
+    """
+    Start every target and create its keys; yield the process id of each
+    one's HTTP server, by name.
+    """
+    pids = {}
+    with ExitStack() as stack:
+        for target in targets:
+            slug = re.sub(r"\W+", "-", target.name)
+            for number, process in enumerate(target.processes):
+                log = os.path.join(work, f"{slug}.{number}.log")
+                popen = stack.enter_context(_server(process, log))
+            # The last process started answers HTTP.
+            _wait_until(functools.partial(_accepts, target.port), popen, log)
+            target.create_keys()
+            pids[target.name] = popen.pid
+        yield pids
+
+
+def benchmark(
+    seconds: float,
+    rounds: int,
+    rounds_other: int,
+    idle_connections: int,
+    with_mysql: bool,
+) -> dict:
+    """
+    The memory an idle connection costs (before any load: the memory
+    freed by 500 busy connections would be reused by the idle ones), then
+    the throughput at 50 connections of every target, then that of the
+    peers at 10 and 500, all targets running from start to end.
+    """
+    work = tempfile.mkdtemp(prefix="ersid-bench-", dir=WORK_ROOT)
+    mariadb = None
+    results: dict = {}
     try:
-        with ExitStack() as running:
-            for command, ready, port in targets.values():
-                running.enter_context(_server(command, ready))
-                _wrk(f"http://127.0.0.1:{port}", "PUT", 1)  # creates the keys
-            for number, round_slices in enumerate(slices(list(targets), rounds), 1):
-                print(f"  round {number}/{rounds}", flush=True)
-                for method, name in round_slices:
-                    url = f"http://127.0.0.1:{targets[name][2]}"
-                    figures = _wrk(url, method, seconds)
-                    measured.setdefault(name, {}).setdefault(method, []).append(figures)
+        if with_mysql and shutil.which("mariadbd"):
+            from ersid.testing.mariadb import PASSWORD, MariaDB
+
+            os.mkdir(os.path.join(work, "mariadb"))
+            mariadb = MariaDB(os.path.join(work, "mariadb"))
+            mariadb.fresh_database()
+            os.environ["ERSID_MYSQL_PASSWORD"] = PASSWORD
+        targets = _targets(work, mariadb.socket if mariadb else None)
+        peers = [target for target in targets if target.name in PEERS]
+        with _running(targets, work) as pids:
+            if idle_connections:
+                print(f"Memory of {idle_connections:,} idle connections:", flush=True)
+                results["idle_connections"] = {
+                    target.name: idle_memory(
+                        target, pids[target.name], idle_connections
+                    )
+                    for target in targets
+                    if target.name in IDLE_MEASURED
+                }
+            print("Throughput (interleaved slices, order alternating):", flush=True)
+            results["throughput"] = {
+                str(CONNECTIONS): throughput(targets, seconds, rounds, CONNECTIONS)
+            }
+            if rounds_other:
+                for connections in OTHER_CONNECTIONS:
+                    results["throughput"][str(connections)] = throughput(
+                        peers, seconds, rounds_other, connections
+                    )
     finally:
         if mariadb is not None:
             mariadb.stop()
         shutil.rmtree(work, ignore_errors=True)
-    return summarize(measured, CEILING)
+    return results
+
+
+def throughput(
+    targets: list[Target], seconds: float, rounds: int, connections: int
+) -> dict:
+    """
+    Requests/s and latency of each target, loaded one at a time with
+    C{connections}: each round gives every target a slice of C{seconds}
+    of PUT, then of GET, in the order of L{slices}. Short, interleaved
+    slices measure the targets under the same conditions: on a shared VM
+    the machine's speed drifts by a fifth within a minute.
+    """
+    by_name = {target.name: target for target in targets}
+    measured: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for number, round_slices in enumerate(slices(list(by_name), rounds), 1):
+        print(f"  {connections} connections, round {number}/{rounds}", flush=True)
+        for method, name in round_slices:
+            figures = by_name[name].load(method, seconds, connections)
+            measured.setdefault(name, {}).setdefault(method, []).append(figures)
+    return summarize(measured, REFERENCES)
 
 
 def slices(names: list[str], rounds: int) -> list[list[tuple[str, str]]]:
     """
     Each round's slices as (method, target): every target's PUT, then every
-    target's GET. The first two targets, the ceiling and the dict backend
-    whose ratio to it is the target, swap places every other round; the
-    rest follow them. Whatever a slice leaves behind (MariaDB flushing the
-    writes of the last one) then falls on each of the pair as often.
+    target's GET. The first two targets, the limit and the dict backend
+    whose ratio to it is the figure to watch, swap places every other
+    round; the rest follow them. Whatever a slice leaves behind (MariaDB
+    flushing the writes of the last one) then falls on each of the pair as
+    often.
     """
     pair, rest = names[:2], names[2:]
     schedule = []
@@ -229,29 +542,77 @@ def slices(names: list[str], rounds: int) -> list[list[tuple[str, str]]]:
 
 
 def summarize(
-    measured: dict[str, dict[str, list[dict[str, float]]]], ceiling: str
-) -> dict[str, dict[str, dict[str, float]]]:
+    measured: dict[str, dict[str, list[dict[str, float]]]],
+    references: dict[str, str],
+) -> dict[str, dict[str, dict]]:
     """
-    Each target's figures from its median round, with its ratio to the
-    ceiling: the median of the ratios of the rounds, each round's target
-    against the same round's ceiling, measured next to it. On a shared
-    VM the ceiling itself varies by a fifth from one round to the next; a
-    ratio of two best rounds follows whichever was luckier.
+    Each target's figures from its median round, its errors of all rounds
+    (an error in another round is no less a bug), and its ratio to each
+    reference measured (C{references} maps a label to a target's name):
+    the median of the ratios of the rounds, each round's target against the
+    same round's reference, measured next to it. On a shared VM a reference
+    itself varies by a fifth from one round to the next; a ratio of two
+    best rounds follows whichever was luckier.
     """
-    summary: dict[str, dict[str, dict[str, float]]] = {}
+    summary: dict[str, dict[str, dict]] = {}
     for name, methods in measured.items():
         for method, rounds in methods.items():
-            ratios = [
-                figures["requests_per_second"] / base["requests_per_second"]
-                for figures, base in zip(rounds, measured[ceiling][method], strict=True)
-            ]
             by_speed = sorted(rounds, key=lambda f: f["requests_per_second"])
-            summary.setdefault(name, {})[method] = {
-                **by_speed[len(by_speed) // 2],
-                "ratio": round(statistics.median(ratios), 3),
-                "round_ratios": [round(ratio, 3) for ratio in ratios],
-            }
+            figures: dict = {**by_speed[len(by_speed) // 2]}
+            for errors in ("non_2xx", "socket_errors"):
+                figures[errors] = sum(f.get(errors, 0) for f in rounds)
+            for label, reference in references.items():
+                if reference not in measured:
+                    continue
+                ratios = [
+                    f["requests_per_second"] / base["requests_per_second"]
+                    for f, base in zip(rounds, measured[reference][method], strict=True)
+                ]
+                figures[f"ratio_to_{label}"] = round(statistics.median(ratios), 3)
+                figures[f"round_ratios_to_{label}"] = [round(r, 3) for r in ratios]
+            summary.setdefault(name, {})[method] = figures
     return summary
+
+
+def _memory_kib(pid: int) -> tuple[int, int]:
+    """The resident memory of process C{pid}, and its peak, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        status = dict(line.split(":", 1) for line in f)
+    return int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
+
+
+def idle_memory(target: Target, pid: int, count: int) -> dict[str, float]:
+    """
+    What idle keep-alive connections cost the server C{pid} (webdis, not
+    the Redis behind it, which sees none of them) in resident memory:
+    C{count} connections each send a GET and read the answer, then stay
+    open, and the server's RSS is read before and after (after a second,
+    for a server that settles after its work).
+    """
+    before, _ = _memory_kib(pid)
+    connections = []
+    try:
+        for _ in range(count):
+            connection = http.client.HTTPConnection(
+                "127.0.0.1", target.port, timeout=10
+            )
+            connections.append(connection)
+            connection.request("GET", target.path("GET", 1))
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{target.name}: GET answered {response.status}")
+        time.sleep(1)
+        after, _ = _memory_kib(pid)
+    finally:
+        for connection in connections:
+            connection.close()
+    return {
+        "connections": count,
+        "rss_kib_before": before,
+        "rss_kib_after": after,
+        "kib_per_connection": round((after - before) / count, 2),
+    }
 
 
 def _write_snapshot(path: str, count: int) -> None:
@@ -259,21 +620,12 @@ def _write_snapshot(path: str, count: int) -> None:
     from ersid.snapshots import write_snapshot
     from ersid.storage import Record
 
-    value = b"v" * 100
+    value = b"v" * VALUE_SIZE
     records = ((f"bench/{i:06d}", Record(value, version=i + 1)) for i in range(count))
     write_snapshot(path, count, records)
     # A snapshot restored on its own starts with an empty journal after it.
     directory = os.path.dirname(path)
     open(os.path.join(directory, f"journal.{count:020d}"), "wb").close()
-
-
-def _memory_mb(pid: int) -> tuple[float, float]:
-    with open(f"/proc/{pid}/status") as f:
-        status = dict(line.split(":", 1) for line in f)
-    return (
-        int(status["VmRSS"].split()[0]) / 1024,
-        int(status["VmHWM"].split()[0]) / 1024,
-    )
 
 
 def scale(count: int, seconds: float) -> dict:
@@ -283,15 +635,16 @@ def scale(count: int, seconds: float) -> dict:
     a write a second with a 1 s interval).
     """
     work = tempfile.mkdtemp(prefix="ersid-scale-")
+    log = os.path.join(work, "ersid.log")
     try:
         _write_snapshot(os.path.join(work, "snapshot.json"), count)
         port = free_port()
         started = time.monotonic()
-        command = _twistd(port, work, "-i", "1")
-        with _server(command, b"REST API listening") as process:
+        process = Process(_twistd(port, work, "-i", "1"), b"REST API listening")
+        with _server(process, log) as popen:
             load_seconds = time.monotonic() - started
             url = f"http://127.0.0.1:{port}"
-            rss, _ = _memory_mb(process.pid)
+            rss, _ = _memory_kib(popen.pid)
             quiet = _wrk(url, "GET", seconds, keys=count)
             quiet_lone = _wrk(url, "GET", seconds, connections=1, keys=count)
             writer = subprocess.Popen(
@@ -308,19 +661,20 @@ def scale(count: int, seconds: float) -> dict:
                 busy_lone = _wrk(url, "GET", seconds, connections=1, keys=count)
             finally:
                 writer.kill()
-            _, peak = _memory_mb(process.pid)
+            _, peak = _memory_kib(popen.pid)
         # Read once the daemon has stopped: all of its log is there then.
-        log = (process.startup_output + process.stdout.read()).decode()
+        with open(log) as f:
+            output = f.read()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    snapshots = re.findall(r"Dumping (\d+) keys in (\d+) bytes", log)
-    loading = re.search(r"Loaded \d+ keys .* in ([\d.]+) s", log)
+    snapshots = re.findall(r"Dumping (\d+) keys in (\d+) bytes", output)
+    loading = re.search(r"Loaded \d+ keys .* in ([\d.]+) s", output)
     return {
         "keys": count,
         "load_seconds": float(loading[1]) if loading else None,
         "load_seconds_including_startup": round(load_seconds, 2),
-        "rss_mb_after_load": round(rss, 1),
-        "peak_rss_mb": round(peak, 1),
+        "rss_mb_after_load": round(rss / 1024, 1),
+        "peak_rss_mb": round(peak / 1024, 1),
         "get_p99_ms_quiet": quiet["p99_ms"],
         "get_p99_ms_during_snapshots": busy["p99_ms"],
         "p99_ratio": round(busy["p99_ms"] / quiet["p99_ms"], 2),
@@ -331,47 +685,127 @@ def scale(count: int, seconds: float) -> dict:
 
 
 def _chart(results: dict, path: str) -> None:
+    """Bars of GET and PUT at 50 connections: requests/s and ratio to etcd."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results["throughput"])
-    figure, axes = plt.subplots(figsize=(8, 4))
+    measured = results["throughput"][str(CONNECTIONS)]
+    names = list(measured)
+    figure, axes = plt.subplots(figsize=(12, 5))
     width = 0.38
     for offset, method in ((-width / 2, "GET"), (width / 2, "PUT")):
-        values = [
-            results["throughput"][n][method]["requests_per_second"] for n in names
-        ]
+        figures = [measured[name][method] for name in names]
         bars = axes.bar(
-            [i + offset for i in range(len(names))], values, width, label=method
+            [i + offset for i in range(len(names))],
+            [f["requests_per_second"] for f in figures],
+            width,
+            label=method,
         )
         axes.bar_label(
             bars,
-            labels=[f"{results['throughput'][n][method]['ratio']:.2f}x" for n in names],
-            fontsize=8,
+            labels=[
+                f"{f['requests_per_second'] / 1000:.1f}k\n"
+                f"{f.get('ratio_to_etcd', float('nan')):.2f}x etcd"
+                for f in figures
+            ],
+            fontsize=7,
         )
-    axes.set_xticks(range(len(names)), names)
-    axes.set_ylabel("requests/s (wrk, 50 connections)")
-    axes.set_title(f"Ersid vs. bare twisted.web, {results['machine']['python']}")
+    axes.set_xticks(range(len(names)), [textwrap.fill(n, 14) for n in names])
+    axes.set_ylabel(f"requests/s (wrk, {CONNECTIONS} connections)")
+    axes.set_title(f"Ersid and its peers, {results['machine']['python']}")
+    axes.margins(y=0.15)
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+
+
+def _print_tables(results: dict) -> None:
+    """The results as tables; errors (non-2xx answers, socket errors) flagged."""
+    print()
+    print(
+        f"{'server':24} {'conns':>5} {'method':6} {'req/s':>9} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'errors':>6} "
+        + " ".join(f"{'/' + label:>6}" for label in REFERENCES)
+    )
+    errors = []
+    for connections, measured in results.get("throughput", {}).items():
+        for name, methods in measured.items():
+            for method in ("GET", "PUT"):
+                f = methods[method]
+                failed = f["non_2xx"] + f["socket_errors"]
+                if failed:
+                    errors.append(f"{name} {method} at {connections} connections")
+                ratios = [
+                    f"{f.get(f'ratio_to_{label}', float('nan')):6.2f}"
+                    for label in REFERENCES
+                ]
+                print(
+                    f"{name:24} {connections:>5} {method:6} "
+                    f"{f['requests_per_second']:9.0f} {f['p50_ms']:7.2f} "
+                    f"{f['p99_ms']:7.2f} {failed:6} {' '.join(ratios)}"
+                )
+    if errors:
+        print("\nNon-2xx answers or socket errors (a bug of the benchmark):")
+        print("\n".join(f"  {e}" for e in errors))
+    if "idle_connections" in results:
+        print()
+        print(f"{'server':24} {'idle conns':>10} {'RSS before':>12} {'KiB/conn':>9}")
+        for name, f in results["idle_connections"].items():
+            print(
+                f"{name:24} {f['connections']:10} "
+                f"{f['rss_kib_before'] / 1024:9.1f} MB {f['kib_per_connection']:9.1f}"
+            )
+    if "scale" in results:
+        print()
+        for key, value in results["scale"].items():
+            print(f"{key:40} {value}")
+
+
+def _raise_open_files(needed: int) -> None:
+    """
+    Raise this process's limit of open files to its hard limit, for the
+    idle connections it opens and for its children (wrk's 500 connections,
+    the servers), which inherit it.
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        sys.exit(f"benchmarks need {needed} open files: ulimit -Hn is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=3, help="seconds a slice")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--rounds-other",
+        type=int,
+        default=3,
+        help=f"rounds at {' and '.join(map(str, OTHER_CONNECTIONS))} connections",
+    )
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        default=2000,
+        help="idle connections measured for their memory, 0 for none",
+    )
     parser.add_argument("--scale-duration", type=int, default=10)
     parser.add_argument("--scale-keys", type=int, default=1_000_000)
     parser.add_argument("--no-scale", action="store_true")
-    parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument(
+        "--no-throughput", action="store_true", help="nor idle connections"
+    )
     parser.add_argument("--no-mysql", action="store_true")
     parser.add_argument("--output", default=os.path.join(HERE, "results"))
     arguments = parser.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("benchmarks need wrk: apt-get install wrk")
+    programs = ("wrk", "etcd", "webdis", "redis-server")
+    missing = [program for program in programs if not shutil.which(program)]
+    if missing:
+        sys.exit(f"benchmarks need {', '.join(missing)}: bin/dev bench installs them")
+    # Each idle connection takes a file here and one in the server.
+    _raise_open_files(arguments.idle_connections + max(OTHER_CONNECTIONS) + 100)
 
     results: dict = {
         "machine": {
@@ -380,31 +814,29 @@ def main() -> None:
             "cores": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d"),
         },
+        "settings": {
+            "slice_seconds": arguments.duration,
+            "rounds": arguments.rounds,
+            "rounds_other": arguments.rounds_other,
+            "keys": KEYS,
+            "value_bytes": VALUE_SIZE,
+        },
     }
     if not arguments.no_throughput:
-        print("Throughput (interleaved slices, order alternating):", flush=True)
-        results["throughput"] = throughput(
-            arguments.duration, arguments.rounds, not arguments.no_mysql
+        results.update(
+            benchmark(
+                arguments.duration,
+                arguments.rounds,
+                arguments.rounds_other,
+                arguments.idle_connections,
+                not arguments.no_mysql,
+            )
         )
     if not arguments.no_scale:
         print(f"Snapshots with {arguments.scale_keys:,} keys:", flush=True)
         results["scale"] = scale(arguments.scale_keys, arguments.scale_duration)
 
-    print()
-    print(
-        f"{'server':24} {'method':6} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6}"
-    )
-    for name, methods in results.get("throughput", {}).items():
-        for method in ("GET", "PUT"):
-            f = methods[method]
-            print(
-                f"{name:24} {method:6} {f['requests_per_second']:9.0f} "
-                f"{f['p50_ms']:7.2f} {f['p99_ms']:7.2f} {f['ratio']:6.2f}"
-            )
-    if "scale" in results:
-        print()
-        for key, value in results["scale"].items():
-            print(f"{key:40} {value}")
+    _print_tables(results)
     os.makedirs(arguments.output, exist_ok=True)
     with open(os.path.join(arguments.output, "latest.json"), "w") as f:
         json.dump(results, f, indent=2)
