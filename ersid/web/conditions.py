@@ -53,6 +53,9 @@ class _Tags:
         return frozenset(named)
 
 
+_FIELD_NAMES = {b"if-match": "If-Match", b"if-none-match": "If-None-Match"}
+
+
 def _tags(request: IRequest, name: bytes) -> _Tags | None:
     """
     The field C{name} of the request, all its lines as one list, or C{None}
@@ -70,7 +73,7 @@ def _tags(request: IRequest, name: bytes) -> _Tags | None:
     while position <= len(value):
         element = _ELEMENT.match(value, position)
         if element is None:
-            field = name.decode("ascii")
+            field = _FIELD_NAMES[name]
             raise ApiError(
                 400,
                 "bad_precondition",
@@ -85,7 +88,7 @@ def _tags(request: IRequest, name: bytes) -> _Tags | None:
         if not separator:
             break
     if stars and tags:
-        field = name.decode("ascii")
+        field = _FIELD_NAMES[name]
         raise ApiError(
             400, "bad_precondition", f"{field} is * or entity tags, not both"
         )
@@ -98,8 +101,8 @@ def write_precondition(request: IRequest) -> Precondition | None:
     C{If-None-Match} (weak comparison) of a write or delete make, to be
     checked atomically with it; C{None} without either.
     """
-    if_match = _tags(request, b"If-Match")
-    if_none_match = _tags(request, b"If-None-Match")
+    if_match = _tags(request, b"if-match")
+    if_none_match = _tags(request, b"if-none-match")
     if if_match is None and if_none_match is None:
         return None
     exists = None
@@ -124,11 +127,11 @@ def read_condition(request: IRequest, record: Record) -> int | None:
     record because of its conditions: 412 when C{If-Match} fails, 304 when
     C{If-None-Match} names its version; C{None} to answer the record.
     """
-    if_match = _tags(request, b"If-Match")
+    if_match = _tags(request, b"if-match")
     if if_match is not None and not if_match.star:
         if record.version not in if_match.versions(weak_too=False):
             return 412
-    if_none_match = _tags(request, b"If-None-Match")
+    if_none_match = _tags(request, b"if-none-match")
     if if_none_match is not None:
         if if_none_match.star or record.version in if_none_match.versions(True):
             return 304

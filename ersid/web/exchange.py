@@ -40,7 +40,7 @@ class Fields(dict[bytes, list[bytes]]):
     """
 
     def getRawHeaders(self, name: bytes) -> list[bytes] | None:
-        return self.get(name.lower())
+        return self.get(name if name.islower() else name.lower())
 
 
 @attrs.define(slots=True, eq=False)
@@ -128,7 +128,7 @@ class KeyRequest:
         if self.method == b"HEAD":
             body = b""
         self.sentLength = len(body)
-        lines = [status_line(code) + b"Date: " + date]
+        lines = [(_STATUS_LINES.get(code) or status_line(code)) + b"Date: " + date]
         lines += [name + b": " + value for name, value in headers.items()]
         if close:
             lines.append(b"Connection: close")

@@ -132,9 +132,11 @@ class Connection(Protocol):
         self._clock = factory.reactor
         self._service = factory.service
         self._max_body = factory.service.max_value_size
+        self._date = factory.date_header
+        self._logging = factory.logging
         self._parser = HttpRequestParser(self)
         self._waiting: deque[Head | ApiError] = deque()
-        self._target: list[bytes] = []
+        self._target = b""
         self._fields = Fields()
         self._body: list[bytes] = []
 
@@ -221,14 +223,14 @@ class Connection(Protocol):
         self._in_message = self._in_head = True
         self._head_since = self._now
         self._idle_since = None
-        self._target = []
+        self._target = b""
         self._fields = Fields()
         self._body = []
         self._head_received = self._head_size = self._field_count = 0
         self._body_size = 0
 
     def on_url(self, part: bytes) -> None:
-        self._target.append(part)
+        self._target += part
         self._head_size += len(part)
         if self._head_size > MAX_TARGET_BYTES:
             message = f"request targets are at most {MAX_TARGET_BYTES} bytes"
@@ -288,16 +290,20 @@ class Connection(Protocol):
         )
         head = Head(
             self._parser.get_method(),
-            b"".join(self._target),
+            self._target,
             _VERSIONS[version],
             fields,
             b"".join(self._body),
             keep_alive,
         )
-        self._waiting.append(head)
         if not keep_alive:
+            self._waiting.append(head)
             self._reading_done = True
             raise _Stop()
+        if self._waiting or self._answering is not None or self._backed_up:
+            self._waiting.append(head)
+        else:
+            self._answer(head)  # the usual case, without the queue
 
     # Answers, one at a time, in order.
 
@@ -391,9 +397,8 @@ class Connection(Protocol):
         self._answer_waiting()
 
     def _send(self, request: KeyRequest, body: bytes, keep_alive: bool) -> None:
-        date = self.factory.date_header()
-        self._write(request.response(body, date, not keep_alive))
-        if self.factory.logging:
+        self._write(request.response(body, self._date(), not keep_alive))
+        if self._logging:
             self.factory.log(request)
 
     def slow_done(self, request: Request) -> None:
