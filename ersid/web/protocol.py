@@ -117,6 +117,11 @@ class Connection(Protocol):
     _head_size = 0
     _field_count = 0
     _body_size = 0
+    _chunk_empty = False
+    _trailer_received = 0
+    _waiting_bytes = 0
+    _paused_at: float | None = None
+    _abort_timer: IDelayedCall | None = None
     _reading_done = False
     _backed_up = False
     _reading_paused = False
@@ -138,7 +143,7 @@ class Connection(Protocol):
         self._waiting: deque[Head | ApiError] = deque()
         self._target = b""
         self._fields = Fields()
-        self._body: list[bytes] = []
+        self._body = bytearray()
 
     # The connection.
 
@@ -158,6 +163,8 @@ class Connection(Protocol):
         self._now = self._clock.seconds()
         if self._in_head:
             self._head_received += len(data)
+        elif self._chunk_empty:
+            self._trailer_received += len(data)
         try:
             self._parser.feed_data(data)
         except HttpParserCallbackError:
@@ -182,7 +189,9 @@ class Connection(Protocol):
         except HttpParserError as e:
             self._refuse(_parser_error(e, self._max_body))
         else:
-            if self._in_head and self._head_received > MAX_HEAD_BYTES:
+            if (self._in_head and self._head_received > MAX_HEAD_BYTES) or (
+                self._chunk_empty and self._trailer_received > MAX_HEAD_BYTES
+            ):
                 self._refuse(_fields_too_large())
         self._answer_waiting()
         self._read_or_not()
@@ -199,10 +208,15 @@ class Connection(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closed = True
-        for timer in (self._timer, self._send_timer):
+        for timer in (self._timer, self._send_timer, self._abort_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._timer = self._send_timer = None
+        self._timer = self._send_timer = self._abort_timer = None
+        # The parser holds this connection's methods: without this, the two
+        # (and the transport, its unsent bytes, a partial body) would wait
+        # for the garbage collector's full pass.
+        self._parser = None
+        self._body = bytearray()
         self._waiting.clear()
         answering, self._answering = self._answering, None
         if isinstance(answering, Request):
@@ -212,10 +226,23 @@ class Connection(Protocol):
             self.factory.budget.closed(self)
 
     def _close(self) -> None:
+        """
+        Close once what was written is sent; abort if the client does not
+        read it within C{abort_timeout} seconds.
+        """
+        if self._abort_timer is not None or self._closed:
+            return
         # Unregistered, or the transport would wait for its producer to
         # resume instead of closing (twisted.web's channel does the same).
         self.transport.unregisterProducer()
         self.transport.loseConnection()
+        if not self._closed:
+            timeout = self.factory.abort_timeout
+            self._abort_timer = self._clock.callLater(timeout, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_timer = None
+        self.transport.abortConnection()
 
     # llhttp's callbacks, in the order it makes them.
 
@@ -225,7 +252,7 @@ class Connection(Protocol):
         self._idle_since = None
         self._target = b""
         self._fields = Fields()
-        self._body = []
+        self._body = bytearray()
         self._head_received = self._head_size = self._field_count = 0
         self._body_size = 0
 
@@ -275,13 +302,24 @@ class Connection(Protocol):
             self._continue_owed = version == "1.1"
 
     def on_body(self, data: bytes) -> None:
+        self._chunk_empty = False
         self._body_size += len(data)
         if self._body_size > self._max_body:
             self._stop(ApiError.value_too_large(self._max_body))
-        self._body.append(data)
+        self._body += data
+
+    def on_chunk_header(self) -> None:
+        # Until a byte of it comes, this may be the last chunk, after which
+        # llhttp buffers trailer fields: they are counted as they come.
+        self._chunk_empty = True
+        self._trailer_received = 0
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_empty = False
 
     def on_message_complete(self) -> None:
         self._in_message = self._continue_owed = False
+        self._body_size = 0
         self._body_since = None
         version = self._version
         fields = self._fields
@@ -293,15 +331,15 @@ class Connection(Protocol):
             self._target,
             _VERSIONS[version],
             fields,
-            b"".join(self._body),
+            bytes(self._body),
             keep_alive,
         )
         if not keep_alive:
-            self._waiting.append(head)
+            self._wait(head)
             self._reading_done = True
             raise _Stop()
         if self._waiting or self._answering is not None or self._backed_up:
-            self._waiting.append(head)
+            self._wait(head)
         else:
             self._answer(head)  # the usual case, without the queue
 
@@ -320,6 +358,8 @@ class Connection(Protocol):
             waiting = self._waiting
             while waiting and self._answering is None and not self._backed_up:
                 item = waiting.popleft()
+                if isinstance(item, Head):
+                    self._waiting_bytes -= len(item.body)
                 if isinstance(item, ApiError):
                     self._write_refusal(item)
                     return
@@ -438,6 +478,7 @@ class Connection(Protocol):
         head = status_line(error.status) + b"\r\n".join(lines) + b"\r\n\r\n"
         self.transport.write(head + body)
         self._waiting.clear()
+        self._waiting_bytes = 0
         self._close()
 
     # Time: deadlines for a request's head and body, and for silence.
@@ -461,7 +502,7 @@ class Connection(Protocol):
             (self._head_since, factory.head_timeout, "request's headers"),
             (self._body_since, factory.body_timeout, "request body"),
         ]:
-            if since is None:
+            if since is None or self._reading_paused:
                 continue
             if since + seconds <= now:
                 message = f"the {what} did not arrive within {seconds} seconds"
@@ -478,18 +519,39 @@ class Connection(Protocol):
 
     # Flow control: no more answers than the client reads.
 
+    def _wait(self, head: Head) -> None:
+        """Queue a request behind those being answered."""
+        self._waiting.append(head)
+        self._waiting_bytes += len(head.body)
+
     def _read_or_not(self) -> None:
         """
-        Read from the client only while it reads its answers and few of its
-        requests wait: pipelined requests stay in the kernel, not in memory.
+        Read from the client only while it reads its answers, and while the
+        requests read ahead of the one answered are few and hold at most a
+        value's worth of bodies: pipelined requests stay in the kernel, not
+        in memory. While not reading, the deadlines of a request's head and
+        body stand still: the wait is the daemon's, not the client's.
         """
         pause = self._backed_up or len(self._waiting) > MOST_WAITING
-        if pause != self._reading_paused and not self._closed:
-            self._reading_paused = pause
-            if pause:
-                self.transport.pauseProducing()
-            elif not self._reading_done:
-                self.transport.resumeProducing()
+        if not pause and (self._waiting or self._answering is not None):
+            pause = self._waiting_bytes + self._body_size > self._max_body
+        if pause == self._reading_paused or self._closed:
+            return
+        self._reading_paused = pause
+        now = self._clock.seconds()
+        if pause:
+            self._paused_at = now
+            self.transport.pauseProducing()
+            return
+        if self._paused_at is not None:
+            stood = now - self._paused_at
+            if self._head_since is not None:
+                self._head_since += stood
+            if self._body_since is not None:
+                self._body_since += stood
+            self._paused_at = None
+        if not self._reading_done:
+            self.transport.resumeProducing()
 
     def pauseProducing(self) -> None:
         """
@@ -539,9 +601,9 @@ class Connection(Protocol):
         head has taken over a second (a head comes in one packet), or if it
         leaves its answers unread: whether it did.
         """
-        if self._backed_up:
-            # It has not read its answers for a while: a place and up to a
-            # value's worth of memory, held unused.
+        if self._backed_up or self._abort_timer is not None:
+            # It has not read its answers for a while, or is closing and
+            # has not read the last: a place and memory, held unused.
             self.transport.abortConnection()
             return True
         if self._answering is not None or self._waiting:

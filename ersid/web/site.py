@@ -23,6 +23,7 @@ from ersid.web.app import Service
 from ersid.web.protocol import Connection
 
 __all__ = [
+    "DEFAULT_ABORT_TIMEOUT",
     "DEFAULT_BODY_TIMEOUT",
     "DEFAULT_HEAD_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
@@ -39,6 +40,8 @@ DEFAULT_BODY_TIMEOUT = 30.0
 DEFAULT_IDLE_TIMEOUT = 60.0
 # Seconds a client may leave responses unread before it is dropped.
 DEFAULT_SEND_TIMEOUT = 60.0
+# Seconds a closing connection may take to send what is left.
+DEFAULT_ABORT_TIMEOUT = 15.0
 
 _log = Logger()
 
@@ -74,6 +77,7 @@ class ApiSite(Factory):
     head_timeout = DEFAULT_HEAD_TIMEOUT
     idle_timeout = DEFAULT_IDLE_TIMEOUT
     send_timeout = DEFAULT_SEND_TIMEOUT
+    abort_timeout = DEFAULT_ABORT_TIMEOUT
     # Connections leaving their answers unread, each holding up to a value
     # or so of them in memory: at most this many at a time.
     most_unread = 128

@@ -7,15 +7,19 @@ Over an in-memory transport, on a Clock, and over loopback sockets.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+import tracemalloc
+import weakref
 from urllib.parse import urlsplit
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
@@ -70,10 +74,12 @@ class _BufferingTransport(StringTransport):
 
 
 class _ClockedChannelTestCase(TestCase):
-    def setUp(self):
+    def setUp(self, storage=None, max_value_size=1000):
         self.clock = Clock()
-        self.storage = DictStorage([("big", Record(VALUE, version=1))], revision=1)
-        service = Service(self.storage, 1000)
+        self.storage = storage or DictStorage(
+            [("big", Record(VALUE, version=1))], revision=1
+        )
+        service = Service(self.storage, max_value_size)
         self.site = makeSite(service, body_timeout=30, reactor=self.clock)
         self.channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5))
         self.transport = _BufferingTransport()
@@ -701,3 +707,134 @@ class ReadAheadTests(TestCase):
         self.assertEqual(transport.value().count(b"HTTP/1.1 20"), answered)
         self.assertEqual(answered, MOST_WAITING + 2)
         self.assertEqual(transport.producerState, "producing")
+
+
+class ReviewFindingsTests(_ClockedChannelTestCase):
+    """What a review of the connection found, each fixed."""
+
+    def test_a_trailer_field_that_never_ends_is_bounded(self):
+        self.channel.dataReceived(
+            b"PUT /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"1\r\nx\r\n0\r\nX-Trailer: "
+        )
+        for _ in range(MAX_HEAD_BYTES // 1000):
+            self.channel.dataReceived(b"a" * 1000)
+        self.assertEqual(self.transport.value(), b"")
+        self.channel.dataReceived(b"a" * 1000)
+        error = refusal(self, self.transport.value(), 431)
+        self.assertEqual(error["error"], "header_fields_too_large")
+        self.assertIsNone(self.successResultOf(self.storage.get("t")))
+
+    def test_a_body_of_many_small_chunks_takes_its_size_in_memory(self):
+        self.setUp(max_value_size=200_000)
+        self.channel.dataReceived(
+            b"PUT /k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        for _ in range(100):
+            self.channel.dataReceived(b"1\r\nx\r\n" * 1000)
+        held, _ = tracemalloc.get_traced_memory()
+        self.assertLess(held, 4 * 100_000)
+        self.channel.dataReceived(b"0\r\n\r\n")
+        self.assertEqual(
+            self.successResultOf(self.storage.get("k")).value, b"x" * 100_000
+        )
+
+    def test_bodies_read_ahead_are_bounded_in_bytes(self):
+        """Pipelined bodies waiting behind a request hold a value's worth at most."""
+        self.storage = storage = _HeldStorage()
+        self.setUp(storage=storage)
+        put = b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 400\r\n\r\n" + b"v" * 400
+        self.channel.dataReceived(put)
+        self.channel.dataReceived(put + put)
+        self.assertEqual(self.transport.producerState, "producing")
+        self.channel.dataReceived(put)
+        self.assertEqual(self.transport.producerState, "paused")
+        while storage.held:
+            storage.release()
+        self.assertEqual(
+            self.responses(self.transport.value()).count(b"HTTP/1.1 204 No Content"), 3
+        )
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_deadlines_stand_still_while_the_daemon_does_not_read(self):
+        """
+        A head cut in two by a pause of the daemon's making (the client not
+        reading an answer) is not the client's slowness.
+        """
+        self.channel.dataReceived(GET + b"GET /big HTTP/1.1\r\nHo")
+        self.assertEqual(self.transport.producerState, "paused")
+        self.clock.advance(45)
+        self.transport.read()
+        self.channel.dataReceived(b"st: x\r\n\r\n")
+        self.assertEqual(self.responses(self.transport.read()), [b"HTTP/1.1 200 OK"])
+        self.clock.advance(29)
+        self.channel.dataReceived(b"GET /big HTTP/1.1\r\n")
+        self.clock.advance(30)
+        self.assertEqual(
+            refusal(self, self.transport.value(), 408)["error"], "request_timeout"
+        )
+
+    def test_a_closing_connection_not_read_is_aborted(self):
+        """
+        An answer the client never reads keeps no connection: the idle
+        timeout closes it, and it is aborted when what is left is not sent.
+        """
+        self.channel.dataReceived(GET)
+        self.clock.advance(60)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertFalse(self.transport.disconnected)
+        self.clock.advance(15)
+        self.assertTrue(self.transport.disconnected)
+
+    def test_a_closing_connection_is_shed(self):
+        self.channel.dataReceived(
+            b"GET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        self.assertTrue(self.transport.disconnecting)
+        self.assertFalse(self.transport.disconnected)
+        self.assertTrue(self.channel.shed())
+        self.assertTrue(self.transport.disconnected)
+
+
+class MemoryTests(TestCase):
+    def test_a_closed_connection_is_freed_at_once(self):
+        """
+        Nothing keeps a closed connection, its transport and a partial body
+        alive until the garbage collector's next full pass.
+        """
+        gc.disable()
+        self.addCleanup(gc.enable)
+        lost: Deferred[None] = Deferred()
+        built: list[weakref.ref] = []
+
+        class Budget:
+            """Tells when the connection it counts is lost, holding none."""
+
+            def spent(self) -> bool:
+                return False
+
+            def opened(self, connection) -> None:
+                built.append(weakref.ref(connection))
+
+            def closed(self, connection) -> None:
+                reactor.callLater(0, lost.callback, None)
+
+        site = makeSite(Service(DictStorage()), budget=Budget())
+
+        async def check() -> None:
+            endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+            port = await endpoint.listen(site)
+            self.addCleanup(port.stopListening)
+            await raw_exchange(
+                port.getHost().port,
+                b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial",
+                half_close=True,
+            )
+            await lost
+            await deferLater(reactor, 0, lambda: None)
+            self.assertEqual(len(built), 1)
+            self.assertIsNone(built[0]())
+
+        return Deferred.fromCoroutine(check())
