@@ -79,6 +79,21 @@ class StorageContractMixin:
 
         return self.run_async(check())
 
+    def test_reads_follow_writes(self):
+        """What a read returns is what was last written, read or not since."""
+
+        async def check():
+            storage = await self.storage()
+            for value in [b"1", b"2", None, b"3"]:
+                if value is None:
+                    await storage.delete("k")
+                else:
+                    await storage.set("k", value, "text/plain")
+                record = await storage.get("k")
+                self.assertEqual(None if record is None else record.value, value)
+
+        return self.run_async(check())
+
     def test_versions_increase_across_the_store(self):
         async def check():
             storage = await self.storage()

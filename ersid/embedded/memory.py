@@ -122,8 +122,7 @@ class DictStorage:
             if waiting is not None:
                 packed = waiting[0]
                 return None if packed is None else unpack_record(packed)
-        packed = self._records.get_packed(key)
-        return None if packed is None else unpack_record(packed)
+        return self._records.get_record(key)
 
     def set(
         self,

@@ -33,6 +33,11 @@ BLOCK_SIZE = 32
 _KEY_TERMINATORS = [b"\xfe%c" % index for index in range(BLOCK_SIZE)]
 
 
+# The most records kept unpacked, and the largest packed size of one.
+_UNPACKED_MOST = 1024
+_UNPACKED_BYTES = 4096
+
+
 def pack_record(version: int, content_type: str, value: bytes) -> bytes:
     """
     One bytes object: version, content type (its length, or C{0xFFFF} for
@@ -123,8 +128,25 @@ class PackedRecords(MutableMapping[str, Record]):
         self._blocks: list[_Block] = []
         self._count = 0
         self._greatest: str | None = None
+        # Records read lately, unpacked (small ones, a bounded number): the
+        # keys read most are read without unpacking again.
+        self._unpacked: dict[str, Record] = {}
         self.highest_version = 0
         self.update(records)
+
+    def get_record(self, key: str) -> Record | None:
+        """The key's record, or C{None}."""
+        record = self._unpacked.get(key)
+        if record is None:
+            packed = self.get_packed(key)
+            if packed is None:
+                return None
+            record = unpack_record(packed)
+            if len(packed) <= _UNPACKED_BYTES:
+                if len(self._unpacked) >= _UNPACKED_MOST:
+                    self._unpacked.clear()
+                self._unpacked[key] = record
+        return record
 
     def get_packed(self, key: str) -> bytes | None:
         """The key's record as L{pack_record} packed it, or C{None}."""
@@ -144,6 +166,7 @@ class PackedRecords(MutableMapping[str, Record]):
         Store a packed record under C{key}; return the one it replaces, or
         C{None} if the key is new.
         """
+        self._unpacked.pop(key, None)
         greatest = self._greatest
         if greatest is None or key > greatest:
             self._append(key, packed)
@@ -182,6 +205,8 @@ class PackedRecords(MutableMapping[str, Record]):
 
     def _append_blocks(self, keys: list[str], packed: list[bytes]) -> None:
         """L{_append} for many keys: fill the last block, then add whole ones."""
+        for key in keys if self._unpacked else ():
+            self._unpacked.pop(key, None)
         self._count += len(keys)
         self._greatest = keys[-1]
         encoded = [_encode(key) for key in keys]
@@ -215,6 +240,7 @@ class PackedRecords(MutableMapping[str, Record]):
 
     def pop_packed(self, key: str) -> bytes | None:
         """Remove C{key}; return its packed record, or C{None} if it had none."""
+        self._unpacked.pop(key, None)
         i = bisect_right(self._firsts, key) - 1
         if i < 0:
             return None

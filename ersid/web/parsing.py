@@ -6,6 +6,7 @@ sense; and text made safe for a response header.
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import unquote_to_bytes
 
@@ -122,10 +123,12 @@ def read_body(request: IRequest, limit: int) -> bytes:
     return body
 
 
+@functools.lru_cache(maxsize=256)
 def header_value(text: str) -> bytes:
     """
     C{text} for a response header, escaped if a header cannot carry it (a
-    content type stored through the Python API may be any text).
+    content type stored through the Python API may be any text). The few
+    content types in use are made once.
     """
     if text.isascii() and text.isprintable():
         return text.encode("ascii")

@@ -284,12 +284,19 @@ class Connection(Protocol):
         self._body_since = self._now
         fields = self._fields
         self._version = version = self._parser.get_http_version()
-        error = _ambiguity(version, fields, self._host)
-        if error is not None:
-            self._stop(error)
         hosts = fields.get(b"host")
-        if hosts is not None:
-            self._host = hosts[0]  # checked: the next request's is, often
+        if len(fields) != 1 or hosts is None or hosts[0] != self._host:
+            # Anything but the one Host header checked before, as in most
+            # requests of a keep-alive connection.
+            error = _ambiguity(version, fields)
+            if error is not None:
+                self._stop(error)
+            if hosts is not None:
+                self._host = hosts[0]
+        elif version != "1.1":
+            error = _ambiguity(version, fields)
+            if error is not None:
+                self._stop(error)
         length = fields.get(b"content-length")
         if length is not None:
             # llhttp checked it is digits; Python reads no number of over
@@ -353,9 +360,9 @@ class Connection(Protocol):
         """
         if self._looping or self._closed:
             return
+        waiting = self._waiting
         self._looping = True
         try:
-            waiting = self._waiting
             while waiting and self._answering is None and not self._backed_up:
                 item = waiting.popleft()
                 if isinstance(item, Head):
@@ -532,8 +539,12 @@ class Connection(Protocol):
         in memory. While not reading, the deadlines of a request's head and
         body stand still: the wait is the daemon's, not the client's.
         """
-        pause = self._backed_up or len(self._waiting) > MOST_WAITING
-        if not pause and (self._waiting or self._answering is not None):
+        waiting = self._waiting
+        busy = waiting or self._answering is not None
+        if not (busy or self._backed_up or self._reading_paused):
+            return  # the usual case: reading, and nothing to hold it back
+        pause = self._backed_up or len(waiting) > MOST_WAITING
+        if not pause and busy:
             pause = self._waiting_bytes + self._body_size > self._max_body
         if pause == self._reading_paused or self._closed:
             return
@@ -657,11 +668,10 @@ def _says_close(fields: Fields) -> bool:
     )
 
 
-def _ambiguity(version: str, fields: Fields, host: bytes | None) -> ApiError | None:
+def _ambiguity(version: str, fields: Fields) -> ApiError | None:
     """
     What in a request's head, accepted by llhttp, a proxy in front could
     read another way, or HTTP forbids: the error to answer, or C{None}.
-    C{host} is a Host value known to be good.
     """
     if version not in _VERSIONS:
         message = "only HTTP/1.1 and HTTP/1.0 are served"
@@ -672,7 +682,7 @@ def _ambiguity(version: str, fields: Fields, host: bytes | None) -> ApiError | N
     if hosts is not None:
         if len(hosts) > 1:
             return _bad_request("a request has one Host header at most")
-        if hosts[0] != host and not _HOST.fullmatch(hosts[0]):
+        if not _HOST.fullmatch(hosts[0]):
             return _bad_request("the Host header is not a host")
     codings = fields.get(b"transfer-encoding")
     if codings is not None:

@@ -109,6 +109,8 @@ class PackedRecordsOrderTests(TestCase):
         packed = PackedRecords(block_size=4)
         model: dict[str, Record] = {}
         for version, (is_write, key) in enumerate(operations, 1):
+            # Read first: a record kept unpacked must not outlive a change.
+            self.assertEqual(packed.get_record(key), model.get(key))
             if is_write:
                 record = Record(b"%d" % version, version=version)
                 packed[key] = record
@@ -117,6 +119,7 @@ class PackedRecordsOrderTests(TestCase):
                 self.assertEqual(packed.pop_packed(key) is not None, key in model)
                 model.pop(key, None)
                 self.assertNotIn(key, packed)
+            self.assertEqual(packed.get_record(key), model.get(key))
             self.assertConsistent(packed, model)
         for start in starts:
             self.assertEqual(

@@ -442,8 +442,9 @@ class ManyClientsTests(_ServedTestCase):
 class AccessLogTests(TestCase):
     def test_each_request_logged_with_its_client(self):
         """
-        With C{--access-log}, every request on a keep-alive connection is a
-        line in the combined format, naming the client's address.
+        With C{--access-log}, every request on a keep-alive connection, on
+        the fast path or not, is a line in the combined format, naming the
+        client's address.
         """
         path = self.mktemp()
         site = makeSite(Service(DictStorage()), access_log=path, reactor=Clock())
@@ -454,14 +455,18 @@ class AccessLogTests(TestCase):
         channel.dataReceived(
             b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv"
             b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /_keys?limit=1 HTTP/1.1\r\nHost: x\r\n\r\n"
         )
         channel.connectionLost(None)
         site.doStop()
         with open(path) as log:
             lines = log.read().splitlines()
-        self.assertEqual(len(lines), 2, lines)
+        self.assertEqual(len(lines), 3, lines)
         for line, request, status in zip(
-            lines, ["PUT /k", "GET /k"], ["201", "200"], strict=True
+            lines,
+            ["PUT /k", "GET /k", "GET /_keys?limit=1"],
+            ["201", "200", "200"],
+            strict=True,
         ):
             self.assertTrue(line.startswith('"10.0.0.7" - - ['), line)
             self.assertIn(f'"{request} HTTP/1.1" {status} ', line)
