@@ -87,12 +87,18 @@ class DictStorage:
                 raise PreconditionFailed(key, current)
 
     def _journaled(
-        self, entry: bytes | None, key: str, previous: bytes | None, result: _T
+        self,
+        entry: bytes | None,
+        key: str,
+        previous: bytes | None,
+        new: bytes | None,
+        result: _T,
     ) -> Deferred[_T]:
         """
-        C{result} once the change just made, encoded as C{entry}, is in the
-        journal, if there is one; if it cannot be written, the change is
-        undone.
+        C{result} once the change just made to C{key}, from the packed
+        record C{previous} to C{new} (C{None}: none) and encoded as C{entry},
+        is in the journal, if there is one; if it cannot be written, the
+        change is undone.
         """
         if self.journal is None:
             return succeed(result)
@@ -102,15 +108,22 @@ class DictStorage:
             self._unwritten[key] = [previous, 1]
         else:
             waiting[1] += 1
-        return self.journal.append(entry, _Change(self._records, key, previous), result)
+        change = _Change(self._records, key, previous, new)
+        return self.journal.append(entry, change, result)
 
     def _settled(self, changes: list[Any]) -> None:
-        """The journal wrote, or refused and undid, C{changes}."""
+        """
+        The journal wrote, or refused and undid, C{changes}, in order. A key
+        with later changes still waiting reads as the last one written (a
+        refusal undoes every change after it, so it leaves none waiting).
+        """
         unwritten = self._unwritten
         for change in changes:
             waiting = unwritten[change.key]
             waiting[1] -= 1
-            if not waiting[1]:
+            if waiting[1]:
+                waiting[0] = change.new
+            else:
                 del unwritten[change.key]
 
     def get(self, key: str) -> Deferred[Record | None]:
@@ -143,7 +156,7 @@ class DictStorage:
         self._revision = revision
         previous = self._records.swap(key, packed)
         result = WriteResult(revision, created=previous is None)
-        return self._journaled(entry, key, previous, result)
+        return self._journaled(entry, key, previous, packed, result)
 
     def delete(
         self, key: str, precondition: Precondition | None = None
@@ -160,7 +173,7 @@ class DictStorage:
         if previous is None:
             return succeed(False)
         self._revision = revision
-        return self._journaled(entry, key, previous, True)
+        return self._journaled(entry, key, previous, None, True)
 
     def keys(
         self, prefix: str = "", after: str | None = None, limit: int = 100
@@ -237,12 +250,19 @@ class _Change:
     it undoes itself, back to the C{previous} packed record (C{None}: none).
     """
 
-    __slots__ = ("key", "previous", "records")
+    __slots__ = ("key", "new", "previous", "records")
 
-    def __init__(self, records: PackedRecords, key: str, previous: bytes | None):
+    def __init__(
+        self,
+        records: PackedRecords,
+        key: str,
+        previous: bytes | None,
+        new: bytes | None,
+    ) -> None:
         self.records = records
         self.key = key
         self.previous = previous
+        self.new = new
 
     def __call__(self) -> None:
         if self.previous is None:

@@ -285,7 +285,12 @@ class Connection(Protocol):
         fields = self._fields
         self._version = version = self._parser.get_http_version()
         hosts = fields.get(b"host")
-        if len(fields) != 1 or hosts is None or hosts[0] != self._host:
+        if (
+            len(fields) != 1
+            or hosts is None
+            or len(hosts) != 1
+            or hosts[0] != self._host
+        ):
             # Anything but the one Host header checked before, as in most
             # requests of a keep-alive connection.
             error = _ambiguity(version, fields)
@@ -330,8 +335,10 @@ class Connection(Protocol):
         self._body_since = None
         version = self._version
         fields = self._fields
-        keep_alive = version == "1.1" and (
-            b"connection" not in fields or not _says_close(fields)
+        keep_alive = (
+            version == "1.1"
+            and (b"connection" not in fields or not _says_close(fields))
+            and not self._parser.should_upgrade()
         )
         head = Head(
             self._parser.get_method(),
@@ -347,8 +354,17 @@ class Connection(Protocol):
             raise _Stop()
         if self._waiting or self._answering is not None or self._backed_up:
             self._wait(head)
-        else:
+            return
+        try:
             self._answer(head)  # the usual case, without the queue
+        except Exception:
+            # Not in llhttp's hands, which would take it for a parsing error
+            # and have a second response sent: what was sent is all there is.
+            _log.failure("Answering {peer}", peer=str(self.peer))
+            self._reading_done = True
+            self._answering = None
+            self.transport.abortConnection()
+            raise _Stop() from None
 
     # Answers, one at a time, in order.
 
@@ -571,6 +587,11 @@ class Connection(Protocol):
         """
         self._backed_up = True
         self._read_or_not()
+        if self._send_timer is None:
+            # Reading stops, and with it the deadlines of a request coming
+            # in: this one stands for them.
+            timeout = self.factory.send_timeout
+            self._send_timer = self._clock.callLater(timeout, self._not_reading)
         if self.stream_producer is not None:
             self.stream_producer.pauseProducing()
         # What clients leave unread is bounded all together, too: when too

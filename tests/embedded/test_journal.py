@@ -254,6 +254,29 @@ class JournalTests(_JournalTestCase):
         return self.run_async(check())
 
 
+class ReadYourWritesTests(_JournalTestCase):
+    fsync = "everysec"
+
+    def test_an_acknowledged_write_is_read_while_a_later_one_waits(self):
+        """
+        A key with several writes on their way to the journal reads as the
+        last one written: a client reads what it was told is stored.
+        """
+
+        async def check():
+            storage = self.open()
+            first = storage.set("k", b"1")
+            second = storage.set("k", b"2")
+            third = storage.delete("k")
+            await first
+            self.assertEqual((await storage.get("k")).value, b"1")
+            await second
+            await third
+            self.assertIsNone(await storage.get("k"))
+
+        return self.run_async(check())
+
+
 class RotationTests(_JournalTestCase):
     def test_a_new_segment_is_durable_in_its_directory(self):
         """

@@ -778,15 +778,65 @@ class ReviewFindingsTests(_ClockedChannelTestCase):
 
     def test_a_closing_connection_not_read_is_aborted(self):
         """
-        An answer the client never reads keeps no connection: the idle
-        timeout closes it, and it is aborted when what is left is not sent.
+        A connection closing with its last answer unsent is aborted when the
+        client does not take it within 15 s.
         """
-        self.channel.dataReceived(GET)
-        self.clock.advance(60)
+        self.channel.dataReceived(
+            b"GET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
         self.assertTrue(self.transport.disconnecting)
+        self.clock.advance(14.9)
         self.assertFalse(self.transport.disconnected)
-        self.clock.advance(15)
+        self.clock.advance(0.1)
         self.assertTrue(self.transport.disconnected)
+
+    def test_a_client_not_reading_with_a_request_coming_is_dropped(self):
+        """
+        Reading stops while the client leaves an answer unread, and with it
+        the deadline of the request it was sending: the client is dropped
+        after a minute all the same.
+        """
+        self.channel.dataReceived(GET + b"GET /big HTTP/1.1\r\nHo")
+        self.clock.advance(59.9)
+        self.assertFalse(self.transport.disconnected)
+        self.clock.advance(0.1)
+        self.assertTrue(self.transport.disconnected)
+
+    def test_a_second_host_is_refused_after_a_first(self):
+        self.channel.dataReceived(
+            GET + b"GET /big HTTP/1.1\r\nHost: x\r\nHost: evil.example\r\n\r\n"
+        )
+        sent = self.transport.read() + self.transport.read()
+        self.assertEqual(
+            self.responses(sent), [b"HTTP/1.1 200 OK", b"HTTP/1.1 400 Bad Request"]
+        )
+
+    def test_an_upgrade_request_is_answered_with_connection_close(self):
+        self.channel.dataReceived(
+            b"GET /missing HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n"
+            b"Upgrade: websocket\r\n\r\n"
+        )
+        head = self.transport.value().partition(b"\r\n\r\n")[0]
+        self.assertIn(b"\r\nConnection: close", head)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_an_error_after_an_answer_sends_no_second_one(self):
+        """A failure once the answer is written drops the connection: no 500."""
+        self.site.logging = True
+
+        def log(request):
+            raise OSError(28, "No space left on device")
+
+        self.site.log = log
+        self.channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5))
+        self.transport = _BufferingTransport()
+        self.channel.makeConnection(self.transport)
+        self.channel.dataReceived(b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(
+            self.responses(self.transport.value()), [b"HTTP/1.1 404 Not Found"]
+        )
+        self.assertTrue(self.transport.disconnected)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_a_closing_connection_is_shed(self):
         self.channel.dataReceived(
