@@ -127,6 +127,12 @@ def read_condition(request: IRequest, record: Record) -> int | None:
     record because of its conditions: 412 when C{If-Match} fails, 304 when
     C{If-None-Match} names its version; C{None} to answer the record.
     """
+    fields = request.requestHeaders
+    if (
+        fields.getRawHeaders(b"if-match") is None
+        and fields.getRawHeaders(b"if-none-match") is None
+    ):
+        return None  # most reads
     if_match = _tags(request, b"if-match")
     if if_match is not None and not if_match.star:
         if record.version not in if_match.versions(weak_too=False):

@@ -128,8 +128,10 @@ class KeyRequest:
         if self.method == b"HEAD":
             body = b""
         self.sentLength = len(body)
-        lines = [(_STATUS_LINES.get(code) or status_line(code)) + b"Date: " + date]
-        lines += [name + b": " + value for name, value in headers.items()]
+        parts = [_STATUS_LINES.get(code) or status_line(code), b"Date: ", date]
+        for name, value in headers.items():
+            parts += (b"\r\n", name, b": ", value)
         if close:
-            lines.append(b"Connection: close")
-        return b"\r\n".join(lines) + b"\r\n\r\n" + body
+            parts.append(b"\r\nConnection: close")
+        parts += (b"\r\n\r\n", body)
+        return b"".join(parts)
