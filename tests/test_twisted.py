@@ -37,7 +37,7 @@ class _Pool:
 class TwistedPrivatesTests(TestCase):
     def test_tcp_transport_tells_what_waits_to_be_sent(self):
         """
-        ersid.web.protocol sends a response at once when nothing written
+        ersid.web.sending sends a response at once when nothing written
         before waits in the TCP transport: its dataBuffer and _tempDataLen
         say so, and writeSomeData sends.
         """

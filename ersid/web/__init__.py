@@ -9,7 +9,9 @@ The HTTP side of Ersid: the API and the site that serves it.
 | C{parsing} | keys, content types, query parameters and bodies, checked |
 | C{errors} | L{ApiError} and the JSON every error is answered in |
 | C{fastpath} | the front resource: key requests straight to their route |
-| C{protocol} | a connection: requests parsed by llhttp, limits, deadlines |
+| C{protocol} | a connection: requests parsed by llhttp, deadlines, flow control |
+| C{reading} | what a connection checks beyond llhttp, and its refusals |
+| C{sending} | a response sent at once when the socket can take it |
 | C{exchange} | a request as read, and the light request of the fast path |
 | C{slowpath} | requests handed to twisted.web and Klein |
 | C{site} | the factory of connections: shared limits, access log |

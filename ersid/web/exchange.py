@@ -14,9 +14,9 @@ from typing import Any
 import attrs
 from twisted.internet.interfaces import IAddress
 
-from ersid.web.errors import NO_BODY_CODES
+from ersid.web.errors import NO_BODY_CODES, ApiError
 
-__all__ = ["Fields", "Head", "KeyRequest", "status_line"]
+__all__ = ["Fields", "Head", "KeyRequest", "refusal", "status_line"]
 
 _STATUS_LINES: dict[int, bytes] = {}
 
@@ -33,6 +33,23 @@ def status_line(code: int) -> bytes:
     return line
 
 
+def refusal(error: ApiError, date: bytes) -> bytes:
+    """
+    The response to a request that is refused before it is read whole:
+    C{error}, and the connection closes.
+    """
+    body = error.body()
+    lines = [
+        *(name + b": " + value for name, value in error.headers.items()),
+        b"Date: " + date,
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % (len(body),),
+        b"Cache-Control: no-store",
+        b"Connection: close",
+    ]
+    return status_line(error.status) + b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
 class Fields(dict[bytes, list[bytes]]):
     """
     A request's header fields: every line of each, by lower-case name; with
@@ -43,7 +60,7 @@ class Fields(dict[bytes, list[bytes]]):
         return self.get(name if name.islower() else name.lower())
 
 
-@attrs.define(slots=True, eq=False)
+@attrs.frozen(eq=False)
 class Head:
     """
     A request whose line, headers and body have been read.

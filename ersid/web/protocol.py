@@ -12,20 +12,15 @@ answers than the client reads, and JSON for every error.
 
 from __future__ import annotations
 
-import re
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from httptools import (
     HttpParserCallbackError,
     HttpParserError,
-    HttpParserInvalidMethodError,
-    HttpParserInvalidURLError,
     HttpParserUpgrade,
     HttpRequestParser,
 )
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
@@ -41,34 +36,30 @@ from zope.interface import implementer
 
 from ersid.web import slowpath
 from ersid.web.errors import ApiError, empty
-from ersid.web.exchange import Fields, Head, KeyRequest, status_line
+from ersid.web.exchange import Fields, Head, KeyRequest, refusal
 from ersid.web.keys import KeyRoute
+from ersid.web.reading import (
+    ALLOW_ANY,
+    MAX_FIELDS,
+    MAX_HEAD_BYTES,
+    MAX_TARGET_BYTES,
+    VERSIONS,
+    ambiguity,
+    fields_too_large,
+    path_of_absolute_form,
+    refused_by_llhttp,
+    says_close,
+    target_too_long,
+)
+from ersid.web.sending import writer
 
 if TYPE_CHECKING:
     from ersid.web.site import ApiSite
 
-__all__ = [
-    "MAX_FIELDS",
-    "MAX_HEAD_BYTES",
-    "MAX_TARGET_BYTES",
-    "MOST_WAITING",
-    "Connection",
-]
+__all__ = ["MOST_WAITING", "Connection"]
 
-# The longest request target, and the most bytes and lines of header
-# fields, a request may have.
-MAX_TARGET_BYTES = 8192
-MAX_HEAD_BYTES = 16384
-MAX_FIELDS = 100
 # Pipelined requests read ahead of the one being answered, at most.
 MOST_WAITING = 16
-# A Host header (RFC 9110, 7.2): a host name, an IPv4 address or an IP
-# literal in brackets, and a port; or nothing.
-_HOST = re.compile(
-    rb"(?:\[[0-9A-Fa-f:.]++\]|[A-Za-z0-9._~!$&'()*+,;=%-]*+)(?::[0-9]*+)?"
-)
-_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
-_ALLOW_ANY = b"DELETE, GET, HEAD, POST, PUT"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _log = Logger()
@@ -86,7 +77,7 @@ class Connection(Protocol):
     then it:
 
       - refuses in JSON, and closes, what llhttp accepts but a proxy in
-        front might read differently (see L{_ambiguity}), and what it
+        front might read differently (see L{ersid.web.reading.ambiguity}), and what it
         refuses itself;
       - gives a request's line and headers C{head_timeout} seconds to
         arrive, its body C{body_timeout} seconds from the end of its
@@ -148,7 +139,7 @@ class Connection(Protocol):
     # The connection.
 
     def connectionMade(self) -> None:
-        self._write = _writer(self.transport)
+        self._write = writer(self.transport)
         self.peer = self.transport.getPeer()
         self.host = self.transport.getHost()
         self.transport.registerProducer(self, True)
@@ -172,27 +163,16 @@ class Connection(Protocol):
                 _log.failure("Parsing a request from {peer}", peer=str(self.peer))
                 self._refuse(ApiError(500, "internal", "internal error"))
         except HttpParserUpgrade:
-            # At CONNECT or Upgrade, llhttp stops parsing: neither is offered,
-            # so the request is answered as any other, and nothing after it.
+            # At CONNECT or Upgrade llhttp stops: neither is offered, so the
+            # request was answered as any other, with Connection: close.
             self._reading_done = True
-            if self._waiting and isinstance(self._waiting[-1], Head):
-                self._waiting[-1].keep_alive = False
-        except HttpParserInvalidMethodError:
-            # Methods are case-sensitive (RFC 9110): none llhttp does not
-            # know is one the API has.
-            message = f"method not allowed here; allowed: {_ALLOW_ANY.decode()}"
-            allow = {b"Allow": _ALLOW_ANY}
-            self._refuse(ApiError(405, "method_not_allowed", message, allow))
-        except HttpParserInvalidURLError:
-            message = "the request target must be a path, such as /key"
-            self._refuse(ApiError(400, "bad_request_target", message))
         except HttpParserError as e:
-            self._refuse(_parser_error(e, self._max_body))
+            self._refuse(refused_by_llhttp(e, self._max_body))
         else:
             if (self._in_head and self._head_received > MAX_HEAD_BYTES) or (
                 self._chunk_empty and self._trailer_received > MAX_HEAD_BYTES
             ):
-                self._refuse(_fields_too_large())
+                self._refuse(fields_too_large())
         self._answer_waiting()
         self._read_or_not()
 
@@ -254,14 +234,12 @@ class Connection(Protocol):
         self._fields = Fields()
         self._body = bytearray()
         self._head_received = self._head_size = self._field_count = 0
-        self._body_size = 0
 
     def on_url(self, part: bytes) -> None:
         self._target += part
         self._head_size += len(part)
         if self._head_size > MAX_TARGET_BYTES:
-            message = f"request targets are at most {MAX_TARGET_BYTES} bytes"
-            self._stop(ApiError(414, "target_too_long", message))
+            self._stop(target_too_long())
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
@@ -269,7 +247,7 @@ class Connection(Protocol):
         self._field_count += 1
         self._head_size += len(name) + len(value) + 4
         if self._field_count > MAX_FIELDS or self._head_size > MAX_HEAD_BYTES:
-            self._stop(_fields_too_large())
+            self._stop(fields_too_large())
         name = name.lower()
         value = value.rstrip(b" \t")
         lines = self._fields.get(name)
@@ -293,13 +271,13 @@ class Connection(Protocol):
         ):
             # Anything but the one Host header checked before, as in most
             # requests of a keep-alive connection.
-            error = _ambiguity(version, fields)
+            error = ambiguity(version, fields)
             if error is not None:
                 self._stop(error)
             if hosts is not None:
                 self._host = hosts[0]
         elif version != "1.1":
-            error = _ambiguity(version, fields)
+            error = ambiguity(version, fields)
             if error is not None:
                 self._stop(error)
         length = fields.get(b"content-length")
@@ -337,13 +315,13 @@ class Connection(Protocol):
         fields = self._fields
         keep_alive = (
             version == "1.1"
-            and (b"connection" not in fields or not _says_close(fields))
+            and (b"connection" not in fields or not says_close(fields))
             and not self._parser.should_upgrade()
         )
         head = Head(
             self._parser.get_method(),
             self._target,
-            _VERSIONS[version],
+            VERSIONS[version],
             fields,
             bytes(self._body),
             keep_alive,
@@ -411,7 +389,7 @@ class Connection(Protocol):
         if target[:1] == b"/":
             path = target.partition(b"?")[0]
         else:
-            path = _path_of_absolute_form(target)
+            path = path_of_absolute_form(target)
             if path is None:
                 self._answer_target(head)
                 return
@@ -442,7 +420,7 @@ class Connection(Protocol):
         """
         request = KeyRequest(head, head.target, self.peer)
         if head.target == b"*" and head.method == b"OPTIONS":
-            request.setHeader(b"Allow", _ALLOW_ANY)
+            request.setHeader(b"Allow", ALLOW_ANY)
             body = empty(request, 200)
         else:
             message = "the request target must be a path, such as /key"
@@ -489,17 +467,7 @@ class Connection(Protocol):
         self._waiting.append(error)
 
     def _write_refusal(self, error: ApiError) -> None:
-        body = error.body()
-        lines = [
-            *(name + b": " + value for name, value in error.headers.items()),
-            b"Date: " + self.factory.date_header(),
-            b"Content-Type: application/json",
-            b"Content-Length: %d" % (len(body),),
-            b"Cache-Control: no-store",
-            b"Connection: close",
-        ]
-        head = status_line(error.status) + b"\r\n".join(lines) + b"\r\n\r\n"
-        self.transport.write(head + body)
+        self.transport.write(refusal(error, self.factory.date_header()))
         self._waiting.clear()
         self._waiting_bytes = 0
         self._close()
@@ -651,103 +619,3 @@ class Connection(Protocol):
 
 # Rendering, by twisted.web, of a request that may finish at once.
 _RENDERING = object()
-
-
-def _writer(transport: Any) -> Callable[[bytes], None]:
-    """
-    How to send bytes on C{transport}: at once when it is a TCP connection
-    with nothing waiting to be sent.
-
-    A transport's C{write} only buffers; the bytes go at the reactor's next
-    turn, at the price of two C{epoll_ctl} calls and a dispatch: a third
-    of the cost of a small request. Sending at once needs to know that
-    nothing written before is still waiting, which Twisted tells only in
-    private attributes: C{dataBuffer} and C{_tempDataLen} (pinned by
-    tests/test_twisted.py). Anything else, TLS included, is written.
-    """
-    if not isinstance(transport, tcp.Connection):
-        return transport.write
-
-    def write(data: bytes) -> None:
-        if not transport.dataBuffer and not transport._tempDataLen:
-            sent = transport.writeSomeData(data)
-            if sent == len(data):
-                return
-            if isinstance(sent, int):
-                data = data[sent:]
-        transport.write(data)
-
-    return write
-
-
-def _says_close(fields: Fields) -> bool:
-    connection = fields.get(b"connection")
-    return connection is not None and any(
-        token.strip(b" \t").lower() == b"close"
-        for line in connection
-        for token in line.split(b",")
-    )
-
-
-def _ambiguity(version: str, fields: Fields) -> ApiError | None:
-    """
-    What in a request's head, accepted by llhttp, a proxy in front could
-    read another way, or HTTP forbids: the error to answer, or C{None}.
-    """
-    if version not in _VERSIONS:
-        message = "only HTTP/1.1 and HTTP/1.0 are served"
-        return ApiError(505, "http_version_not_supported", message)
-    hosts = fields.get(b"host")
-    if version == "1.1" and (hosts is None or len(hosts) != 1):
-        return _bad_request("an HTTP/1.1 request needs one Host header")
-    if hosts is not None:
-        if len(hosts) > 1:
-            return _bad_request("a request has one Host header at most")
-        if not _HOST.fullmatch(hosts[0]):
-            return _bad_request("the Host header is not a host")
-    codings = fields.get(b"transfer-encoding")
-    if codings is not None:
-        if version != "1.1":
-            # RFC 9112 6.1: HTTP/1.0 has no transfer codings; the framing of
-            # such a message is faulty.
-            return _bad_request("HTTP/1.0 has no Transfer-Encoding")
-        if len(codings) != 1 or codings[0].lower() != b"chunked":
-            return _bad_request("the only transfer coding accepted is chunked")
-    types = fields.get(b"content-type")
-    if types is not None and len(types) > 1:
-        return _bad_request("a request has one Content-Type header at most")
-    return None
-
-
-def _bad_request(message: str) -> ApiError:
-    return ApiError(400, "bad_request", message)
-
-
-def _fields_too_large() -> ApiError:
-    return ApiError(
-        431,
-        "header_fields_too_large",
-        f"a request has at most {MAX_FIELDS} header lines and "
-        f"{MAX_HEAD_BYTES} bytes of them",
-    )
-
-
-def _parser_error(error: HttpParserError, max_body: int) -> ApiError:
-    """The answer to a request llhttp refused, with its reason."""
-    reason = str(error)
-    if reason == "Content-Length overflow":
-        return ApiError.value_too_large(max_body)
-    return _bad_request(f"the request is not valid HTTP/1.1: {reason}")
-
-
-def _path_of_absolute_form(target: bytes) -> bytes | None:
-    """
-    The path of an C{http} or C{https} URL (C{/} if it has none), or
-    C{None} if C{target} is no such URL.
-    """
-    scheme, separator, rest = target.partition(b"://")
-    if not separator or scheme.lower() not in (b"http", b"https"):
-        return None
-    rest = rest.partition(b"?")[0]
-    slash = rest.find(b"/")
-    return b"/" if slash == -1 else rest[slash:]

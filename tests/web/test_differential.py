@@ -24,7 +24,7 @@ from ersid.web.site import makeSite
 
 from .._helpers import refusal
 
-# Refusals of Ersid's own, where h11 accepts (see ersid.web.protocol).
+# Refusals of Ersid's own, where h11 accepts (see ersid.web.reading).
 STRICTER = {
     "a request has one Content-Type header at most",
     "the Host header is not a host",

@@ -30,12 +30,8 @@ from ersid.embedded.memory import DictStorage
 from ersid.listening import ConnectionBudget
 from ersid.storage import Record
 from ersid.web.app import Service
-from ersid.web.protocol import (
-    MAX_FIELDS,
-    MAX_HEAD_BYTES,
-    MAX_TARGET_BYTES,
-    MOST_WAITING,
-)
+from ersid.web.protocol import MOST_WAITING
+from ersid.web.reading import MAX_FIELDS, MAX_HEAD_BYTES, MAX_TARGET_BYTES
 from ersid.web.site import makeSite
 
 from .._helpers import raw_exchange, refusal, serve
