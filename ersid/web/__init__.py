@@ -8,7 +8,7 @@ The HTTP side of Ersid: the API and the site that serves it.
 | C{conditions} | ETags, C{If-Match} and C{If-None-Match} |
 | C{parsing} | keys, content types, query parameters and bodies, checked |
 | C{errors} | L{ApiError} and the JSON every error is answered in |
-| C{fastpath} | the front resource: key requests straight to their route |
+| C{fastpath} | the API as a twisted.web resource: key routes, then Klein |
 | C{protocol} | a connection: requests parsed by llhttp, deadlines, flow control |
 | C{reading} | what a connection checks beyond llhttp, and its refusals |
 | C{sending} | a response sent at once when the socket can take it |

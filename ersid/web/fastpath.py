@@ -1,8 +1,10 @@
 """
-The front of the API: requests for keys, the hot path, go straight to
-their key route (L{KEY_ROUTES}), skipping Klein's per-request routing and
-Deferred plumbing, the bulk of the cost of a small request; everything
-else (the C{/_} endpoints, unknown methods) is rendered by Klein.
+The API as a twisted.web resource, for the requests the connection hands
+to twisted.web (L{ersid.web.slowpath}) and for any twisted.web server
+(the tests' C{StubTreq}): requests for keys go straight to their key route
+(L{ersid.web.keys.KEY_ROUTES}), skipping Klein's per-request routing and
+Deferred plumbing; everything else (the C{/_} endpoints, unknown methods)
+is rendered by Klein.
 """
 
 from __future__ import annotations

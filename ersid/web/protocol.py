@@ -96,8 +96,6 @@ class Connection(Protocol):
     host: IAddress
     stream_producer: IPushProducer | None = None
 
-    _in_message = False
-    _in_head = False
     _now = 0.0
     _version = "1.1"
     _host: bytes | None = None
@@ -152,7 +150,7 @@ class Connection(Protocol):
         if self._reading_done:
             return
         self._now = self._clock.seconds()
-        if self._in_head:
+        if self._head_since is not None:  # in a head
             self._head_received += len(data)
         elif self._chunk_empty:
             self._trailer_received += len(data)
@@ -169,9 +167,9 @@ class Connection(Protocol):
         except HttpParserError as e:
             self._refuse(refused_by_llhttp(e, self._max_body))
         else:
-            if (self._in_head and self._head_received > MAX_HEAD_BYTES) or (
-                self._chunk_empty and self._trailer_received > MAX_HEAD_BYTES
-            ):
+            if (
+                self._head_since is not None and self._head_received > MAX_HEAD_BYTES
+            ) or (self._chunk_empty and self._trailer_received > MAX_HEAD_BYTES):
                 self._refuse(fields_too_large())
         self._answer_waiting()
         self._read_or_not()
@@ -227,7 +225,6 @@ class Connection(Protocol):
     # llhttp's callbacks, in the order it makes them.
 
     def on_message_begin(self) -> None:
-        self._in_message = self._in_head = True
         self._head_since = self._now
         self._idle_since = None
         self._target = b""
@@ -242,7 +239,7 @@ class Connection(Protocol):
             self._stop(target_too_long())
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
+        if self._head_since is None:
             return  # a trailer field, after a chunked body: not kept
         self._field_count += 1
         self._head_size += len(name) + len(value) + 4
@@ -257,29 +254,19 @@ class Connection(Protocol):
             lines.append(value)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
         self._head_since = None
         self._body_since = self._now
         fields = self._fields
         self._version = version = self._parser.get_http_version()
         hosts = fields.get(b"host")
-        if (
-            len(fields) != 1
-            or hosts is None
-            or len(hosts) != 1
-            or hosts[0] != self._host
-        ):
-            # Anything but the one Host header checked before, as in most
-            # requests of a keep-alive connection.
+        # Most requests of a keep-alive connection have just the Host header
+        # of the one before, which passed: nothing to check again.
+        if hosts != [self._host] or len(fields) != 1 or version != "1.1":
             error = ambiguity(version, fields)
             if error is not None:
                 self._stop(error)
             if hosts is not None:
                 self._host = hosts[0]
-        elif version != "1.1":
-            error = ambiguity(version, fields)
-            if error is not None:
-                self._stop(error)
         length = fields.get(b"content-length")
         if length is not None:
             # llhttp checked it is digits; Python reads no number of over
@@ -308,7 +295,7 @@ class Connection(Protocol):
         self._chunk_empty = False
 
     def on_message_complete(self) -> None:
-        self._in_message = self._continue_owed = False
+        self._continue_owed = False
         self._body_size = 0
         self._body_since = None
         version = self._version
@@ -377,7 +364,7 @@ class Connection(Protocol):
                 self._send_timer = self._clock.callLater(timeout, self._not_reading)
         elif self._reading_done:
             self._close()
-        elif not self._in_message:
+        elif self._head_since is None and self._body_since is None:  # between
             self._idle_since = self._now
         elif self._continue_owed:
             # Its earlier requests answered, this one may send its body.
@@ -462,7 +449,7 @@ class Connection(Protocol):
         follows a request that was refused is not a request.
         """
         self._reading_done = True
-        self._in_message = self._in_head = self._continue_owed = False
+        self._continue_owed = False
         self._head_since = self._body_since = None
         self._waiting.append(error)
 
@@ -608,7 +595,7 @@ class Connection(Protocol):
             return True
         if self._answering is not None or self._waiting:
             return False
-        if self._in_message and not self._in_head:
+        if self._body_since is not None:
             return False  # uploading a body
         if self._head_since is not None:
             if self._clock.seconds() - self._head_since < 1:

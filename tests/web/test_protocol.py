@@ -222,19 +222,21 @@ class LoopbackPipeliningTests(TestCase):
         return Deferred.fromCoroutine(check())
 
 
-class StrictParsingTests(_ClockedChannelTestCase):
-    """
-    What a proxy in front and Ersid could read differently is refused with
-    a JSON 400 (413 for a length no body can have), the connection closed,
-    and nothing stored.
-    """
-
+class _RefusalTestCase(_ClockedChannelTestCase):
     def assert_refused(self, request: bytes, status: int = 400) -> dict:
         self.channel.dataReceived(request)
         error = refusal(self, self.transport.value(), status)
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.successResultOf(self.storage.keys()), ["big"])
         return error
+
+
+class StrictParsingTests(_RefusalTestCase):
+    """
+    What a proxy in front and Ersid could read differently is refused with
+    a JSON 400 (413 for a length no body can have), the connection closed,
+    and nothing stored.
+    """
 
     def test_transfer_codings_other_than_chunked(self):
         for coding in [b"identity", b"gzip, chunked", b"chunked, gzip", b"x"]:
@@ -402,7 +404,7 @@ class HalfCloseTests(TestCase):
         return Deferred.fromCoroutine(check())
 
 
-class SmugglingTests(StrictParsingTests):
+class SmugglingTests(_RefusalTestCase):
     """
     What llhttp itself refuses (bare LF line ends, bad chunk sizes, white
     space before a colon, a request line without a version) is answered
