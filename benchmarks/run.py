@@ -13,11 +13,13 @@ core 1 loads one at a time, in slices of a few seconds: PUT and GET of
 100-byte values over 1,000 keys with 50 keep-alive connections, then, for
 the limit, Ersid dict, etcd and webdis, with 10 and with 500. Before that,
 what an idle keep-alive connection costs Ersid dict, etcd and webdis in
-memory; after it, the cost of snapshots with 1,000,000 keys. Prints tables
-and writes results/latest.json and results/latest.png.
+memory; after it, the cost of snapshots with 1,000,000 keys, then what
+watchers cost Ersid dict (watchers.py). Prints tables and writes
+results/latest.json and results/latest.png.
 
 Usage: bin/dev bench [--duration S] [--rounds N] [--rounds-other N]
-[--idle-connections N] [--no-scale] [--no-mysql] [--output DIR]
+[--idle-connections N] [--idle-watchers N] [--no-scale] [--no-watch]
+[--only-watch] [--no-mysql] [--output DIR]
 (--duration: seconds a slice; --rounds-other: rounds at 10 and 500
 connections, 0 for none)
 """
@@ -798,9 +800,22 @@ def main() -> None:
         "--no-throughput", action="store_true", help="nor idle connections"
     )
     parser.add_argument("--no-mysql", action="store_true")
+    parser.add_argument(
+        "--idle-watchers", type=int, default=10_000, help="watchers.py: for memory"
+    )
+    parser.add_argument("--no-watch", action="store_true")
+    parser.add_argument("--only-watch", action="store_true", help="only watchers.py")
     parser.add_argument("--output", default=os.path.join(HERE, "results"))
     arguments = parser.parse_args()
-    programs = ("wrk", "etcd", "webdis", "redis-server")
+    # Not at the top: watchers imports this file as "run", from this folder,
+    # on the path when this file runs as a script, not when tests load it.
+    import watchers
+
+    if arguments.only_watch:
+        arguments.no_throughput = arguments.no_scale = True
+    programs = (
+        ("wrk",) if arguments.only_watch else ("wrk", "etcd", "webdis", "redis-server")
+    )
     missing = [program for program in programs if not shutil.which(program)]
     if missing:
         sys.exit(f"benchmarks need {', '.join(missing)}: bin/dev bench installs them")
@@ -836,7 +851,15 @@ def main() -> None:
         print(f"Snapshots with {arguments.scale_keys:,} keys:", flush=True)
         results["scale"] = scale(arguments.scale_keys, arguments.scale_duration)
 
-    _print_tables(results)
+    if not arguments.no_watch:
+        print("Watchers:", flush=True)
+        results["watch"] = watchers.benchmark_watch(
+            arguments.duration, arguments.rounds, arguments.idle_watchers
+        )
+    if not arguments.only_watch:
+        _print_tables(results)
+    if "watch" in results:
+        watchers.print_watch(results["watch"])
     os.makedirs(arguments.output, exist_ok=True)
     with open(os.path.join(arguments.output, "latest.json"), "w") as f:
         json.dump(results, f, indent=2)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import attrs
 from twisted.application.service import IService
@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "IImmediateReads",
     "IStorage",
+    "Listing",
     "OpenedStorage",
     "Page",
     "Precondition",
@@ -27,6 +28,8 @@ __all__ = [
 ]
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+_Item = TypeVar("_Item")
 
 
 @attrs.frozen
@@ -62,6 +65,17 @@ class Page:
 
     items: list[tuple[str, Record]]
     cursor: object | None
+
+
+@attrs.frozen
+class Listing(Generic[_Item]):
+    """
+    Keys, or records, as they were at C{revision}: every change up to it is
+    reflected, none after it; a watch from C{revision} brings the rest.
+    """
+
+    items: list[_Item]
+    revision: int
 
 
 @attrs.frozen
@@ -169,8 +183,18 @@ class IStorage(Interface):
 
     def keys(prefix: str = "", after: str | None = None, limit: int = 100):
         """
-        @return: Deferred firing with at most C{limit} keys that start with
-            C{prefix} and sort after C{after}, in ascending code point order.
+        @return: Deferred firing with a L{Listing} of at most C{limit} keys
+            that start with C{prefix} and sort after C{after}, in ascending
+            code point order.
+        """
+
+    def records(prefix: str = ""):
+        """
+        Every record whose key starts with C{prefix}, read at once, for a
+        watch's initial state.
+
+        @return: Deferred firing with a L{Listing} of C{(key, Record)}, in
+            key order.
         """
 
     def stats():

@@ -24,6 +24,17 @@ from ersid.manhole import manhole_factory
 from ersid.mysql import open_mysql
 from ersid.startup import one_line_exit
 from ersid.storage import OpenedStorage
+from ersid.watch import (
+    DEFAULT_HISTORY_BYTES,
+    DEFAULT_HISTORY_CHANGES,
+    DEFAULT_LAG_BYTES,
+    DEFAULT_MAX_WATCHERS,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_PROGRESS_INTERVAL,
+    History,
+    Hub,
+    WatchedStore,
+)
 from ersid.web import DEFAULT_MAX_VALUE_SIZE, Service, makeSite
 
 __all__ = ["Options", "makeService"]
@@ -128,6 +139,50 @@ class Options(usage.Options):
             "Largest value accepted, in bytes; larger writes get 413.",
             _positive(int),
         ],
+        [
+            "watch-history",
+            None,
+            DEFAULT_HISTORY_CHANGES,
+            "Most changes kept for watchers to resume from (and kept in MySQL's "
+            "change log).",
+            _positive(int),
+        ],
+        [
+            "watch-history-bytes",
+            None,
+            DEFAULT_HISTORY_BYTES,
+            "Most bytes of keys and values those changes may take in memory.",
+            _positive(int),
+        ],
+        [
+            "watch-progress",
+            None,
+            DEFAULT_PROGRESS_INTERVAL,
+            "Seconds of silence after which a watch stream is sent a progress event.",
+            _positive(float),
+        ],
+        [
+            "max-watchers",
+            None,
+            DEFAULT_MAX_WATCHERS,
+            "Most watchers held at once; more get 503.",
+            _positive(int),
+        ],
+        [
+            "watch-lag-bytes",
+            None,
+            DEFAULT_LAG_BYTES,
+            "Bytes of changes a watcher may fall behind its client's reading "
+            "before it is ended with a compacted event.",
+            _positive(int),
+        ],
+        [
+            "watch-poll",
+            None,
+            DEFAULT_POLL_INTERVAL,
+            "With --storage mysql: seconds between two reads of the change log.",
+            _positive(float),
+        ],
     ]
 
     def parseOptions(self, options: list[str] | None = None) -> None:
@@ -164,20 +219,36 @@ class Options(usage.Options):
 def makeService(options: Options, reactor: Any = _global_reactor) -> IService:
     """
     Compose the daemon: the storage backend, opened from its files or its
-    database, and the services that keep it; the REST API in front of it;
-    the SSH manhole into it.
+    database, and the services that keep it; the hub its changes are
+    published to, for watchers; the REST API in front of it; the SSH
+    manhole into it.
     """
     files = claim_files(options["data-dir"], options["dump-file"])
     options["dump-file"] = files.dump_file
-    opened = _BACKENDS[options["storage"]](options, reactor)
-    api = Service(opened.storage, options["max-value-size"], health=opened.health)
+    history = History(0, options["watch-history"], options["watch-history-bytes"])
+    hub = Hub(
+        history,
+        reactor,
+        options["watch-progress"],
+        options["max-watchers"],
+        options["watch-lag-bytes"],
+    )
+    opened = _BACKENDS[options["storage"]](options, hub, reactor)
+    api = Service(
+        opened.storage, options["max-value-size"], health=opened.health, hub=hub
+    )
     daemon = LockedServices(files.locks)
     budget = ConnectionBudget.of_this_process(reactor)
     site = makeSite(api, options["access-log"], reactor=reactor, budget=budget)
     rest = Listener("REST API", options["rest-port"], site, reactor, budget)
     rest.setServiceParent(daemon)
     if options["manhole-port"] is not None:
-        namespace = {"service": api, "storage": opened.storage, "reactor": reactor}
+        namespace = {
+            "service": api,
+            "storage": opened.storage,
+            "hub": hub,
+            "reactor": reactor,
+        }
         ssh = manhole_factory(
             namespace,
             options["data-dir"],
@@ -191,29 +262,30 @@ def makeService(options: Options, reactor: Any = _global_reactor) -> IService:
                 "SSH manhole", options["manhole-port"], counted, reactor, budget
             )
             manhole.setServiceParent(daemon)
-    for service in opened.services:
-        service.setServiceParent(daemon)
+    WatchedStore(opened.services, hub).setServiceParent(daemon)
     return daemon
 
 
-def _open_embedded(options: Options, reactor: Any) -> OpenedStorage:
+def _open_embedded(options: Options, hub: Hub, reactor: Any) -> OpenedStorage:
     return open_embedded(
         options["data-dir"],
         options["dump-file"],
         options["fsync"],
         options["dump-interval"],
+        hub,
         reactor,
     )
 
 
-def _open_mysql(options: Options, reactor: Any) -> OpenedStorage:
+def _open_mysql(options: Options, hub: Hub, reactor: Any) -> OpenedStorage:
     return open_mysql(
         options["mysql-url"],
         options["mysql-password-file"],
-        options["mysql-pool-min"],
-        options["mysql-pool-max"],
+        (options["mysql-pool-min"], options["mysql-pool-max"]),
         options["dump-file"],
         options["dump-interval"],
+        hub,
+        options["watch-poll"],
         reactor,
     )
 

@@ -17,6 +17,9 @@ run = importlib.util.module_from_spec(_spec)
 # Registered before it runs, as its dataclasses look their module up.
 sys.modules[_spec.name] = run
 _spec.loader.exec_module(run)
+# watchers.py imports run.py as "run", from its own folder.
+sys.path.insert(0, os.path.dirname(_RUN))
+import watchers  # noqa: E402
 
 # wrk 4.1.0's report, as Debian's package prints it with --latency.
 WRK_REPORT = """\
@@ -171,3 +174,29 @@ class SummaryTests(TestCase):
         self.assertEqual(summary["limit"]["GET"]["requests_per_second"], 200)
         self.assertEqual(summary["limit"]["GET"]["non_2xx"], 6)
         self.assertEqual(summary["limit"]["GET"]["socket_errors"], 0)
+
+
+class WatchEventsTests(TestCase):
+    STREAM = (
+        b"retry: 1000\nid: 0\n\n"
+        + b'id: 1\nevent: put\ndata: {"key":"event: put"}\n\n'
+        + b"id: 2\nevent: progress\ndata: {}\n\n"
+        + b'id: 3\nevent: put\ndata: {"key":"a"}\n\n'
+    )
+
+    def test_reads_cut_anywhere(self):
+        """
+        A put event counts once, however the stream is cut into reads; a
+        key that looks like the marker does not count (it has no newline).
+        """
+        for cut in range(len(self.STREAM) + 1):
+            first, tail = watchers.count_events(b"", self.STREAM[:cut])
+            second, _ = watchers.count_events(tail, self.STREAM[cut:])
+            self.assertEqual(first + second, 2, cut)
+
+    def test_byte_by_byte(self):
+        total, tail = 0, b""
+        for byte in self.STREAM:
+            found, tail = watchers.count_events(tail, bytes([byte]))
+            total += found
+        self.assertEqual(total, 2)

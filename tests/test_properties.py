@@ -129,7 +129,7 @@ class _ModelCheck:
             if k.startswith(prefix) and (after is None or k > after)
         )[:limit]
         self.test.assertEqual(
-            self.call(self.storage.keys, prefix, after, limit), expected
+            self.call(self.storage.keys, prefix, after, limit).items, expected
         )
 
     def finish(self) -> None:

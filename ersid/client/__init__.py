@@ -10,6 +10,7 @@ C{ersid.client.bench}.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -26,11 +27,24 @@ from twisted.web.client import (
 )
 from twisted.web.iweb import IResponse
 
+from ersid.client.errors import (
+    ClientError,
+    ConditionFailed,
+    HistoryGone,
+    KeyNotFound,
+    RequestRejected,
+    ServerUnavailable,
+    ValueTooLarge,
+)
+from ersid.client.watching import Event, watch
+
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "Client",
     "ClientError",
     "ConditionFailed",
+    "Event",
+    "HistoryGone",
     "KeyNotFound",
     "RequestRejected",
     "ServerUnavailable",
@@ -43,30 +57,6 @@ __all__ = [
 # What a value is stored as when its content type is not given, as the
 # server does.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-
-
-class ClientError(Exception):
-    """Ersid did not do what was asked; the message says why."""
-
-
-class KeyNotFound(ClientError):
-    """There is no such key."""
-
-
-class ConditionFailed(ClientError):
-    """The key's current ETag did not match the condition of the request."""
-
-
-class ValueTooLarge(ClientError):
-    """The value is over the server's size limit."""
-
-
-class RequestRejected(ClientError):
-    """The server refused the request as malformed (a bad key, say)."""
-
-
-class ServerUnavailable(ClientError):
-    """The server could not be reached, or its storage is unavailable."""
 
 
 @attrs.frozen
@@ -153,6 +143,7 @@ class Client:
         if reactor is None:
             from twisted.internet import reactor
         self.url = check_url(url).rstrip("/")
+        self._reactor = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=persistent)
         self.pool.maxPersistentPerHost = 64
         self._http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
@@ -245,6 +236,22 @@ class Client:
                     return keys
 
         return Deferred.fromCoroutine(list_all())
+
+    def watch(
+        self, prefix: str = "", since: int | None = None, values: bool = False
+    ) -> AsyncIterator[Event]:
+        """
+        The changes under C{prefix} after revision C{since} (C{None}: from
+        now on), for ever, as an async iterator of L{Event}s (with their
+        values, if C{values}). A dropped connection is made again, and the
+        watch resumes from the last revision seen: no change is missed or
+        repeated.
+
+        @raise HistoryGone: from the iteration, when the server no longer
+            keeps the changes owed; list the keys again, then watch from the
+            listing's revision.
+        """
+        return watch(self._http, self.url, self._reactor, prefix, since, values)
 
     def close(self) -> Deferred[None]:
         """Close the pool's idle connections."""

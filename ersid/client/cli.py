@@ -1,14 +1,18 @@
 """
-The C{ersid} command: get, set, delete and list keys of an Ersid server.
+The C{ersid} command: get, set, delete, list and watch keys of an Ersid
+server.
 
 Exit status: 0 done; 1 no such key; 2 usage error; 3 precondition failed;
 4 request rejected (bad key, value too large); 5 server unreachable or
-unavailable; 6 standard input or output failed (a closed pipe, a full disk).
+unavailable; 6 standard input or output failed (a closed pipe, a full disk);
+7 a watch's history is gone (list again, then watch from its revision).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import sys
 from typing import Any
@@ -21,6 +25,8 @@ from ersid.client import (
     Client,
     ClientError,
     ConditionFailed,
+    Event,
+    HistoryGone,
     KeyNotFound,
     ServerUnavailable,
     check_url,
@@ -34,11 +40,13 @@ EXIT_PRECONDITION_FAILED = 3
 EXIT_REJECTED = 4
 EXIT_UNAVAILABLE = 5
 EXIT_LOCAL_IO = 6
+EXIT_HISTORY_GONE = 7
 
 _EXIT_CODES = {
     KeyNotFound: EXIT_NOT_FOUND,
     ConditionFailed: EXIT_PRECONDITION_FAILED,
     ServerUnavailable: EXIT_UNAVAILABLE,
+    HistoryGone: EXIT_HISTORY_GONE,
 }
 
 
@@ -53,10 +61,10 @@ def url_argument(text: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ersid",
-        description="Get, set, delete and list the keys of an Ersid server.",
+        description="Get, set, delete, list and watch the keys of an Ersid server.",
         epilog="Exit status: 0 done, 1 no such key, 2 usage error, 3 precondition "
         "failed, 4 request rejected, 5 server unreachable or unavailable, "
-        "6 standard input or output failed.",
+        "6 standard input or output failed, 7 a watch's history is gone.",
     )
     parser.add_argument(
         "--url",
@@ -78,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
     delete.add_argument("--if-match", metavar="ETAG", help="only if the ETag matches")
     listing = commands.add_parser("list", help="list keys, one a line")
     listing.add_argument("prefix", nargs="?", default="")
+    watching = commands.add_parser(
+        "watch", help="print each change as a JSON line, resuming after disconnects"
+    )
+    watching.add_argument("prefix", nargs="?", default="")
+    watching.add_argument(
+        "--since", type=int, metavar="REVISION", help="the changes after it"
+    )
+    watching.add_argument("--values", action="store_true", help="with the values")
     return parser
 
 
@@ -101,9 +117,29 @@ async def _run(client: Client, arguments: argparse.Namespace) -> None:
         print(etag)
     elif arguments.command == "delete":
         await client.delete(arguments.key, if_match=arguments.if_match)
+    elif arguments.command == "watch":
+        changes = client.watch(arguments.prefix, arguments.since, arguments.values)
+        async for event in changes:
+            print(_event_line(event), flush=True)
     else:
         for key in await client.list(arguments.prefix):
             print(key)
+
+
+def _event_line(event: Event) -> str:
+    document: dict[str, Any] = {
+        "type": event.type,
+        "key": event.key,
+        "revision": event.revision,
+    }
+    if event.content_type is not None:
+        document["content_type"] = event.content_type
+    if event.value is not None:
+        try:
+            document["value"] = event.value.decode("utf-8")
+        except UnicodeDecodeError:
+            document["value"] = {"base64": base64.b64encode(event.value).decode()}
+    return json.dumps(document)
 
 
 def main(argv: list[str] | None = None) -> None:

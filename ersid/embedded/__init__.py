@@ -30,28 +30,38 @@ from ersid.embedded.recovery import recover
 from ersid.snapshots import SnapshotService, Snapshotter, remove_stale_temporaries
 from ersid.startup import StartupError
 from ersid.storage import OpenedStorage
+from ersid.watch import Hub
 
 __all__ = ["FSYNC_POLICIES", "DictStorage", "open_embedded"]
 
 
 def open_embedded(
-    data_dir: str, dump_file: str, fsync: str, dump_interval: float, reactor: Any
+    data_dir: str,
+    dump_file: str,
+    fsync: str,
+    dump_interval: float,
+    hub: Hub,
+    reactor: Any,
 ) -> OpenedStorage:
     """
     Recover the store from the snapshot C{dump_file} and the journal in
     C{data_dir}, and keep journaling into it with the C{fsync} policy and
-    snapshotting it every C{dump_interval} seconds. Blocking: call it
-    before the reactor runs.
+    snapshotting it every C{dump_interval} seconds; its changes are
+    published to C{hub}, whose history starts with those the journal
+    replayed. Blocking: call it before the reactor runs.
 
     @raise StartupError: if the store cannot be recovered.
     """
     remove_stale_temporaries(dump_file)
-    recovered = recover(data_dir, dump_file)
+    recovered = recover(data_dir, dump_file, hub.history)
     try:
         journal = Journal(data_dir, recovered.revision, fsync, reactor)
     except OSError as e:
         raise StartupError(str(e)) from None
-    storage = DictStorage(recovered.records, recovered.revision, journal)
+    hub.skip(recovered.revision)
+    storage = DictStorage(
+        recovered.records, recovered.revision, journal, hub.publish, hub.skip
+    )
     snapshotter = Snapshotter(
         storage,
         dump_file,

@@ -98,7 +98,7 @@ class Journal:
         self._unsynced = False
         self._closed = False
         self._stopping: Deferred[None] | None = None
-        self._settled: Callable[[list[Any]], None] = lambda undos: None
+        self._settled: Callable[[list[Any], bool], None] = lambda undos, written: None
         self._batches: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._ticker = LoopingCall(self._sync_every_second)
@@ -150,10 +150,11 @@ class Journal:
         self._kick()
         return done
 
-    def when_settled(self, settled: Callable[[list[Any]], None]) -> None:
+    def when_settled(self, settled: Callable[[list[Any], bool], None]) -> None:
         """
         Call C{settled} with the C{undo} of every entry once it is written,
-        or refused and undone: the store's changes no longer waiting.
+        or refused and undone, and which of the two: the store's changes no
+        longer waiting.
         """
         self._settled = settled
 
@@ -346,7 +347,7 @@ class Journal:
             if self.error is not None:
                 _log.info("Journal {path} writable again", path=self._path)
                 self.error = None
-            self._settled([pending.undo for pending in entries])
+            self._settled([pending.undo for pending in entries], True)
             for pending in entries:
                 pending.done.callback(pending.result)
         else:
@@ -371,6 +372,6 @@ class Journal:
         failed = entries + later
         for pending in reversed(failed):
             pending.undo()
-        self._settled([pending.undo for pending in failed])
+        self._settled([pending.undo for pending in failed], False)
         for pending in failed:
             pending.done.errback(StorageUnavailable(f"journal {self._path}: {reason}"))

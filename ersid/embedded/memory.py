@@ -9,7 +9,7 @@ dict's memory.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from operator import itemgetter
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from ersid.storage import (
     DEFAULT_CONTENT_TYPE,
     IImmediateReads,
     IStorage,
+    Listing,
     Page,
     Precondition,
     PreconditionFailed,
@@ -30,6 +31,7 @@ from ersid.storage import (
     StorageUnavailable,
     WriteResult,
 )
+from ersid.watch.history import Change
 
 __all__ = ["DictStorage"]
 
@@ -49,6 +51,10 @@ class DictStorage:
     client ever sees a value, or an ETag, that may never have been; the
     conditions of writes are checked against the latest state, in the
     order the writes come.
+
+    Each change is published, once written (L{Change}s to C{publish}), in
+    revision order; C{written_revision} is the newest published; the
+    revisions of refused writes are given to C{skip}.
     """
 
     name = "dict"
@@ -58,14 +64,19 @@ class DictStorage:
         records: Mapping[str, Record] | Iterable[tuple[str, Record]] = (),
         revision: int = 0,
         journal: Journal | None = None,
+        publish: Callable[[list[Change]], None] | None = None,
+        skip: Callable[[int], None] | None = None,
     ) -> None:
         self.journal = journal
+        self._publish = publish
+        self._skip = skip
         # Packed records are taken as they are, not copied: a restart hands
         # over millions.
         if not isinstance(records, PackedRecords):
             records = PackedRecords(records)
         self._records = records
         self._revision = max(revision, records.highest_version)
+        self.written_revision = self._revision
         # Keys with changes waiting for the journal: their packed record as
         # the journal has it, and how many changes wait.
         self._unwritten: dict[str, list[Any]] = {}
@@ -89,29 +100,36 @@ class DictStorage:
     def _journaled(
         self,
         entry: bytes | None,
-        key: str,
+        change: Change,
         previous: bytes | None,
         new: bytes | None,
         result: _T,
     ) -> Deferred[_T]:
         """
-        C{result} once the change just made to C{key}, from the packed
-        record C{previous} to C{new} (C{None}: none) and encoded as C{entry},
-        is in the journal, if there is one; if it cannot be written, the
-        change is undone.
+        C{result} once the C{change} just made, from the packed record
+        C{previous} to C{new} (C{None}: none) and encoded as C{entry}, is in
+        the journal, if there is one; if it cannot be written, the change
+        is undone.
         """
         if self.journal is None:
+            self._written([change])
             return succeed(result)
         assert entry is not None
+        key = change.key
         waiting = self._unwritten.get(key)
         if waiting is None:
             self._unwritten[key] = [previous, 1]
         else:
             waiting[1] += 1
-        change = _Change(self._records, key, previous, new)
-        return self.journal.append(entry, change, result)
+        undo = _Change(self._records, change, previous, new)
+        return self.journal.append(entry, undo, result)
 
-    def _settled(self, changes: list[Any]) -> None:
+    def _written(self, changes: list[Change]) -> None:
+        self.written_revision = changes[-1].revision
+        if self._publish is not None:
+            self._publish(changes)
+
+    def _settled(self, changes: list[Any], written: bool) -> None:
         """
         The journal wrote, or refused and undid, C{changes}, in order. A key
         with later changes still waiting reads as the last one written (a
@@ -125,6 +143,11 @@ class DictStorage:
                 waiting[0] = change.new
             else:
                 del unwritten[change.key]
+        # Published last: a watcher told of them may read the store.
+        if written:
+            self._written([change.change for change in changes])
+        elif self._skip is not None:
+            self._skip(changes[-1].change.revision)
 
     def get(self, key: str) -> Deferred[Record | None]:
         return succeed(self.get_now(key))
@@ -156,7 +179,8 @@ class DictStorage:
         self._revision = revision
         previous = self._records.swap(key, packed)
         result = WriteResult(revision, created=previous is None)
-        return self._journaled(entry, key, previous, packed, result)
+        change = Change(revision, key, value, content_type)
+        return self._journaled(entry, change, previous, packed, result)
 
     def delete(
         self, key: str, precondition: Precondition | None = None
@@ -173,11 +197,12 @@ class DictStorage:
         if previous is None:
             return succeed(False)
         self._revision = revision
-        return self._journaled(entry, key, previous, None, True)
+        change = Change(revision, key, None)
+        return self._journaled(entry, change, previous, None, True)
 
     def keys(
         self, prefix: str = "", after: str | None = None, limit: int = 100
-    ) -> Deferred[list[str]]:
+    ) -> Deferred[Listing[str]]:
         start = prefix if after is None or after < prefix else after
         matching: list[str] = []
         for key, _ in self._written_from(start):
@@ -185,7 +210,15 @@ class DictStorage:
                 break
             if key != after:
                 matching.append(key)
-        return succeed(matching)
+        return succeed(Listing(matching, self.written_revision))
+
+    def records(self, prefix: str = "") -> Deferred[Listing[tuple[str, Record]]]:
+        matching: list[tuple[str, Record]] = []
+        for key, packed in self._written_from(prefix):
+            if not key.startswith(prefix):
+                break
+            matching.append((key, unpack_record(packed)))
+        return succeed(Listing(matching, self.written_revision))
 
     def stats(self) -> Deferred[tuple[int, int]]:
         return succeed((len(self._records), self._revision))
@@ -246,21 +279,22 @@ class DictStorage:
 
 class _Change:
     """
-    A change made to C{key} in memory ahead of its journal entry: called,
-    it undoes itself, back to the C{previous} packed record (C{None}: none).
+    A C{change} made in memory ahead of its journal entry: called, it undoes
+    itself, back to the C{previous} packed record (C{None}: none).
     """
 
-    __slots__ = ("key", "new", "previous", "records")
+    __slots__ = ("change", "key", "new", "previous", "records")
 
     def __init__(
         self,
         records: PackedRecords,
-        key: str,
+        change: Change,
         previous: bytes | None,
         new: bytes | None,
     ) -> None:
         self.records = records
-        self.key = key
+        self.change = change
+        self.key = change.key
         self.previous = previous
         self.new = new
 

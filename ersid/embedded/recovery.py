@@ -30,6 +30,7 @@ from ersid.embedded.records import PackedRecords, pack_record
 from ersid.embedded.repair import cut_torn_tail
 from ersid.snapshots import SnapshotError, read_snapshot
 from ersid.startup import StartupError
+from ersid.watch.history import Change, History
 
 __all__ = ["JournalCorrupt", "Recovered", "load_snapshot", "read_journal", "recover"]
 
@@ -143,10 +144,11 @@ def _check_continuity(
     )
 
 
-def recover(data_dir: str, dump_file: str) -> Recovered:
+def recover(data_dir: str, dump_file: str, history: History | None = None) -> Recovered:
     """
     Load the snapshot, if there is one, and replay the journal entries newer
-    than it. Blocking: call it before the reactor runs.
+    than it, which become the changes of C{history}, if given. Blocking:
+    call it before the reactor runs.
 
     @raise StartupError: if the snapshot or the journal cannot be read.
     """
@@ -156,7 +158,9 @@ def recover(data_dir: str, dump_file: str) -> Recovered:
     # which would otherwise stall the reactor for a tenth of a second.
     gc.disable()
     try:
-        recovered = _recover(data_dir, dump_file)
+        recovered = _recover(
+            data_dir, dump_file, History() if history is None else history
+        )
     except (OSError, ValueError, struct.error, SnapshotError, JournalCorrupt) as e:
         raise StartupError(str(e)) from None
     finally:
@@ -166,7 +170,7 @@ def recover(data_dir: str, dump_file: str) -> Recovered:
     return recovered
 
 
-def _recover(data_dir: str, dump_file: str) -> Recovered:
+def _recover(data_dir: str, dump_file: str, history: History) -> Recovered:
     started = time.monotonic()
     loaded = load_snapshot(dump_file)
     records, revision = loaded if loaded is not None else (PackedRecords(), 0)
@@ -181,12 +185,18 @@ def _recover(data_dir: str, dump_file: str) -> Recovered:
     )
     snapshot_revision = revision if loaded is not None else None
     _check_continuity(data_dir, dump_file, snapshot_revision)
+    history.restart(revision)
     replayed = 0
     for entry in read_journal(data_dir, after=revision):
-        if entry.record is None:
+        record = entry.record
+        if record is None:
             records.pop(entry.key, None)
+            history.append(Change(entry.revision, entry.key, None))
         else:
-            records[entry.key] = entry.record
+            records[entry.key] = record
+            history.append(
+                Change(entry.revision, entry.key, record.value, record.content_type)
+            )
         revision = entry.revision
         replayed += 1
     if replayed:

@@ -9,6 +9,7 @@ it as stateless peers.
 | C{schema} | the shipped C{mysql_schema.sql}, and the check that it was run |
 | C{errors} | what MySQL's error numbers mean to Ersid |
 | C{storage} | L{MySQLStorage}: the storage contract in SQL |
+| C{changes} | L{ChangeFeed}: the change log read for this node's watchers |
 | C{opening} | opening it at startup |
 
 Importing this package needs no C{mysqlclient}; L{open_mysql} says how to
@@ -23,6 +24,7 @@ from typing import Any
 from ersid.mysql.settings import MySQLSettings, read_password_file
 from ersid.startup import StartupError
 from ersid.storage import OpenedStorage
+from ersid.watch import Hub
 
 __all__ = ["open_mysql"]
 
@@ -30,18 +32,20 @@ __all__ = ["open_mysql"]
 def open_mysql(
     url: str,
     password_file: str | None,
-    pool_min: int,
-    pool_max: int,
+    pool: tuple[int, int],
     dump_file: str,
     dump_interval: float,
+    hub: Hub,
+    poll_interval: float,
     reactor: Any,
 ) -> OpenedStorage:
     """
     The database at C{url} (see L{MySQLSettings.from_url}), its password
     from C{password_file}, else C{$ERSID_MYSQL_PASSWORD}, through a pool of
-    C{pool_min} to C{pool_max} connections; snapshots go to C{dump_file}
-    every C{dump_interval} seconds as backups. Blocking: call it before the
-    reactor runs.
+    C{pool} (fewest, most) connections; snapshots go to C{dump_file} every
+    C{dump_interval} seconds as backups; its change log is read into C{hub}
+    every C{poll_interval} seconds. Blocking: call it before the reactor
+    runs.
 
     @raise StartupError: if the database cannot be used, or C{mysqlclient}
         is not installed.
@@ -63,5 +67,6 @@ def open_mysql(
             "--storage mysql needs mysqlclient: pip install 'ersid[mysql]' "
             "(which needs: apt-get install libmariadb-dev pkg-config)"
         ) from None
-    pool = (pool_min, pool_max)
-    return open_database(settings, pool, dump_file, dump_interval, reactor)
+    return open_database(
+        settings, pool, dump_file, dump_interval, hub, poll_interval, reactor
+    )

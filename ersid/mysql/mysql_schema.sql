@@ -1,5 +1,6 @@
 -- Ersid's tables: mysql -u root -p < mysql_schema.sql
--- (for another database name, change it below and in --mysql-url)
+-- (for another database name, change it below and in --mysql-url).
+-- Running it again on an older database adds what it lacks.
 
 CREATE DATABASE IF NOT EXISTS ersid
     CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;
@@ -23,3 +24,15 @@ CREATE TABLE IF NOT EXISTS ersid_revision (
 ) ENGINE = InnoDB;
 
 INSERT IGNORE INTO ersid_revision (id, revision) VALUES (1, 0);
+
+-- Every change, written in the same transaction as the change itself, for
+-- the watchers of every node: a put with its value and content type, a
+-- delete with NULL for both. Commit order is revision order (the counter
+-- above serialises writers), so a node reads it by revision, and each
+-- node trims it to the newest --watch-history changes.
+CREATE TABLE IF NOT EXISTS ersid_changes (
+    revision BIGINT UNSIGNED NOT NULL PRIMARY KEY,
+    ersid_key VARBINARY(255) NOT NULL,
+    ersid_value LONGBLOB NULL,
+    content_type VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NULL
+) ENGINE = InnoDB;

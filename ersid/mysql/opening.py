@@ -12,6 +12,7 @@ from typing import Any
 import MySQLdb
 from twisted.logger import Logger
 
+from ersid.mysql.changes import ChangeFeed
 from ersid.mysql.errors import UNREACHABLE, error_code
 from ersid.mysql.schema import SchemaError, check_schema
 from ersid.mysql.settings import MySQLSettings
@@ -19,6 +20,7 @@ from ersid.mysql.storage import MySQLStorage
 from ersid.snapshots import SnapshotService, Snapshotter, remove_stale_temporaries
 from ersid.startup import StartupError
 from ersid.storage import OpenedStorage
+from ersid.watch import Hub
 
 __all__ = ["open_database"]
 
@@ -30,12 +32,15 @@ def open_database(
     pool: tuple[int, int],
     dump_file: str,
     dump_interval: float,
+    hub: Hub,
+    poll_interval: float,
     reactor: Any,
 ) -> OpenedStorage:
     """
     The database C{settings} name, through a pool of C{pool} (fewest, most)
     connections, with snapshots to C{dump_file} every C{dump_interval}
-    seconds as backups. Blocking: call it before the reactor runs.
+    seconds as backups, and its change log read into C{hub} every
+    C{poll_interval} seconds. Blocking: call it before the reactor runs.
 
     @raise StartupError: if the database refuses Ersid or lacks its tables.
     """
@@ -44,7 +49,8 @@ def open_database(
     storage = MySQLStorage(settings, *pool)
     snapshotter = Snapshotter(storage, dump_file, reactor)
     snapshots = SnapshotService(dump_interval, snapshotter)
-    return OpenedStorage(storage, [snapshots], snapshotter.health)
+    feed = ChangeFeed(storage, hub, poll_interval, reactor)
+    return OpenedStorage(storage, [snapshots, feed], snapshotter.health)
 
 
 def _check(settings: MySQLSettings) -> None:

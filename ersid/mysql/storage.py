@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import attrs
 import MySQLdb
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
@@ -23,6 +24,7 @@ from ersid.mysql.settings import MySQLSettings
 from ersid.storage import (
     DEFAULT_CONTENT_TYPE,
     IStorage,
+    Listing,
     Page,
     Precondition,
     PreconditionFailed,
@@ -30,8 +32,9 @@ from ersid.storage import (
     StorageUnavailable,
     WriteResult,
 )
+from ersid.watch.history import Change
 
-__all__ = ["MySQLStorage"]
+__all__ = ["ChangeLog", "MySQLStorage"]
 
 _T = TypeVar("_T")
 
@@ -73,6 +76,8 @@ class MySQLStorage:
         max_connections: int = 10,
     ) -> None:
         self.settings = settings
+        # Called after each write committed: the change log has news.
+        self.committed: Callable[[], None] = lambda: None
         self._max_connections = max_connections
         self._closed = False
         self._pool = adbapi.ConnectionPool(
@@ -127,7 +132,12 @@ class MySQLStorage:
     def _write(self, work: Callable[..., _T], *args: Any) -> Deferred[_T]:
         if self._closed:
             return fail(StorageUnavailable("the server is shutting down"))
-        return Deferred.fromCoroutine(self._run(work, *args, idempotent=False))
+        written = Deferred.fromCoroutine(self._run(work, *args, idempotent=False))
+        return written.addCallback(self._committed)
+
+    def _committed(self, result: _T) -> _T:
+        self.committed()
+        return result
 
     def _read(self, work: Callable[..., _T], *args: Any) -> Deferred[_T]:
         return Deferred.fromCoroutine(self._run(work, *args, idempotent=True))
@@ -151,8 +161,24 @@ class MySQLStorage:
 
     def keys(
         self, prefix: str = "", after: str | None = None, limit: int = 100
-    ) -> Deferred[list[str]]:
+    ) -> Deferred[Listing[str]]:
         return self._read(_select_keys, prefix, after, limit)
+
+    def records(self, prefix: str = "") -> Deferred[Listing[tuple[str, Record]]]:
+        return self._read(_select_records, prefix)
+
+    def change_log(self, after: int | None, limit: int) -> Deferred[ChangeLog]:
+        """
+        The change log after revision C{after}, at most C{limit} changes;
+        with C{after} C{None}, its newest C{limit} changes.
+        """
+        return self._read(_select_changes, after, limit)
+
+    def trim_change_log(self, keep: int, most: int = 10_000) -> Deferred[int]:
+        """
+        Delete up to C{most} changes older than the newest C{keep}; how many.
+        """
+        return self._read(_trim_changes, keep, most)
 
     def stats(self) -> Deferred[tuple[int, int]]:
         return self._read(_select_stats)
@@ -172,6 +198,18 @@ class MySQLStorage:
         """Close the connection pool now."""
         self._closed = True
         self._pool.close()
+
+
+@attrs.frozen
+class ChangeLog:
+    """
+    Changes read from the log, in revision order; C{floor} is the revision
+    after which the log is complete, C{revision} the store's.
+    """
+
+    changes: list[Change]
+    floor: int
+    revision: int
 
 
 def _select_record(cursor: Any, key: bytes, for_update: bool = False) -> Record | None:
@@ -223,18 +261,82 @@ def _upsert(
         (encoded, value, content_type, revision),
     )
     # MySQL counts 1 affected row for an insert, 2 for an update.
-    return WriteResult(revision, created=cursor.rowcount == 1)
+    created = cursor.rowcount == 1
+    _log_change(cursor, revision, encoded, value, content_type)
+    return WriteResult(revision, created)
 
 
 def _delete(cursor: Any, key: str, precondition: Precondition | None) -> bool:
     encoded = key.encode("utf-8")
-    _next_revision(cursor)
+    revision = _next_revision(cursor)
     _check(cursor, key, encoded, precondition)
     cursor.execute("DELETE FROM ersid_data WHERE ersid_key = %s", (encoded,))
     if cursor.rowcount == 0:
         cursor.connection.rollback()
         return False
+    _log_change(cursor, revision, encoded, None, None)
     return True
+
+
+def _log_change(
+    cursor: Any,
+    revision: int,
+    key: bytes,
+    value: bytes | None,
+    content_type: str | None,
+) -> None:
+    cursor.execute(
+        "INSERT INTO ersid_changes (revision, ersid_key, ersid_value, content_type) "
+        "VALUES (%s, %s, %s, %s)",
+        (revision, key, value, content_type),
+    )
+
+
+def _store_revision(cursor: Any) -> int:
+    cursor.execute("SELECT revision FROM ersid_revision WHERE id = 1")
+    return int(cursor.fetchone()[0])
+
+
+def _select_changes(cursor: Any, after: int | None, limit: int) -> ChangeLog:
+    # In one transaction, so one snapshot: the revision, the log's start
+    # and the changes agree.
+    revision = _store_revision(cursor)
+    cursor.execute("SELECT MIN(revision) FROM ersid_changes")
+    (oldest,) = cursor.fetchone()
+    floor = revision if oldest is None else int(oldest) - 1
+    if after is None:
+        cursor.execute(
+            "SELECT revision, ersid_key, ersid_value, content_type FROM ersid_changes "
+            "ORDER BY revision DESC LIMIT %s",
+            (limit,),
+        )
+        rows = cursor.fetchall()[::-1]
+    else:
+        cursor.execute(
+            "SELECT revision, ersid_key, ersid_value, content_type FROM ersid_changes "
+            "WHERE revision > %s ORDER BY revision LIMIT %s",
+            (after, limit),
+        )
+        rows = cursor.fetchall()
+    changes = [
+        Change(
+            int(row[0]),
+            bytes(row[1]).decode("utf-8"),
+            None if row[2] is None else bytes(row[2]),
+            row[3] or DEFAULT_CONTENT_TYPE,
+        )
+        for row in rows
+    ]
+    return ChangeLog(changes, floor, revision)
+
+
+def _trim_changes(cursor: Any, keep: int, most: int) -> int:
+    revision = _store_revision(cursor)
+    cursor.execute(
+        "DELETE FROM ersid_changes WHERE revision <= %s ORDER BY revision LIMIT %s",
+        (revision - keep, most),
+    )
+    return int(cursor.rowcount)
 
 
 def _like_prefix(prefix: bytes) -> bytes:
@@ -242,7 +344,10 @@ def _like_prefix(prefix: bytes) -> bytes:
     return escaped + b"%"
 
 
-def _select_keys(cursor: Any, prefix: str, after: str | None, limit: int) -> list[str]:
+def _select_keys(
+    cursor: Any, prefix: str, after: str | None, limit: int
+) -> Listing[str]:
+    revision = _store_revision(cursor)
     encoded_prefix = prefix.encode("utf-8")
     start = encoded_prefix
     inclusive = True
@@ -254,15 +359,27 @@ def _select_keys(cursor: Any, prefix: str, after: str | None, limit: int) -> lis
         + " %s AND ersid_key LIKE %s ORDER BY ersid_key LIMIT %s",
         (start, _like_prefix(encoded_prefix), limit),
     )
-    return [bytes(row[0]).decode("utf-8") for row in cursor.fetchall()]
+    keys = [bytes(row[0]).decode("utf-8") for row in cursor.fetchall()]
+    return Listing(keys, revision)
+
+
+def _select_records(cursor: Any, prefix: str) -> Listing[tuple[str, Record]]:
+    revision = _store_revision(cursor)
+    cursor.execute(
+        "SELECT ersid_key, ersid_value, content_type, version FROM ersid_data "
+        "WHERE ersid_key LIKE %s ORDER BY ersid_key",
+        (_like_prefix(prefix.encode("utf-8")),),
+    )
+    items = [
+        (bytes(row[0]).decode("utf-8"), _record(*row[1:])) for row in cursor.fetchall()
+    ]
+    return Listing(items, revision)
 
 
 def _select_stats(cursor: Any) -> tuple[int, int]:
     cursor.execute("SELECT COUNT(*) FROM ersid_data")
     (count,) = cursor.fetchone()
-    cursor.execute("SELECT revision FROM ersid_revision WHERE id = 1")
-    (revision,) = cursor.fetchone()
-    return int(count), int(revision)
+    return int(count), _store_revision(cursor)
 
 
 def _select_page(cursor: Any, after: object | None, limit: int) -> Page:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from ersid.storage import Record
 
-__all__ = ["FORMAT_VERSION", "Layout", "SnapshotError", "read_snapshot"]
+__all__ = ["FORMAT_VERSION", "Layout", "SnapshotError", "encode_value", "read_snapshot"]
 
 FORMAT_VERSION = 1
 
@@ -36,12 +36,16 @@ class SnapshotError(Exception):
     """
 
 
-def _encode_entry(key: str, record: Record) -> list[Any]:
+def encode_value(value: bytes) -> Any:
+    """A value as JSON: its text if it is UTF-8, else C{{"base64": ...}}."""
     try:
-        value: Any = record.value.decode("utf-8")
+        return value.decode("utf-8")
     except UnicodeDecodeError:
-        value = {"base64": base64.b64encode(record.value).decode("ascii")}
-    return [key, record.version, record.content_type, value]
+        return {"base64": base64.b64encode(value).decode("ascii")}
+
+
+def _encode_entry(key: str, record: Record) -> list[Any]:
+    return [key, record.version, record.content_type, encode_value(record.value)]
 
 
 class Layout:

@@ -4,7 +4,7 @@ one definition of the API.
 
 Keys live at C{/<key>} (their routes are L{ersid.web.keys.KEY_ROUTES});
 paths whose first segment starts with C{_} belong to the API itself
-(C{/_keys}, C{/_health}, C{/_openapi.json}). Every error is JSON (see
+(C{/_keys}, C{/_watch}, C{/_health}, C{/_openapi.json}). Every error is JSON (see
 L{ersid.web.errors}).
 """
 
@@ -28,11 +28,13 @@ from ersid.storage import (
     Record,
     StorageUnavailable,
 )
+from ersid.watch.hub import Hub
 from ersid.web.conditions import etag
 from ersid.web.errors import ApiError, json_body
 from ersid.web.fastpath import FastPath
 from ersid.web.keys import KEY_ROUTES, KeyRoute
 from ersid.web.parsing import list_limit, query_text
+from ersid.web.watch import serve_watch
 
 __all__ = ["DEFAULT_MAX_VALUE_SIZE", "Service"]
 
@@ -50,6 +52,8 @@ class Service:
     @ivar max_value_size: the largest value accepted, in bytes.
     @ivar read_now: the storage's L{IImmediateReads.get_now}, if it has one:
         reads from memory need no Deferred.
+    @ivar hub: where the storage's changes are published, for C{/_watch};
+        without one, there is no C{/_watch}.
     """
 
     app = Klein()
@@ -59,8 +63,10 @@ class Service:
         storage: IStorage,
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
         health: Callable[[], dict[str, Any]] = dict,
+        hub: Hub | None = None,
     ) -> None:
         self.storage = storage
+        self.hub = hub
         self.max_value_size = max_value_size
         self._health = health
         self.read_now: Callable[[str], Record | None] | None = (
@@ -125,6 +131,8 @@ class Service:
             document.update(status="unavailable", error=str(e))
             status = 503
         document.update(self._health())
+        if self.hub is not None:
+            document["watch"] = self.hub.health()
         snapshot = document.get("snapshot") or {}
         journal = document.get("journal") or {}
         if status == 200 and (snapshot.get("ok") is False or journal.get("error")):
@@ -145,9 +153,18 @@ class Service:
         prefix = query_text(request, "prefix") or ""
         after = query_text(request, "after")
         limit = list_limit(request)
-        keys = await self.storage.keys(prefix, after, limit + 1)
+        listing = await self.storage.keys(prefix, after, limit + 1)
+        keys = listing.items
         next_cursor = keys[limit - 1] if len(keys) > limit else None
-        return json_body(request, 200, {"keys": keys[:limit], "next": next_cursor})
+        page = {"keys": keys[:limit], "next": next_cursor, "revision": listing.revision}
+        return json_body(request, 200, page)
+
+    @app.route("/_watch", methods=["GET"])
+    async def watch(self, request: IRequest) -> bytes:
+        """Stream the changes under a prefix, or wait for the next (long poll)."""
+        if self.hub is None:
+            raise ApiError(404, "not_found", "this server keeps no history to watch")
+        return await serve_watch(self.hub, self.storage, request)
 
     @app.route("/", methods=["GET", "HEAD", "PUT", "POST", "DELETE"])
     def root(self, request: IRequest) -> NoReturn:

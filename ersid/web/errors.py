@@ -24,21 +24,23 @@ class ApiError(Exception):
         code: str,
         message: str,
         headers: dict[bytes, bytes] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.details = details or {}
 
     @classmethod
     def value_too_large(cls, limit: int) -> ApiError:
         return cls(413, "value_too_large", f"values are at most {limit} bytes")
 
     @property
-    def document(self) -> dict[str, str]:
+    def document(self) -> dict[str, Any]:
         """The JSON object that tells the client."""
-        return {"error": self.code, "message": self.message}
+        return {"error": self.code, "message": self.message, **self.details}
 
     def body(self) -> bytes:
         """The response body that tells the client."""

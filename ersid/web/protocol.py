@@ -175,7 +175,13 @@ class Connection(Protocol):
         self._read_or_not()
 
     def readConnectionLost(self) -> None:
-        """The client sent all it will: answer what it asked, then close."""
+        """
+        The client sent all it will: answer what it asked, then close; but a
+        stream, which has no end, ends now: its client has gone.
+        """
+        if self.stream_producer is not None:
+            self._close()
+            return
         self._reading_done = True
         self._now = self._clock.seconds()
         self._answer_waiting()
@@ -549,6 +555,8 @@ class Connection(Protocol):
             self._send_timer = self._clock.callLater(timeout, self._not_reading)
         if self.stream_producer is not None:
             self.stream_producer.pauseProducing()
+        if self.stream_producer is not None:
+            return  # a stream bounds what it leaves unsent by itself
         # What clients leave unread is bounded all together, too: when too
         # many hold up to a value each, the one waiting longest is dropped.
         unread = self.factory.unread

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IHostnameResolver, IHostResolution
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -24,6 +25,8 @@ from zope.interface import implementer
 from ersid.client import (
     Client,
     ConditionFailed,
+    Event,
+    HistoryGone,
     KeyNotFound,
     RequestRejected,
     ServerUnavailable,
@@ -35,6 +38,7 @@ from ersid.client.bench import main as bench_main
 from ersid.client.bench import parse_mix, percentile
 from ersid.embedded.memory import DictStorage
 from ersid.testing import free_port_holder
+from ersid.watch import History, Hub
 from ersid.web.app import Service
 from ersid.web.site import makeSite
 
@@ -43,10 +47,12 @@ from .._helpers import Daemon, serve
 
 class _ServerTestCase(TestCase):
     def setUp(self):
-        self.storage = DictStorage()
+        self.hub = Hub(History(0, max_changes=10), reactor)
+        self.storage = DictStorage(publish=self.hub.publish)
 
         async def start():
-            self.url = await serve(self, Service(self.storage, max_value_size=1000))
+            service = Service(self.storage, max_value_size=1000, hub=self.hub)
+            self.url = await serve(self, service)
             self.client = Client(self.url, reactor)
             self.addCleanup(self.client.close)
 
@@ -212,6 +218,67 @@ class _HangUp(Protocol):
         self.transport.loseConnection()
 
 
+class WatchTests(_ServerTestCase):
+    async def no_watchers(self) -> None:
+        """Wait until the server has let go of every watch (its connection)."""
+        while len(self.hub):
+            await deferLater(reactor, 0)
+
+    def test_watch_resumes_after_a_dropped_connection(self):
+        async def check():
+            await self.storage.set("app/a", b"\xff\x00", "x/y")
+            changes = self.client.watch("app/", since=0, values=True)
+            self.assertEqual(
+                await anext(changes), Event("put", "app/a", 1, "x/y", b"\xff\x00")
+            )
+            await self.storage.delete("app/a")
+            self.assertEqual(await anext(changes), Event("delete", "app/a", 2))
+            # The server ends every stream (as when it restarts); changes
+            # made meanwhile come after the client reconnects by itself.
+            self.hub.stopService()
+            await self.storage.set("app/b", b"2")
+            await self.storage.set("other", b"3")
+            await self.storage.set("app/c", b"4")
+            self.assertEqual(
+                [
+                    (e.key, e.revision)
+                    for e in [await anext(changes), await anext(changes)]
+                ],
+                [("app/b", 3), ("app/c", 5)],
+            )
+            await changes.aclose()
+            await self.no_watchers()
+
+        return self.run_async(check())
+
+    def test_watch_from_now_on(self):
+        async def check():
+            await self.storage.set("before", b"")
+            changes = self.client.watch()
+            waiting = Deferred.fromCoroutine(anext(changes))
+            while not len(self.hub):
+                await deferLater(reactor, 0)
+            await self.storage.set("after", b"")
+            self.assertEqual((await waiting).key, "after")
+            await changes.aclose()
+            await self.no_watchers()
+
+        return self.run_async(check())
+
+    def test_history_gone_is_a_typed_error(self):
+        async def check():
+            for n in range(15):
+                await self.storage.set(f"k{n}", b"")
+            changes = self.client.watch(since=2)
+            with self.assertRaises(HistoryGone) as raised:
+                await anext(changes)
+            self.assertEqual(
+                (raised.exception.oldest, raised.exception.revision), (5, 15)
+            )
+
+        return self.run_async(check())
+
+
 class URLTests(TestCase):
     def test_server_urls_accepted(self):
         for url in [
@@ -347,6 +414,43 @@ class CommandTests(_ServerTestCase):
 
         return self.run_async(check())
 
+    def test_watch_prints_json_lines_and_history_gone_exits_7(self):
+        async def check():
+            await self.storage.set("app/a", b"text")
+            await self.storage.set("app/b", b"\xff")
+            command = self.ersid("watch", "app/", "--since", "0", "--values")
+            await command.said(b'"app/b".*\n')
+            command.process.signalProcess("KILL")
+            await command.ended
+            lines = [json.loads(line) for line in command.output.splitlines()]
+            self.assertEqual(
+                lines,
+                [
+                    {
+                        "type": "put",
+                        "key": "app/a",
+                        "revision": 1,
+                        "content_type": "application/octet-stream",
+                        "value": "text",
+                    },
+                    {
+                        "type": "put",
+                        "key": "app/b",
+                        "revision": 2,
+                        "content_type": "application/octet-stream",
+                        "value": {"base64": "/w=="},
+                    },
+                ],
+            )
+            for n in range(15):
+                await self.storage.set(f"k{n}", b"")
+            status, output = await self.outcome("watch", "--since", "1")
+            self.assertEqual(status, 7)
+            self.assertEqual(output.count("\n"), 1)
+            self.assertIn("list the keys again", output)
+
+        return self.run_async(check())
+
     def test_list_and_delete(self):
         async def check():
             for key in ["app/b", "app/a", "other"]:
@@ -404,7 +508,7 @@ class CommandTests(_ServerTestCase):
             self.assertEqual(sum(report["statuses"].values()), 300)
             latency = report["latency_ms"]
             self.assertTrue(0 < latency["p50"] <= latency["p99"] <= latency["max"])
-            self.assertEqual(len(self.successResultOf(self.storage.keys())), 20)
+            self.assertEqual(len(self.successResultOf(self.storage.keys()).items), 20)
 
         return self.run_async(check())
 

@@ -29,6 +29,7 @@ from ersid.storage import (
     Record,
     StorageUnavailable,
 )
+from ersid.watch import History, Hub
 from ersid.web.app import Service
 
 from .._helpers import captured_log, small_tmpfs
@@ -140,7 +141,7 @@ class JournalTests(_JournalTestCase):
             with self.assertRaises(UnicodeEncodeError):
                 await storage.set(bad, b"x")
             self.assertEqual(await storage.stats(), (1, 1))
-            self.assertEqual(await storage.keys(), ["kept"])
+            self.assertEqual((await storage.keys()).items, ["kept"])
             await storage.set("after", b"w")
             await storage.journal.stop()
             self.assertEqual(set(_replayed(self.directory)), {"kept", "after"})
@@ -369,7 +370,7 @@ class DurableImageTests(_JournalTestCase):
             self.assertEqual((await storage.get("kept")).value, b"old")
             self.assertIsNone(await storage.get("created"))
             self.assertEqual((await storage.get("gone")).value, b"old")
-            self.assertEqual(await storage.keys(), ["gone", "kept"])
+            self.assertEqual((await storage.keys()).items, ["gone", "kept"])
             self.assertEqual(
                 [key for key, _ in (await storage.scan()).items], ["gone", "kept"]
             )
@@ -380,7 +381,7 @@ class DurableImageTests(_JournalTestCase):
                 )
             await gatherResults(writes)
             self.assertEqual((await storage.get("kept")).value, b"new")
-            self.assertEqual(await storage.keys(), ["created", "kept"])
+            self.assertEqual((await storage.keys()).items, ["created", "kept"])
             image = dict(storage.durable_records())
             self.assertEqual(
                 {key: record.value for key, record in image.items()},
@@ -458,7 +459,8 @@ class DiskFullTests(_JournalTestCase):
     def test_full_disk_refuses_then_recovers(self):
         async def check():
             snapshot = os.path.join(self.directory, "s.json")
-            opened = open_embedded(self.small, snapshot, self.fsync, 3600, reactor)
+            hub = Hub(History(), reactor)
+            opened = open_embedded(self.small, snapshot, self.fsync, 3600, hub, reactor)
             storage = opened.storage
             self.addCleanup(storage.journal.stop)
             filler = os.path.join(self.small, "filler")
@@ -487,8 +489,17 @@ class DiskFullTests(_JournalTestCase):
             self.assertEqual((await self.health(opened))["status"], "ok")
             await storage.journal.stop()
             replayed = _replayed(self.small)
-            self.assertEqual(set(replayed), set(await storage.keys(limit=1000)))
+            self.assertEqual(set(replayed), set((await storage.keys(limit=1000)).items))
             self.assertEqual(replayed["after"].value, b"room again")
+            # Watchers are told of the writes acknowledged, and only them.
+            announced = {
+                change.key: (change.revision, change.value)
+                for change in hub.history.after(0)
+            }
+            self.assertEqual(
+                announced,
+                {key: (r.version, r.value) for key, r in replayed.items()},
+            )
 
         return self.run_async(check())
 
@@ -517,7 +528,7 @@ class DiskFullTests(_JournalTestCase):
             self.assertTrue((await taking).ok)
             entries, _ = load_snapshot(snapshot)
             self.assertEqual(list(entries), [])
-            self.assertEqual(await storage.keys(), [])
+            self.assertEqual((await storage.keys()).items, [])
 
         return self.run_async(check())
 

@@ -26,7 +26,7 @@ class DictStorageTests(TestCase):
         storage = DictStorage([("k", Record(b"v", "text/plain", 41))], revision=42)
         written = self.successResultOf(storage.set("other", b"x"))
         self.assertEqual(written.version, 43)
-        self.assertEqual(self.successResultOf(storage.keys()), ["k", "other"])
+        self.assertEqual(self.successResultOf(storage.keys()).items, ["k", "other"])
 
     def test_closed_store_refuses_writes_but_reads(self):
         storage = DictStorage([("k", Record(b"v"))])

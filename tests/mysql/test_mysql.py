@@ -9,17 +9,23 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
+from ersid.mysql.changes import ChangeFeed
 from ersid.mysql.schema import SCHEMA_FILE, SchemaError, check_schema
 from ersid.mysql.settings import MySQLSettings
 from ersid.mysql.storage import MySQLStorage
 from ersid.storage import Precondition, PreconditionFailed, StorageUnavailable
 from ersid.testing.mariadb import PASSWORD
+from ersid.watch import History, Hub, IWatcher
 from ersid.web.app import Service
 
 from .._helpers import Daemon, http, serve
@@ -114,7 +120,7 @@ class SchemaTests(TestCase):
             self.assertEqual(
                 (await storage.get("a")).value, b"\x00" * 3 + bytes(range(256))
             )
-            self.assertEqual(await storage.keys(), ["A", "a", "a "])
+            self.assertEqual((await storage.keys()).items, ["A", "a", "a "])
 
         return Deferred.fromCoroutine(check())
 
@@ -365,5 +371,112 @@ class MySQLDaemonTests(TestCase):
             daemon = self.run_daemon(server, "--mysql-password-file", password_file)
             self.assertEqual(await daemon.ended, 1)
             self.assertIn("Access denied for user 'ersid'", daemon.output)
+
+        return Deferred.fromCoroutine(check())
+
+
+class ChangeLogTests(TestCase):
+    """The change log: what a node's watchers learn of every node's writes."""
+
+    def setUp(self):
+        self.settings = shared_server().fresh_database()
+        self.clock = Clock()
+
+    def node(self, history: int = 1000) -> tuple[MySQLStorage, Hub, ChangeFeed]:
+        storage = _storage(self, self.settings)
+        hub = Hub(History(0, history), self.clock)
+        return storage, hub, ChangeFeed(storage, hub, 3600, self.clock)
+
+    def test_older_database_told_what_to_run(self):
+        server = shared_server()
+        server.as_root("DROP TABLE ersid.ersid_changes")
+        with self.assertRaises(SchemaError) as raised:
+            check_schema(self.settings)
+        message = str(raised.exception)
+        self.assertIn("lacks table ersid_changes", message)
+        self.assertIn(f"< {SCHEMA_FILE}", message)
+        # Running the schema again, as the message says, adds what is missing.
+        with open(SCHEMA_FILE, "rb") as schema:
+            subprocess.run(
+                ["mariadb", f"--socket={server.socket}", "-u", "root"],
+                stdin=schema,
+                check=True,
+            )
+        check_schema(self.settings)
+
+    def test_every_node_sees_every_write_once_in_order(self):
+        async def check():
+            first, first_hub, first_feed = self.node()
+            second, _, _ = self.node()
+            self.assertFalse(first_hub.ready)
+            await first_feed.poll()
+            self.assertTrue(first_hub.ready)
+            await first.set("a", b"1", "text/plain")
+            await second.set("b", b"\xff")
+            await second.delete("a")
+            self.assertFalse(await second.delete("a"))  # no change, no revision
+            await first.set("c", b"3")
+            await first_feed.poll()
+            self.assertEqual(
+                [
+                    (c.revision, c.kind, c.key, c.value, c.content_type)
+                    for c in first_hub.history.after(0)
+                ],
+                [
+                    (1, "put", "a", b"1", "text/plain"),
+                    (2, "put", "b", b"\xff", "application/octet-stream"),
+                    (3, "delete", "a", None, "application/octet-stream"),
+                    (4, "put", "c", b"3", "application/octet-stream"),
+                ],
+            )
+            # A node started later reads the log's newest changes, to resume from.
+            _, late_hub, late_feed = self.node(history=2)
+            await late_feed.poll()
+            self.assertEqual([c.revision for c in late_hub.history.after(2)], [3, 4])
+            self.assertEqual(late_hub.history.floor, 2)
+
+        return Deferred.fromCoroutine(check())
+
+    def test_log_trimmed_to_the_history_size(self):
+        async def check():
+            storage = _storage(self, self.settings)  # no feed, which would trim too
+            for n in range(10):
+                await storage.set(f"k{n}", b"v")
+            self.assertEqual(await storage.trim_change_log(3), 7)
+            log = await storage.change_log(0, 100)
+            self.assertEqual([c.revision for c in log.changes], [8, 9, 10])
+            self.assertEqual((log.floor, log.revision), (7, 10))
+
+        return Deferred.fromCoroutine(check())
+
+    def test_changes_trimmed_before_being_read_end_every_watcher(self):
+        async def check():
+            _, hub, feed = self.node()
+            await feed.poll()
+            ended = []
+
+            @implementer(IWatcher)
+            class Watcher:
+                prefix = ""
+
+                def deliver(self, batch: Any) -> None:
+                    pass
+
+                def tick(self, revision: int, progress: bytes) -> None:
+                    pass
+
+                def end(self, reason: str | None) -> None:
+                    ended.append(reason)
+
+            hub.add(Watcher())
+            writer = _storage(self, self.settings)  # no feed: this node is not told
+            for n in range(5):
+                await writer.set(f"k{n}", b"v")
+            await writer.trim_change_log(2)
+            await feed.poll()
+            self.assertEqual(len(ended), 1)
+            self.assertIn("lost", ended[0])
+            self.assertEqual(hub.history.floor, 3)
+            self.assertEqual([c.revision for c in hub.history.after(3)], [4, 5])
 
         return Deferred.fromCoroutine(check())

@@ -406,13 +406,17 @@ class RestTests(TestCase):
             response, content = await self.request("GET", "/_keys?prefix=app/&limit=2")
             self.assertEqual(response.code, 200)
             page = json.loads(content)
-            self.assertEqual(page, {"keys": ["app/a", "app/b"], "next": "app/b"})
+            # Each page says the revision it reflects, to watch from.
+            expected = {"keys": ["app/a", "app/b"], "next": "app/b", "revision": 4}
+            self.assertEqual(page, expected)
+            await self.request("DELETE", "/other")
             _, content = await self.request(
                 "GET", "/_keys?prefix=app/&limit=2&after=app/b"
             )
-            self.assertEqual(json.loads(content), {"keys": ["app/c"], "next": None})
+            expected = {"keys": ["app/c"], "next": None, "revision": 5}
+            self.assertEqual(json.loads(content), expected)
             _, content = await self.request("GET", "/_keys")
-            self.assertEqual(len(json.loads(content)["keys"]), 4)
+            self.assertEqual(len(json.loads(content)["keys"]), 3)
 
         return self.run_async(check())
 

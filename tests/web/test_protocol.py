@@ -227,7 +227,7 @@ class _RefusalTestCase(_ClockedChannelTestCase):
         self.channel.dataReceived(request)
         error = refusal(self, self.transport.value(), status)
         self.assertTrue(self.transport.disconnecting)
-        self.assertEqual(self.successResultOf(self.storage.keys()), ["big"])
+        self.assertEqual(self.successResultOf(self.storage.keys()).items, ["big"])
         return error
 
 
@@ -383,7 +383,7 @@ class HalfCloseTests(TestCase):
                 urlsplit(url).port, put % 1 + put % 2 + put % 3, half_close=True
             )
             self.assertEqual(received.count(b"HTTP/1.1 201 Created"), 3, received)
-            self.assertEqual(await storage.keys(), ["k1", "k2", "k3"])
+            self.assertEqual((await storage.keys()).items, ["k1", "k2", "k3"])
 
         return Deferred.fromCoroutine(check())
 

@@ -225,7 +225,7 @@ class RequestTargetTests(_ClockedTestCase):
             b"Host: ersid.test:8080\r\nContent-Length: 1\r\n\r\nv"
         )
         self.assertTrue(status.startswith(b"HTTP/1.1 201 "), status)
-        self.assertEqual(self.successResultOf(self.storage.keys()), ["a/b"])
+        self.assertEqual(self.successResultOf(self.storage.keys()).items, ["a/b"])
         status, body = self.exchange(
             b"GET HTTPS://ersid.test/a%2Fb HTTP/1.1\r\nHost: x\r\n\r\n"
         )

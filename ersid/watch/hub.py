@@ -1,0 +1,288 @@
+"""
+L{Hub}: where acknowledged changes are published, kept in the L{History},
+and handed to the watchers whose prefix they match, found by prefix (a
+dictionary lookup per prefix length in use), not by testing every watcher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface
+
+from ersid.watch.history import Batch, Change, History, event
+
+__all__ = [
+    "DEFAULT_LAG_BYTES",
+    "DEFAULT_MAX_WATCHERS",
+    "DEFAULT_PROGRESS_INTERVAL",
+    "Hub",
+    "IWatcher",
+    "TooManyWatchers",
+    "WatchedStore",
+]
+
+DEFAULT_PROGRESS_INTERVAL = 5.0
+DEFAULT_MAX_WATCHERS = 20_000
+DEFAULT_LAG_BYTES = 4 * 1024 * 1024
+
+_log = Logger()
+
+# Watchers ticked in one reactor turn.
+_TICK_SLICE = 500
+
+
+class IWatcher(Interface):
+    """Something told of the changes to keys under a prefix."""
+
+    prefix = Attribute("The watcher wants changes to keys starting with this.")
+
+    def deliver(batch: Batch) -> None:
+        """Changes to keys under the prefix, newer than any before."""
+
+    def tick(revision: int, progress: bytes) -> None:
+        """
+        The progress interval passed; C{revision} is the newest change
+        published, and C{progress} its progress event. A watcher that was
+        sent nothing since the last tick says so to its client.
+        """
+
+    def end(reason: str | None) -> None:
+        """
+        The watcher must stop: the history lost changes it had to send
+        (C{reason} says why), or the server is stopping (C{None}).
+        """
+
+
+class TooManyWatchers(Exception):
+    """The daemon holds as many watchers as it was told to."""
+
+
+class Hub(Service):
+    """
+    The changes of the store as they are acknowledged, for its watchers.
+
+    @ivar history: the recent changes, to resume from.
+    @ivar dropped: how many watchers were dropped for reading too slowly.
+    @ivar ready: whether the history is known (a MySQL node's is not until
+        it has read the change log once).
+    """
+
+    ready = True
+    # Whether the history is the store's own, and a revision past it was
+    # never acknowledged (else, a MySQL node, it may not have read it yet).
+    exact = True
+
+    def __init__(
+        self,
+        history: History,
+        clock: Any,
+        progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+        max_watchers: int = DEFAULT_MAX_WATCHERS,
+        lag_bytes: int = DEFAULT_LAG_BYTES,
+    ) -> None:
+        self.history = history
+        self.clock = clock
+        self.progress_interval = progress_interval
+        self.max_watchers = max_watchers
+        self.lag_bytes = lag_bytes
+        self.dropped = 0
+        self._watchers: set[Any] = set()
+        self._by_prefix: dict[str, set[Any]] = {}
+        # The lengths of the prefixes watched, ascending, and how many
+        # prefixes have each: a change is looked up once per length.
+        self._lengths: list[int] = []
+        self._length_counts: dict[int, int] = {}
+        self._next_slice: Any = None
+        self._ticks = LoopingCall(self._tick)
+        self._ticks.clock = clock
+
+    @property
+    def revision(self) -> int:
+        """The newest change published."""
+        return self.history.revision
+
+    def __len__(self) -> int:
+        return len(self._watchers)
+
+    def startService(self) -> None:
+        super().startService()
+        self._ticks.start(self.progress_interval, now=False)
+
+    def stopService(self) -> Any:
+        if self._ticks.running:
+            self._ticks.stop()
+        if self._next_slice is not None and self._next_slice.active():
+            self._next_slice.cancel()
+        for watcher in list(self._watchers):
+            watcher.end(None)
+        super().stopService()
+        # Their last words must be sent before the reactor drops every
+        # connection, as it does when it stops: two turns, for the first
+        # may come before the reactor next writes.
+        return deferLater(self.clock, 0).addCallback(
+            lambda _: deferLater(self.clock, 0)
+        )
+
+    def publish(self, changes: list[Change]) -> None:
+        """
+        Changes are acknowledged, in revision order: keep them, and tell
+        their watchers, those of each prefix matched together.
+        """
+        history = self.history
+        for change in changes:
+            history.append(change)
+        if not self._watchers:
+            return
+        by_prefix = self._by_prefix
+        lengths = self._lengths
+        matched: dict[str, list[Change]] = {}
+        for change in changes:
+            key = change.key
+            size = len(key)
+            for length in lengths:
+                if length > size:
+                    break
+                prefix = key[:length]
+                if prefix in by_prefix:
+                    same = matched.get(prefix)
+                    if same is None:
+                        matched[prefix] = [change]
+                    else:
+                        same.append(change)
+        for prefix, same in matched.items():
+            batch = Batch(same)
+            for watcher in list(by_prefix.get(prefix, ())):
+                # A failing watcher must not fail the writes it is told of.
+                try:
+                    watcher.deliver(batch)
+                except Exception:
+                    self._failed(watcher)
+
+    def skip(self, revision: int) -> None:
+        """
+        The revisions up to C{revision} not published were taken by writes
+        that were then refused: the history has every change up to it.
+        """
+        self.history.advance(revision)
+
+    def restart(self, floor: int) -> None:
+        """
+        The changes up to C{floor} cannot be had (the change log lost them
+        before they were read): every watcher ends, and the history starts
+        again after C{floor}.
+        """
+        self.history.restart(floor)
+        for watcher in list(self._watchers):
+            watcher.end(f"changes up to revision {floor} were lost before being read")
+
+    def add(self, watcher: Any) -> None:
+        """
+        Tell C{watcher} of the changes under its prefix from now on.
+
+        @raise TooManyWatchers: if the daemon holds C{max_watchers} already.
+        """
+        if len(self._watchers) >= self.max_watchers:
+            raise TooManyWatchers(
+                f"this server holds its maximum of {self.max_watchers} watchers"
+            )
+        self._watchers.add(watcher)
+        prefix = watcher.prefix
+        same = self._by_prefix.get(prefix)
+        if same is None:
+            same = self._by_prefix[prefix] = set()
+            count = self._length_counts.get(len(prefix), 0)
+            self._length_counts[len(prefix)] = count + 1
+            if not count:
+                self._lengths = sorted(self._length_counts)
+        same.add(watcher)
+
+    def remove(self, watcher: Any) -> None:
+        """Stop telling C{watcher} of changes; it may be gone already."""
+        if watcher not in self._watchers:
+            return
+        self._watchers.discard(watcher)
+        prefix = watcher.prefix
+        same = self._by_prefix[prefix]
+        same.discard(watcher)
+        if not same:
+            del self._by_prefix[prefix]
+            length = len(prefix)
+            self._length_counts[length] -= 1
+            if not self._length_counts[length]:
+                del self._length_counts[length]
+                self._lengths = sorted(self._length_counts)
+
+    def _tick(self) -> None:
+        revision = self.history.revision
+        progress = event("progress", {"revision": revision}, revision)
+        self._tick_some(list(self._watchers), revision, progress)
+
+    def _tick_some(self, watchers: list[Any], revision: int, progress: bytes) -> None:
+        """
+        Tick C{watchers}, a slice a reactor turn: ten thousand at once would
+        hold up every request for tens of milliseconds.
+        """
+        for watcher in watchers[:_TICK_SLICE]:
+            # One watcher's failure must not end the others' progress, nor
+            # the timer (a LoopingCall stops at its first exception).
+            try:
+                watcher.tick(revision, progress)
+            except Exception:
+                self._failed(watcher)
+        self._next_slice = None
+        if len(watchers) > _TICK_SLICE:
+            rest = watchers[_TICK_SLICE:]
+            self._next_slice = self.clock.callLater(
+                0, self._tick_some, rest, revision, progress
+            )
+
+    def _failed(self, watcher: Any) -> None:
+        """A watcher failed (a bug): it ends, saying so, rather than go silent."""
+        _log.failure("Watcher {watcher} failed", watcher=watcher)
+        self.remove(watcher)
+        try:
+            watcher.end("the server failed to send an event; see its log")
+        except Exception:
+            _log.failure("Watcher {watcher} failed to end", watcher=watcher)
+
+    def health(self) -> dict[str, Any]:
+        """What C{/_health} shows of the watchers and the history."""
+        return {
+            "watchers": len(self._watchers),
+            "dropped_slow": self.dropped,
+            "history": {
+                "oldest": self.history.floor,
+                "revision": self.history.revision,
+                "changes": len(self.history),
+                "bytes": self.history.bytes,
+            },
+        }
+
+
+class WatchedStore(MultiService):
+    """
+    The services that keep a store, and the hub of its watchers, which ends
+    every watch only once they have stopped: after the last write is
+    published and the last snapshot taken, so that each client is told the
+    revision the restarted history starts at.
+    """
+
+    def __init__(self, services: Sequence[IService], hub: Hub) -> None:
+        super().__init__()
+        self.hub = hub
+        for service in services:
+            service.setServiceParent(self)
+
+    def startService(self) -> None:
+        super().startService()
+        self.hub.startService()
+
+    def stopService(self) -> Deferred[None]:
+        stopped = super().stopService()
+        return stopped.addCallback(lambda _: self.hub.stopService())
