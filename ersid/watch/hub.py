@@ -28,6 +28,8 @@ __all__ = [
 ]
 
 DEFAULT_PROGRESS_INTERVAL = 5.0
+# Seconds within which the changes published are told together.
+DEFAULT_COALESCE = 0.005
 DEFAULT_MAX_WATCHERS = 20_000
 DEFAULT_LAG_BYTES = 4 * 1024 * 1024
 
@@ -85,6 +87,7 @@ class Hub(Service):
         progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
         max_watchers: int = DEFAULT_MAX_WATCHERS,
         lag_bytes: int = DEFAULT_LAG_BYTES,
+        coalesce: float = DEFAULT_COALESCE,
     ) -> None:
         self.history = history
         self.clock = clock
@@ -99,6 +102,10 @@ class Hub(Service):
         self._lengths: list[int] = []
         self._length_counts: dict[int, int] = {}
         self._next_slice: Any = None
+        self.coalesce = coalesce
+        self._pending: list[Change] = []
+        self._flush: Any = None
+        self._told_at = float("-inf")
         self._ticks = LoopingCall(self._tick)
         self._ticks.clock = clock
 
@@ -119,6 +126,8 @@ class Hub(Service):
             self._ticks.stop()
         if self._next_slice is not None and self._next_slice.active():
             self._next_slice.cancel()
+        if self._pending:
+            self._tell()
         for watcher in list(self._watchers):
             watcher.end(None)
         super().stopService()
@@ -132,13 +141,37 @@ class Hub(Service):
     def publish(self, changes: list[Change]) -> None:
         """
         Changes are acknowledged, in revision order: keep them, and tell
-        their watchers, those of each prefix matched together.
+        their watchers, at once if none were told for C{coalesce} seconds,
+        else with the others of that time: a hundred streams written for
+        each write would cost more than the write.
         """
         history = self.history
         for change in changes:
             history.append(change)
         if not self._watchers:
             return
+        self._pending.extend(changes)
+        if self._flush is None:
+            wait = self._told_at + self.coalesce - self.clock.seconds()
+            if wait > 0:
+                self._flush = self.clock.callLater(wait, self._tell)
+            else:
+                self._tell()
+
+    @property
+    def told(self) -> int:
+        """The revision up to which every watcher was told of every change."""
+        if self._pending:
+            return self._pending[0].revision - 1
+        return self.history.revision
+
+    def _tell(self) -> None:
+        """Tell the watchers of the changes published since the last time."""
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush = None
+        self._told_at = self.clock.seconds()
+        changes, self._pending = self._pending, []
         by_prefix = self._by_prefix
         lengths = self._lengths
         matched: dict[str, list[Change]] = {}
@@ -219,7 +252,7 @@ class Hub(Service):
                 self._lengths = sorted(self._length_counts)
 
     def _tick(self) -> None:
-        revision = self.history.revision
+        revision = self.told
         progress = event("progress", {"revision": revision}, revision)
         self._tick_some(list(self._watchers), revision, progress)
 

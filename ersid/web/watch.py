@@ -328,9 +328,7 @@ class LongPoll:
     def _body(self, changes: list[Change]) -> bytes:
         more = len(changes) > MOST_EVENTS
         changes = changes[:MOST_EVENTS]
-        revision = (
-            changes[-1].revision if changes else max(self._hub.revision, self._after)
-        )
+        revision = changes[-1].revision if changes else max(self._hub.told, self._after)
         document = {
             "events": [change.document(self._values) for change in changes],
             "revision": revision,

@@ -39,7 +39,9 @@ class _Watcher:
 class HubTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
-        self.hub = Hub(History(), self.clock, progress_interval=5, max_watchers=3)
+        self.hub = Hub(
+            History(), self.clock, progress_interval=5, max_watchers=3, coalesce=0
+        )
 
     def test_fan_out_by_prefix(self):
         everything, app, app_a, other = (
@@ -98,6 +100,34 @@ class HubTests(SynchronousTestCase):
         # 500 ticked at once, then 500 in the next turn, then 200.
         self.assertEqual(turns[-2:], [(0, 700), (0, 200)])
         self.hub.stopService()
+
+    def test_changes_told_together_within_the_coalescing_time(self):
+        self.hub.coalesce = 0.005
+        watcher = _Watcher("")
+        self.hub.add(watcher)
+        self.hub.startService()
+        self.hub.publish([Change(1, "a", b"")])  # after a quiet time: at once
+        self.assertEqual(watcher.seen, [1])
+        self.hub.publish([Change(2, "b", b"")])
+        self.hub.publish([Change(3, "c", b"")])
+        self.assertEqual((watcher.seen, self.hub.told, self.hub.revision), ([1], 1, 3))
+        self.clock.advance(0.004)
+        self.assertEqual(watcher.seen, [1])
+        self.clock.advance(0.001)
+        self.assertEqual(watcher.seen, [1, 2, 3])
+        self.assertEqual([len(b.changes) for b in watcher.batches], [1, 2])
+        # A progress tick while a change waits claims only what was told.
+        self.clock.advance(4.998 - self.clock.seconds())
+        self.hub.publish([Change(4, "d", b"")])
+        self.hub.publish([Change(5, "e", b"")])
+        watcher.ticks.clear()
+        self.clock.advance(0.01)  # the tick at 5 s, then 5 told at 5.003
+        self.assertEqual(watcher.ticks, [4])
+        self.assertEqual(watcher.seen[-1], 5)
+        self.hub.publish([Change(6, "f", b"")])
+        self.hub.publish([Change(7, "g", b"")])
+        self.hub.stopService()  # what waits is told before the end
+        self.assertEqual((watcher.seen[-1], watcher.ended), (7, [None]))
 
     def test_two_watchers_on_one_prefix(self):
         first, second = _Watcher("p"), _Watcher("p")

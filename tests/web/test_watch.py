@@ -30,7 +30,7 @@ from .._sse import EventReader
 class WatchTests(TestCase):
     def setUp(self):
         self.clock = Clock()
-        self.hub = Hub(History(), self.clock, progress_interval=5)
+        self.hub = Hub(History(), self.clock, progress_interval=5, coalesce=0)
         self.storage = DictStorage(publish=self.hub.publish)
         self.service = Service(self.storage, hub=self.hub)
         self.http = http()
