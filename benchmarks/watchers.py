@@ -230,13 +230,25 @@ class Streams:
         self.drop_seconds = round(time.monotonic() - closed, 2)
 
 
-def watched_throughput(target: run.Target, seconds: float, rounds: int) -> dict:
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time process C{pid} has used, user and system."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def watched_throughput(
+    target: run.Target, pid: int, seconds: float, rounds: int
+) -> dict:
     """
     PUT throughput at 50 connections in each of L{CONDITIONS}, in slices
     whose order turns every round, summarized as run.py summarizes its
     targets: the ratio is the median of the rounds' ratios to no watchers.
     With watchers, C{delivered}: the share of the events due (writes times
-    watchers) that they read.
+    watchers) that they read. And the server's CPU time per write, whose
+    ratio to none's is what one server core would do with the watchers'
+    clients elsewhere: on this machine they share core 1 with wrk, and
+    reading a hundred streams slows wrk down as much as the server.
     """
     names = list(CONDITIONS)
     measured: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -249,13 +261,24 @@ def watched_throughput(target: run.Target, seconds: float, rounds: int) -> dict:
                 Streams(target.port, prefix, count) if count else nullcontext() as held
             ):
                 first = _watch_state(target.port)["history"]["revision"]
+                cpu = _cpu_seconds(pid)
                 figures = target.load("PUT", seconds)
+                cpu = _cpu_seconds(pid) - cpu
+                writes = _watch_state(target.port)["history"]["revision"] - first
+                figures["server_us_per_put"] = round(cpu * 1e6 / writes, 2)
                 if held is not None:
-                    writes = _watch_state(target.port)["history"]["revision"] - first
                     events = held.counts()["events"]
                     figures["delivered"] = round(events / (writes * count), 3)
             measured.setdefault(name, {}).setdefault("PUT", []).append(figures)
     summary = run.summarize(measured, {"none": NO_WATCHERS})
+    for name, methods in measured.items():
+        ratios = [
+            base["server_us_per_put"] / f["server_us_per_put"]
+            for f, base in zip(
+                methods["PUT"], measured[NO_WATCHERS]["PUT"], strict=True
+            )
+        ]
+        summary[name]["PUT"]["cpu_ratio_to_none"] = round(statistics.median(ratios), 3)
     return {name: methods["PUT"] for name, methods in summary.items()}
 
 
@@ -311,7 +334,9 @@ def benchmark_watch(seconds: float, rounds: int, idle: int) -> dict:
             print(f"Memory of {idle:,} idle watchers:", flush=True)
             results = {"idle": idle_watchers(target, pids[run.ERSID], idle)}
             print("PUT throughput with watchers:", flush=True)
-            results["throughput"] = watched_throughput(target, seconds, rounds)
+            results["throughput"] = watched_throughput(
+                target, pids[run.ERSID], seconds, rounds
+            )
             print("Delivery latency:", flush=True)
             results["latency"] = latency(target, max(seconds, 5))
             results["server"] = _watch_state(target.port)
@@ -323,12 +348,13 @@ def benchmark_watch(seconds: float, rounds: int, idle: int) -> dict:
 def print_watch(results: dict) -> None:
     """The watchers' figures: a small table, then a line each."""
     print(f"\n{'ersid dict PUT':24} {'req/s':>9} {'p99 ms':>7} {'errors':>6} ", end="")
-    print(f"{'/none':>6} {'delivered':>9}")
+    print(f"{'/none':>6} {'delivered':>9} {'µs CPU':>7} {'/none':>6}")
     for name, f in results["throughput"].items():
         print(
             f"{name:24} {f['requests_per_second']:9.0f} {f['p99_ms']:7.2f} "
             f"{f['non_2xx'] + f['socket_errors']:6} {f['ratio_to_none']:6.2f} "
-            f"{f.get('delivered', float('nan')):9.3f}"
+            f"{f.get('delivered', float('nan')):9.3f} "
+            f"{f['server_us_per_put']:7.1f} {f['cpu_ratio_to_none']:6.2f}"
         )
     f = results["latency"]
     print(

@@ -29,7 +29,7 @@ __all__ = [
 
 DEFAULT_PROGRESS_INTERVAL = 5.0
 # Seconds within which the changes published are told together.
-DEFAULT_COALESCE = 0.005
+DEFAULT_COALESCE = 0.01
 DEFAULT_MAX_WATCHERS = 20_000
 DEFAULT_LAG_BYTES = 4 * 1024 * 1024
 
