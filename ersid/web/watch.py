@@ -7,6 +7,7 @@ C{GET /_watch}: the changes under a prefix, as Server-Sent Events
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from typing import Any
 
@@ -29,6 +30,8 @@ __all__ = ["MAX_WAIT", "RETRY_MILLISECONDS", "serve_watch"]
 MAX_WAIT = 55.0
 # The most events in one long-poll answer; the next poll gets the rest.
 MOST_EVENTS = 1000
+# The most bytes of events in one, but for a single larger one.
+MOST_BYTES = 1024 * 1024
 # How soon a browser's EventSource reconnects.
 RETRY_MILLISECONDS = 1000
 
@@ -52,6 +55,10 @@ async def serve_watch(hub: Hub, storage: IStorage, request: IRequest) -> bytes:
     before anything is sent). The body, or C{b""} once a stream has ended.
     """
     asked = _parse(request)
+    if request.method == b"HEAD":
+        request.setHeader(b"Content-Type", b"text/event-stream")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return b""
     if asked.wait is not None:
         return await LongPoll(hub, request, asked).answer()
     first: list[bytes] = []
@@ -199,8 +206,15 @@ class EventStream:
         self._hub.remove(self)
 
     def deliver(self, batch: Batch) -> None:
+        events = batch.sse(self._values)
+        if self._live and len(events) > self._hub.lag_bytes:
+            # Too much to write at once: from the history, a change at a
+            # time, as far as the client reads.
+            self._live = False
+            self._catch_up()
+            return
         if not self._live:
-            self._owed += batch.size
+            self._owed += len(events)
             if self._owed > self._hub.lag_bytes:
                 self._hub.dropped += 1
                 self.end("the client read too slowly: it fell too far behind")
@@ -209,22 +223,24 @@ class EventStream:
             # The usual case: the events joined once for every watcher.
             self._after = batch.last
             self._sent = True
-            self._request.write(batch.sse(self._values))
+            self._request.write(events)
             return
         for change in batch.changes:
             if change.revision > self._after:
                 self._send(change)
 
-    def _send(self, change: Change) -> None:
+    def _send(self, change: Change) -> int:
+        """Send C{change}; how many bytes that took."""
         self._after = change.revision
         self._sent = True
-        self._request.write(change.sse(self._values))
+        data = change.sse(self._values)
+        self._request.write(data)
+        return len(data)
 
     def _catch_up(self) -> None:
         try:
             for change in self._hub.history.after(self._after, self.prefix):
-                self._owed = max(0, self._owed - change.size)
-                self._send(change)
+                self._owed = max(0, self._owed - self._send(change))
                 if self._paused or self._ended:
                     return
         except HistoryGone as e:
@@ -278,7 +294,7 @@ class EventStream:
         """The connection is going: Klein cancels the response."""
 
 
-@implementer(IWatcher)
+@implementer(IWatcher, IPushProducer)
 class LongPoll:
     """
     One JSON answer: the changes after C{since} at once if there are any,
@@ -317,22 +333,42 @@ class LongPoll:
             return succeed(self._body(found))
         _admit(hub, self, self._after)
         self._timer = hub.clock.callLater(self._wait, self._answer, [])
+        # Registered as a stream is, so that a client that goes away (a FIN,
+        # which is not a half-close here) frees its place at once.
+        self._request.registerProducer(self, True)
         return self._done
 
     def _stop(self) -> None:
         self._hub.remove(self)
-        if self._timer is not None and self._timer.active():
+        if self._timer is None:
+            return
+        if self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._request.channel is not None:  # None: the client has gone
+            self._request.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        """Nothing is sent until the answer, which is one write."""
+
+    resumeProducing = stopProducing = pauseProducing
 
     def _body(self, changes: list[Change]) -> bytes:
-        more = len(changes) > MOST_EVENTS
-        changes = changes[:MOST_EVENTS]
-        revision = changes[-1].revision if changes else max(self._hub.told, self._after)
+        events: list[dict[str, Any]] = []
+        size = 0
+        for change in changes[:MOST_EVENTS]:
+            document = change.document(self._values)
+            size += len(json.dumps(document))
+            if events and size > MOST_BYTES:
+                break
+            events.append(document)
+        revision = (
+            events[-1]["revision"] if events else max(self._hub.told, self._after)
+        )
         document = {
-            "events": [change.document(self._values) for change in changes],
+            "events": events,
             "revision": revision,
-            "more": more,
+            "more": len(events) < len(changes),
         }
         return json_body(self._request, 200, document)
 

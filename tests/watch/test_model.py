@@ -59,6 +59,7 @@ class _Request:
 
     def __init__(self, query: dict[bytes, list[bytes]], last_id: str | None) -> None:
         self.args = query
+        self.method = b"GET"
         self.requestHeaders = Headers()
         if last_id is not None:
             self.requestHeaders.setRawHeaders(b"last-event-id", [last_id.encode()])

@@ -11,7 +11,11 @@ from typing import Any
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    connectProtocol,
+    serverFromString,
+)
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
@@ -27,7 +31,7 @@ from .._helpers import http
 from .._sse import EventReader
 
 
-class WatchTests(TestCase):
+class _Watching(TestCase):
     def setUp(self):
         self.clock = Clock()
         self.hub = Hub(History(), self.clock, progress_interval=5, coalesce=0)
@@ -74,6 +78,8 @@ class WatchTests(TestCase):
     async def put(self, key: str, value: bytes = b"v") -> int:
         return (await self.storage.set(key, value)).version
 
+
+class WatchTests(_Watching):
     def test_stream_of_changes_under_a_prefix(self):
         async def check():
             await self.put("app/old")
@@ -346,6 +352,57 @@ class WatchTests(TestCase):
             self.assertEqual(timer.getTime(), self.clock.seconds() + MAX_WAIT)
             self.clock.advance(MAX_WAIT)
             self.assertEqual((await waiting).code, 200)
+
+        return Deferred.fromCoroutine(check())
+
+
+class AttackFindingsTests(_Watching):
+    """What a hostile client found, each fixed."""
+
+    def test_long_poll_answers_at_most_a_megabyte_but_one_event(self):
+        async def check():
+            big = b"\x01" * 300_000  # six bytes of JSON each
+            for n in range(3):
+                await self.put(f"k{n}", big)
+            response = await self.http.get(
+                await self.url() + "/_watch?since=0&wait=0&values=1"
+            )
+            body = await treq.content(response)
+            answer = json.loads(body)
+            self.assertEqual(
+                ([e["revision"] for e in answer["events"]], answer["more"]), ([1], True)
+            )
+            self.assertLess(len(body), 2_000_000)
+            response = await self.http.get(await self.url() + "/_watch?since=1&wait=0")
+            answer = json.loads(await treq.content(response))
+            self.assertEqual(
+                ([e["revision"] for e in answer["events"]], answer["more"]),
+                ([2, 3], False),
+            )
+
+        return Deferred.fromCoroutine(check())
+
+    def test_long_poll_closed_by_its_client_frees_its_place(self):
+        async def check():
+            port = int((await self.url()).rsplit(":", 1)[1])
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+            client = await connectProtocol(endpoint, _Raw())
+            client.transport.write(b"GET /_watch?wait=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+            await _turns(self.hub, 1)
+            client.transport.loseConnection()  # a FIN, as a timed-out client sends
+            await _turns(self.hub, 0)
+            self.assertEqual(self.clock.getDelayedCalls(), [])
+
+        return Deferred.fromCoroutine(check())
+
+    def test_head_answers_at_once_without_a_watcher(self):
+        async def check():
+            response = await self.http.head(await self.url() + "/_watch")
+            self.assertEqual(response.code, 200)
+            self.assertEqual(
+                response.headers.getRawHeaders("content-type"), ["text/event-stream"]
+            )
+            self.assertEqual(len(self.hub), 0)
 
         return Deferred.fromCoroutine(check())
 
