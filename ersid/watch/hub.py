@@ -28,8 +28,11 @@ __all__ = [
 ]
 
 DEFAULT_PROGRESS_INTERVAL = 5.0
-# Seconds within which the changes published are told together.
-DEFAULT_COALESCE = 0.01
+# Under load, the most of the reactor's time telling watchers may take:
+# after a telling that took t seconds, the changes published are held for
+# t * (1 - share) / share, then told together; never longer than this.
+DEFAULT_TELLING_SHARE = 0.1
+_LONGEST_HOLD = 0.1
 DEFAULT_MAX_WATCHERS = 20_000
 DEFAULT_LAG_BYTES = 4 * 1024 * 1024
 
@@ -87,7 +90,7 @@ class Hub(Service):
         progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
         max_watchers: int = DEFAULT_MAX_WATCHERS,
         lag_bytes: int = DEFAULT_LAG_BYTES,
-        coalesce: float = DEFAULT_COALESCE,
+        telling_share: float = DEFAULT_TELLING_SHARE,
     ) -> None:
         self.history = history
         self.clock = clock
@@ -102,10 +105,10 @@ class Hub(Service):
         self._lengths: list[int] = []
         self._length_counts: dict[int, int] = {}
         self._next_slice: Any = None
-        self.coalesce = coalesce
+        self.telling_share = telling_share
         self._pending: list[Change] = []
         self._flush: Any = None
-        self._told_at = float("-inf")
+        self._next_telling = float("-inf")
         self._ticks = LoopingCall(self._tick)
         self._ticks.clock = clock
 
@@ -141,9 +144,10 @@ class Hub(Service):
     def publish(self, changes: list[Change]) -> None:
         """
         Changes are acknowledged, in revision order: keep them, and tell
-        their watchers, at once if none were told for C{coalesce} seconds,
-        else with the others of that time: a hundred streams written for
-        each write would cost more than the write.
+        their watchers: at once, unless the last telling was so recent that
+        telling again would take more than C{telling_share} of the time;
+        then with the others that come meanwhile. A hundred streams written
+        for each write would cost more than the write.
         """
         history = self.history
         for change in changes:
@@ -152,7 +156,7 @@ class Hub(Service):
             return
         self._pending.extend(changes)
         if self._flush is None:
-            wait = self._told_at + self.coalesce - self.clock.seconds()
+            wait = self._next_telling - self.clock.seconds()
             if wait > 0:
                 self._flush = self.clock.callLater(wait, self._tell)
             else:
@@ -170,7 +174,7 @@ class Hub(Service):
         if self._flush is not None and self._flush.active():
             self._flush.cancel()
         self._flush = None
-        self._told_at = self.clock.seconds()
+        started = self.clock.seconds()
         changes, self._pending = self._pending, []
         by_prefix = self._by_prefix
         lengths = self._lengths
@@ -196,6 +200,10 @@ class Hub(Service):
                     watcher.deliver(batch)
                 except Exception:
                     self._failed(watcher)
+        now = self.clock.seconds()
+        share = self.telling_share
+        hold = min(_LONGEST_HOLD, (now - started) * (1 - share) / share)
+        self._next_telling = now + hold
 
     def skip(self, revision: int) -> None:
         """

@@ -17,6 +17,7 @@ from twisted.web.http import Headers, parse_qs, unquote
 from twisted.web.server import Request
 
 from ersid.web.exchange import Head
+from ersid.web.sending import writer
 
 if TYPE_CHECKING:
     from ersid.web.protocol import Connection
@@ -55,6 +56,9 @@ class _Stream:
     def __init__(self, connection: Connection, keep_alive: bool) -> None:
         self.connection = connection
         self.transport = connection.transport
+        # Sent at once when the socket takes it: a stream's events are many
+        # small writes, each of which would otherwise cost two epoll_ctl.
+        self._send = writer(self.transport)
         self.site = self.factory = connection.factory
         self._keep_alive = keep_alive
 
@@ -77,13 +81,13 @@ class _Stream:
         if not self._keep_alive:
             lines.append(b"Connection: close\r\n")
         lines.append(b"\r\n")
-        self.transport.write(b"".join(lines))
+        self._send(b"".join(lines))
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        self._send(data)
 
     def writeSequence(self, data: list[bytes]) -> None:
-        self.transport.writeSequence(data)
+        self._send(b"".join(data))
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         if not streaming:

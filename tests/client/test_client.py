@@ -47,7 +47,7 @@ from .._helpers import Daemon, serve
 
 class _ServerTestCase(TestCase):
     def setUp(self):
-        self.hub = Hub(History(0, max_changes=10), reactor, coalesce=0)
+        self.hub = Hub(History(0, max_changes=10), reactor)
         self.storage = DictStorage(publish=self.hub.publish)
 
         async def start():

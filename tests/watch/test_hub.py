@@ -39,9 +39,7 @@ class _Watcher:
 class HubTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
-        self.hub = Hub(
-            History(), self.clock, progress_interval=5, max_watchers=3, coalesce=0
-        )
+        self.hub = Hub(History(), self.clock, progress_interval=5, max_watchers=3)
 
     def test_fan_out_by_prefix(self):
         everything, app, app_a, other = (
@@ -101,32 +99,41 @@ class HubTests(SynchronousTestCase):
         self.assertEqual(turns[-2:], [(0, 700), (0, 200)])
         self.hub.stopService()
 
-    def test_changes_told_together_within_the_coalescing_time(self):
-        self.hub.coalesce = 0.005
-        watcher = _Watcher("")
+    def test_telling_takes_at_most_its_share_of_the_time(self):
+        clock = self.clock
+
+        class Slow(_Watcher):
+            def deliver(self, batch: Batch) -> None:
+                super().deliver(batch)
+                clock.rightNow += 0.002  # telling it takes 2 ms
+
+        watcher = Slow("")
+        self.hub.telling_share = 0.2
         self.hub.add(watcher)
         self.hub.startService()
         self.hub.publish([Change(1, "a", b"")])  # after a quiet time: at once
         self.assertEqual(watcher.seen, [1])
+        # It took 2 ms: the next is held 8 ms, to take a fifth of the time.
         self.hub.publish([Change(2, "b", b"")])
         self.hub.publish([Change(3, "c", b"")])
         self.assertEqual((watcher.seen, self.hub.told, self.hub.revision), ([1], 1, 3))
-        self.clock.advance(0.004)
+        clock.advance(0.0079)
         self.assertEqual(watcher.seen, [1])
-        self.clock.advance(0.001)
+        clock.advance(0.0001)
         self.assertEqual(watcher.seen, [1, 2, 3])
         self.assertEqual([len(b.changes) for b in watcher.batches], [1, 2])
-        # A progress tick while a change waits claims only what was told.
-        self.clock.advance(4.998 - self.clock.seconds())
-        self.hub.publish([Change(4, "d", b"")])
+        # A progress tick while a change is held claims only what was told.
+        clock.advance(4.999 - clock.seconds())
+        self.hub.publish([Change(4, "d", b"")])  # at once, then held 8 ms
         self.hub.publish([Change(5, "e", b"")])
         watcher.ticks.clear()
-        self.clock.advance(0.01)  # the tick at 5 s, then 5 told at 5.003
-        self.assertEqual(watcher.ticks, [4])
+        clock.advance(0.002)  # the tick at 5 s
+        self.assertEqual((watcher.ticks, watcher.seen[-1]), ([4], 4))
+        clock.advance(0.01)
         self.assertEqual(watcher.seen[-1], 5)
         self.hub.publish([Change(6, "f", b"")])
         self.hub.publish([Change(7, "g", b"")])
-        self.hub.stopService()  # what waits is told before the end
+        self.hub.stopService()  # what is held is told before the end
         self.assertEqual((watcher.seen[-1], watcher.ended), (7, [None]))
 
     def test_two_watchers_on_one_prefix(self):

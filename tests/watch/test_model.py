@@ -110,7 +110,7 @@ class _Backend:
         self.clock = Clock()
 
     async def start(self) -> None:
-        self.hub = Hub(History(0, self.history_size), self.clock, coalesce=0)
+        self.hub = Hub(History(0, self.history_size), self.clock)
         self.storage = self.writer = DictStorage(publish=self.hub.publish)
 
     async def caught_up(self, revision: int) -> None:
@@ -131,7 +131,7 @@ class _Journaled(_Backend):
     async def _open(self) -> None:
         history = History(0, self.history_size)
         recovered = recover(self.directory, self.directory + "/none.json", history)
-        self.hub = Hub(history, self.clock, coalesce=0)
+        self.hub = Hub(history, self.clock)
         self.journal = Journal(self.directory, recovered.revision, "no", reactor)
         self.journal.start()
         self.storage = self.writer = DictStorage(
@@ -163,7 +163,7 @@ class _TwoMySQLNodes(_Backend):
         self.nodes = []
         for _ in range(2):
             storage = MySQLStorage(settings, min_connections=1, max_connections=2)
-            hub = Hub(History(0, self.history_size), self.clock, coalesce=0)
+            hub = Hub(History(0, self.history_size), self.clock)
             hub.ready = False
             feed = ChangeFeed(storage, hub, 3600, self.clock)
             self.nodes.append((storage, hub, feed))

@@ -34,7 +34,7 @@ from .._sse import EventReader
 class _Watching(TestCase):
     def setUp(self):
         self.clock = Clock()
-        self.hub = Hub(History(), self.clock, progress_interval=5, coalesce=0)
+        self.hub = Hub(History(), self.clock, progress_interval=5)
         self.storage = DictStorage(publish=self.hub.publish)
         self.service = Service(self.storage, hub=self.hub)
         self.http = http()
