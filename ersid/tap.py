@@ -177,6 +177,14 @@ class Options(usage.Options):
             _positive(int),
         ],
         [
+            "watch-history-age",
+            None,
+            None,
+            "With --storage mysql: also trim the change log to the changes of the "
+            "last this many seconds. [default: by count only]",
+            _positive(float),
+        ],
+        [
             "watch-poll",
             None,
             DEFAULT_POLL_INTERVAL,
@@ -286,6 +294,7 @@ def _open_mysql(options: Options, hub: Hub, reactor: Any) -> OpenedStorage:
         options["dump-interval"],
         hub,
         options["watch-poll"],
+        options["watch-history-age"],
         reactor,
     )
 

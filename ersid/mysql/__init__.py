@@ -37,6 +37,7 @@ def open_mysql(
     dump_interval: float,
     hub: Hub,
     poll_interval: float,
+    history_age: float | None,
     reactor: Any,
 ) -> OpenedStorage:
     """
@@ -44,8 +45,8 @@ def open_mysql(
     from C{password_file}, else C{$ERSID_MYSQL_PASSWORD}, through a pool of
     C{pool} (fewest, most) connections; snapshots go to C{dump_file} every
     C{dump_interval} seconds as backups; its change log is read into C{hub}
-    every C{poll_interval} seconds. Blocking: call it before the reactor
-    runs.
+    every C{poll_interval} seconds, and kept to the last C{history_age}
+    seconds if given. Blocking: call it before the reactor runs.
 
     @raise StartupError: if the database cannot be used, or C{mysqlclient}
         is not installed.
@@ -68,5 +69,12 @@ def open_mysql(
             "(which needs: apt-get install libmariadb-dev pkg-config)"
         ) from None
     return open_database(
-        settings, pool, dump_file, dump_interval, hub, poll_interval, reactor
+        settings,
+        pool,
+        dump_file,
+        dump_interval,
+        hub,
+        poll_interval,
+        history_age,
+        reactor,
     )

@@ -33,13 +33,20 @@ class ChangeFeed(Service):
     """
     Publish to C{hub} the changes in the log of C{storage}'s database, in
     revision order, whichever node made them, every C{interval} seconds;
-    keep the log to the hub's history size.
+    keep the log to the hub's history size, and to the last C{age} seconds
+    if given.
     """
 
     def __init__(
-        self, storage: MySQLStorage, hub: Hub, interval: float, clock: Any
+        self,
+        storage: MySQLStorage,
+        hub: Hub,
+        interval: float,
+        clock: Any,
+        age: float | None = None,
     ) -> None:
         self.storage = storage
+        self.age = age
         self.hub = hub
         self.interval = interval
         self._started = False
@@ -92,7 +99,9 @@ class ChangeFeed(Service):
                 got = await self._read()
                 self._polls += 1
                 if self._polls % _POLLS_PER_TRIM == 0:
-                    await self.storage.trim_change_log(self.hub.history.max_changes)
+                    await self.storage.trim_change_log(
+                        self.hub.history.max_changes, self.age
+                    )
                 if got < _BATCH and not self._again:
                     break
             if self._failing is not None:

@@ -29,10 +29,12 @@ INSERT IGNORE INTO ersid_revision (id, revision) VALUES (1, 0);
 -- the watchers of every node: a put with its value and content type, a
 -- delete with NULL for both. Commit order is revision order (the counter
 -- above serialises writers), so a node reads it by revision, and each
--- node trims it to the newest --watch-history changes.
+-- node trims it to the newest --watch-history changes (and to those of
+-- the last --watch-history-age seconds, if given), by the database's clock.
 CREATE TABLE IF NOT EXISTS ersid_changes (
     revision BIGINT UNSIGNED NOT NULL PRIMARY KEY,
     ersid_key VARBINARY(255) NOT NULL,
     ersid_value LONGBLOB NULL,
-    content_type VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NULL
+    content_type VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NULL,
+    changed_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
 ) ENGINE = InnoDB;

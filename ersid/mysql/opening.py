@@ -34,13 +34,15 @@ def open_database(
     dump_interval: float,
     hub: Hub,
     poll_interval: float,
+    history_age: float | None,
     reactor: Any,
 ) -> OpenedStorage:
     """
     The database C{settings} name, through a pool of C{pool} (fewest, most)
     connections, with snapshots to C{dump_file} every C{dump_interval}
     seconds as backups, and its change log read into C{hub} every
-    C{poll_interval} seconds. Blocking: call it before the reactor runs.
+    C{poll_interval} seconds and kept to the last C{history_age} seconds
+    (if given). Blocking: call it before the reactor runs.
 
     @raise StartupError: if the database refuses Ersid or lacks its tables.
     """
@@ -49,7 +51,7 @@ def open_database(
     storage = MySQLStorage(settings, *pool)
     snapshotter = Snapshotter(storage, dump_file, reactor)
     snapshots = SnapshotService(dump_interval, snapshotter)
-    feed = ChangeFeed(storage, hub, poll_interval, reactor)
+    feed = ChangeFeed(storage, hub, poll_interval, reactor, history_age)
     return OpenedStorage(storage, [snapshots, feed], snapshotter.health)
 
 

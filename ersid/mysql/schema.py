@@ -18,7 +18,13 @@ SCHEMA_FILE = str(resources.files("ersid.mysql").joinpath("mysql_schema.sql"))
 _EXPECTED_COLUMNS = {
     "ersid_data": {"ersid_key", "ersid_value", "content_type", "version"},
     "ersid_revision": {"id", "revision"},
-    "ersid_changes": {"revision", "ersid_key", "ersid_value", "content_type"},
+    "ersid_changes": {
+        "revision",
+        "ersid_key",
+        "ersid_value",
+        "content_type",
+        "changed_at",
+    },
 }
 
 

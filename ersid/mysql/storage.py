@@ -174,11 +174,14 @@ class MySQLStorage:
         """
         return self._read(_select_changes, after, limit)
 
-    def trim_change_log(self, keep: int, most: int = 10_000) -> Deferred[int]:
+    def trim_change_log(
+        self, keep: int, age: float | None = None, most: int = 10_000
+    ) -> Deferred[int]:
         """
-        Delete up to C{most} changes older than the newest C{keep}; how many.
+        Delete up to C{most} changes older than the newest C{keep}, or than
+        C{age} seconds by the database's clock; how many.
         """
-        return self._read(_trim_changes, keep, most)
+        return self._read(_trim_changes, keep, age, most)
 
     def stats(self) -> Deferred[tuple[int, int]]:
         return self._read(_select_stats)
@@ -330,11 +333,20 @@ def _select_changes(cursor: Any, after: int | None, limit: int) -> ChangeLog:
     return ChangeLog(changes, floor, revision)
 
 
-def _trim_changes(cursor: Any, keep: int, most: int) -> int:
-    revision = _store_revision(cursor)
+def _trim_changes(cursor: Any, keep: int, age: float | None, most: int) -> int:
+    oldest = _store_revision(cursor) - keep
+    if age is not None:
+        cursor.execute(
+            "SELECT MAX(revision) FROM ersid_changes "
+            "WHERE changed_at < NOW(6) - INTERVAL %s MICROSECOND",
+            (int(age * 1e6),),
+        )
+        (too_old,) = cursor.fetchone()
+        if too_old is not None:
+            oldest = max(oldest, int(too_old))
     cursor.execute(
         "DELETE FROM ersid_changes WHERE revision <= %s ORDER BY revision LIMIT %s",
-        (revision - keep, most),
+        (oldest, most),
     )
     return int(cursor.rowcount)
 

@@ -449,6 +449,24 @@ class ChangeLogTests(TestCase):
 
         return Deferred.fromCoroutine(check())
 
+    def test_log_trimmed_by_age_by_the_database_clock(self):
+        async def check():
+            storage = _storage(self, self.settings)
+            for n in range(5):
+                await storage.set(f"k{n}", b"v")
+            subprocess.run(
+                ["mariadb", f"--socket={shared_server().socket}", "-u", "root"],
+                input=b"UPDATE ersid.ersid_changes SET changed_at = "
+                b"NOW(6) - INTERVAL 1 HOUR WHERE revision <= 3",
+                check=True,
+            )
+            self.assertEqual(await storage.trim_change_log(1000, age=60), 3)
+            log = await storage.change_log(0, 100)
+            self.assertEqual([c.revision for c in log.changes], [4, 5])
+            self.assertEqual(await storage.trim_change_log(1000, age=60), 0)
+
+        return Deferred.fromCoroutine(check())
+
     def test_changes_trimmed_before_being_read_end_every_watcher(self):
         async def check():
             _, hub, feed = self.node()
