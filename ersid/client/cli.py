@@ -11,7 +11,6 @@ unavailable; 6 standard input or output failed (a closed pipe, a full disk);
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
@@ -25,7 +24,6 @@ from ersid.client import (
     Client,
     ClientError,
     ConditionFailed,
-    Event,
     HistoryGone,
     KeyNotFound,
     ServerUnavailable,
@@ -120,26 +118,10 @@ async def _run(client: Client, arguments: argparse.Namespace) -> None:
     elif arguments.command == "watch":
         changes = client.watch(arguments.prefix, arguments.since, arguments.values)
         async for event in changes:
-            print(_event_line(event), flush=True)
+            print(json.dumps(event.data), flush=True)
     else:
         for key in await client.list(arguments.prefix):
             print(key)
-
-
-def _event_line(event: Event) -> str:
-    document: dict[str, Any] = {
-        "type": event.type,
-        "key": event.key,
-        "revision": event.revision,
-    }
-    if event.content_type is not None:
-        document["content_type"] = event.content_type
-    if event.value is not None:
-        try:
-            document["value"] = event.value.decode("utf-8")
-        except UnicodeDecodeError:
-            document["value"] = {"base64": base64.b64encode(event.value).decode()}
-    return json.dumps(document)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,7 +29,8 @@ _FIRST_RETRY, _LAST_RETRY = 0.25, 8.0
 class Event:
     """
     A change: C{type} C{"put"} (with C{content_type}, and C{value} when
-    values were asked for) or C{"delete"}, of C{key} at C{revision}.
+    values were asked for) or C{"delete"}, of C{key} at C{revision}; C{data}
+    is the event's JSON object as the server sent it.
     """
 
     type: str
@@ -37,6 +38,7 @@ class Event:
     revision: int
     content_type: str | None = None
     value: bytes | None = None
+    data: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Event:
@@ -46,7 +48,12 @@ class Event:
         elif value is not None:
             value = value.encode("utf-8")
         return cls(
-            data["type"], data["key"], data["revision"], data.get("content_type"), value
+            data["type"],
+            data["key"],
+            data["revision"],
+            data.get("content_type"),
+            value,
+            data,
         )
 
 

@@ -14,7 +14,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ersid.mysql.storage import ChangeLog, MySQLStorage
+from ersid.mysql.change_log import ChangeLog
+from ersid.mysql.storage import MySQLStorage
 from ersid.storage import StorageUnavailable
 from ersid.watch import DEFAULT_POLL_INTERVAL, Hub
 

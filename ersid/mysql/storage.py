@@ -13,12 +13,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import attrs
 import MySQLdb
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
+from ersid.mysql.change_log import (
+    ChangeLog,
+    log_change,
+    select_changes,
+    store_revision,
+    trim_changes,
+)
 from ersid.mysql.errors import DEAD_CONNECTION, RETRY_TRANSACTION, error_code
 from ersid.mysql.settings import MySQLSettings
 from ersid.storage import (
@@ -32,9 +38,8 @@ from ersid.storage import (
     StorageUnavailable,
     WriteResult,
 )
-from ersid.watch.history import Change
 
-__all__ = ["ChangeLog", "MySQLStorage"]
+__all__ = ["MySQLStorage"]
 
 _T = TypeVar("_T")
 
@@ -172,7 +177,7 @@ class MySQLStorage:
         The change log after revision C{after}, at most C{limit} changes;
         with C{after} C{None}, its newest C{limit} changes.
         """
-        return self._read(_select_changes, after, limit)
+        return self._read(select_changes, after, limit)
 
     def trim_change_log(
         self, keep: int, age: float | None = None, most: int = 10_000
@@ -181,7 +186,7 @@ class MySQLStorage:
         Delete up to C{most} changes older than the newest C{keep}, or than
         C{age} seconds by the database's clock; how many.
         """
-        return self._read(_trim_changes, keep, age, most)
+        return self._read(trim_changes, keep, age, most)
 
     def stats(self) -> Deferred[tuple[int, int]]:
         return self._read(_select_stats)
@@ -201,18 +206,6 @@ class MySQLStorage:
         """Close the connection pool now."""
         self._closed = True
         self._pool.close()
-
-
-@attrs.frozen
-class ChangeLog:
-    """
-    Changes read from the log, in revision order; C{floor} is the revision
-    after which the log is complete, C{revision} the store's.
-    """
-
-    changes: list[Change]
-    floor: int
-    revision: int
 
 
 def _select_record(cursor: Any, key: bytes, for_update: bool = False) -> Record | None:
@@ -265,7 +258,7 @@ def _upsert(
     )
     # MySQL counts 1 affected row for an insert, 2 for an update.
     created = cursor.rowcount == 1
-    _log_change(cursor, revision, encoded, value, content_type)
+    log_change(cursor, revision, encoded, value, content_type)
     return WriteResult(revision, created)
 
 
@@ -277,78 +270,8 @@ def _delete(cursor: Any, key: str, precondition: Precondition | None) -> bool:
     if cursor.rowcount == 0:
         cursor.connection.rollback()
         return False
-    _log_change(cursor, revision, encoded, None, None)
+    log_change(cursor, revision, encoded, None, None)
     return True
-
-
-def _log_change(
-    cursor: Any,
-    revision: int,
-    key: bytes,
-    value: bytes | None,
-    content_type: str | None,
-) -> None:
-    cursor.execute(
-        "INSERT INTO ersid_changes (revision, ersid_key, ersid_value, content_type) "
-        "VALUES (%s, %s, %s, %s)",
-        (revision, key, value, content_type),
-    )
-
-
-def _store_revision(cursor: Any) -> int:
-    cursor.execute("SELECT revision FROM ersid_revision WHERE id = 1")
-    return int(cursor.fetchone()[0])
-
-
-def _select_changes(cursor: Any, after: int | None, limit: int) -> ChangeLog:
-    # In one transaction, so one snapshot: the revision, the log's start
-    # and the changes agree.
-    revision = _store_revision(cursor)
-    cursor.execute("SELECT MIN(revision) FROM ersid_changes")
-    (oldest,) = cursor.fetchone()
-    floor = revision if oldest is None else int(oldest) - 1
-    if after is None:
-        cursor.execute(
-            "SELECT revision, ersid_key, ersid_value, content_type FROM ersid_changes "
-            "ORDER BY revision DESC LIMIT %s",
-            (limit,),
-        )
-        rows = cursor.fetchall()[::-1]
-    else:
-        cursor.execute(
-            "SELECT revision, ersid_key, ersid_value, content_type FROM ersid_changes "
-            "WHERE revision > %s ORDER BY revision LIMIT %s",
-            (after, limit),
-        )
-        rows = cursor.fetchall()
-    changes = [
-        Change(
-            int(row[0]),
-            bytes(row[1]).decode("utf-8"),
-            None if row[2] is None else bytes(row[2]),
-            row[3] or DEFAULT_CONTENT_TYPE,
-        )
-        for row in rows
-    ]
-    return ChangeLog(changes, floor, revision)
-
-
-def _trim_changes(cursor: Any, keep: int, age: float | None, most: int) -> int:
-    oldest = _store_revision(cursor) - keep
-    if age is not None:
-        cursor.execute(
-            "SELECT MAX(revision) FROM ersid_changes "
-            "WHERE changed_at < NOW(6) - INTERVAL %s MICROSECOND",
-            (int(age * 1e6),),
-        )
-        (too_old,) = cursor.fetchone()
-        if too_old is not None:
-            oldest = max(oldest, int(too_old))
-    cursor.execute(
-        "DELETE FROM ersid_changes WHERE revision <= %s ORDER BY revision LIMIT %s",
-        (oldest, most),
-    )
-    return int(cursor.rowcount)
 
 
 def _like_prefix(prefix: bytes) -> bytes:
@@ -359,7 +282,7 @@ def _like_prefix(prefix: bytes) -> bytes:
 def _select_keys(
     cursor: Any, prefix: str, after: str | None, limit: int
 ) -> Listing[str]:
-    revision = _store_revision(cursor)
+    revision = store_revision(cursor)
     encoded_prefix = prefix.encode("utf-8")
     start = encoded_prefix
     inclusive = True
@@ -376,7 +299,7 @@ def _select_keys(
 
 
 def _select_records(cursor: Any, prefix: str) -> Listing[tuple[str, Record]]:
-    revision = _store_revision(cursor)
+    revision = store_revision(cursor)
     cursor.execute(
         "SELECT ersid_key, ersid_value, content_type, version FROM ersid_data "
         "WHERE ersid_key LIKE %s ORDER BY ersid_key",
@@ -391,7 +314,7 @@ def _select_records(cursor: Any, prefix: str) -> Listing[tuple[str, Record]]:
 def _select_stats(cursor: Any) -> tuple[int, int]:
     cursor.execute("SELECT COUNT(*) FROM ersid_data")
     (count,) = cursor.fetchone()
-    return int(count), _store_revision(cursor)
+    return int(count), store_revision(cursor)
 
 
 def _select_page(cursor: Any, after: object | None, limit: int) -> Page:
