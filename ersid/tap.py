@@ -29,7 +29,6 @@ from ersid.watch import (
     DEFAULT_HISTORY_CHANGES,
     DEFAULT_LAG_BYTES,
     DEFAULT_MAX_WATCHERS,
-    DEFAULT_POLL_INTERVAL,
     DEFAULT_PROGRESS_INTERVAL,
     History,
     Hub,
@@ -187,7 +186,6 @@ class Options(usage.Options):
         [
             "watch-poll",
             None,
-            DEFAULT_POLL_INTERVAL,
             "With --storage mysql: seconds between two reads of the change log.",
             _positive(float),
         ],

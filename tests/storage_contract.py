@@ -214,6 +214,29 @@ class StorageContractMixin:
 
         return self.run_async(check())
 
+    def test_listings_say_the_revision_they_reflect(self):
+        storage = self.make_storage()
+
+        async def check():
+            self.assertEqual((await storage.keys()).revision, 0)
+            await storage.set("a/1", b"x", "text/plain")
+            await storage.set("b", b"y")
+            await storage.set("a/2", b"z")
+            await storage.delete("b")
+            listing = await storage.keys("a/")
+            self.assertEqual((listing.items, listing.revision), (["a/1", "a/2"], 4))
+            records = await storage.records("a/")
+            self.assertEqual(records.revision, 4)
+            self.assertEqual(
+                [(key, r.value, r.content_type, r.version) for key, r in records.items],
+                [
+                    ("a/1", b"x", "text/plain", 1),
+                    ("a/2", b"z", DEFAULT_CONTENT_TYPE, 3),
+                ],
+            )
+
+        return self.run_async(check())
+
     def test_keys_paginate(self):
         async def check():
             storage = await self.storage()

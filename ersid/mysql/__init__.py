@@ -27,7 +27,10 @@ from ersid.startup import StartupError
 from ersid.storage import OpenedStorage
 from ersid.watch import Hub
 
-__all__ = ["open_mysql"]
+__all__ = ["DEFAULT_POLL_INTERVAL", "open_mysql"]
+
+# Seconds between two reads of the change log by a node (--watch-poll).
+DEFAULT_POLL_INTERVAL = 0.1
 
 
 def open_mysql(

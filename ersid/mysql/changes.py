@@ -17,9 +17,9 @@ from twisted.logger import Logger
 from ersid.mysql.change_log import ChangeLog
 from ersid.mysql.storage import MySQLStorage
 from ersid.storage import StorageUnavailable
-from ersid.watch import DEFAULT_POLL_INTERVAL, Hub
+from ersid.watch import Hub
 
-__all__ = ["DEFAULT_POLL_INTERVAL", "ChangeFeed"]
+__all__ = ["ChangeFeed"]
 
 
 _log = Logger()

@@ -30,14 +30,11 @@ from ersid.watch.hub import (
     WatchedStore,
 )
 
-DEFAULT_POLL_INTERVAL = 0.1
-
 __all__ = [
     "DEFAULT_HISTORY_BYTES",
     "DEFAULT_HISTORY_CHANGES",
     "DEFAULT_LAG_BYTES",
     "DEFAULT_MAX_WATCHERS",
-    "DEFAULT_POLL_INTERVAL",
     "DEFAULT_PROGRESS_INTERVAL",
     "Change",
     "History",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from operator import attrgetter
 from typing import Any
 
@@ -180,10 +180,6 @@ class History:
     def advance(self, revision: int) -> None:
         """Revisions up to C{revision} not appended are no changes (refused)."""
         self.revision = max(self.revision, revision)
-
-    def extend(self, changes: Iterable[Change]) -> None:
-        for change in changes:
-            self.append(change)
 
     def _drop_oldest(self) -> None:
         oldest = self._changes[self._start]
