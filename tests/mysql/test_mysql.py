@@ -437,6 +437,27 @@ class ChangeLogTests(TestCase):
 
         return Deferred.fromCoroutine(check())
 
+    def test_one_query_a_poll_whatever_the_watchers(self):
+        async def check():
+            storage, hub, feed = self.node()
+            await feed.poll()
+            queries = []
+            read = storage.change_log
+
+            def counted(*args):
+                queries.append(args)
+                return read(*args)
+
+            storage.change_log = counted
+            for n in range(50):
+                hub.add(_Silent(f"p{n}/"))
+            await storage.set("p7/x", b"v")  # and its poll, the node having watchers
+            await feed.poll()
+            self.assertLessEqual(len(queries), 2)
+            self.assertEqual(hub.revision, 1)
+
+        return Deferred.fromCoroutine(check())
+
     def test_log_trimmed_to_the_history_size(self):
         async def check():
             storage = _storage(self, self.settings)  # no feed, which would trim too
@@ -498,3 +519,20 @@ class ChangeLogTests(TestCase):
             self.assertEqual([c.revision for c in hub.history.after(3)], [4, 5])
 
         return Deferred.fromCoroutine(check())
+
+
+@implementer(IWatcher)
+class _Silent:
+    """A watcher that takes what it is told and says nothing."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def deliver(self, batch: Any) -> None:
+        pass
+
+    def tick(self, revision: int, progress: bytes) -> None:
+        pass
+
+    def end(self, reason: str | None) -> None:
+        pass
