@@ -492,29 +492,15 @@ class ChangeLogTests(TestCase):
         async def check():
             _, hub, feed = self.node()
             await feed.poll()
-            ended = []
-
-            @implementer(IWatcher)
-            class Watcher:
-                prefix = ""
-
-                def deliver(self, batch: Any) -> None:
-                    pass
-
-                def tick(self, revision: int, progress: bytes) -> None:
-                    pass
-
-                def end(self, reason: str | None) -> None:
-                    ended.append(reason)
-
-            hub.add(Watcher())
+            watcher = _Silent("")
+            hub.add(watcher)
             writer = _storage(self, self.settings)  # no feed: this node is not told
             for n in range(5):
                 await writer.set(f"k{n}", b"v")
             await writer.trim_change_log(2)
             await feed.poll()
-            self.assertEqual(len(ended), 1)
-            self.assertIn("lost", ended[0])
+            self.assertEqual(len(watcher.ended), 1)
+            self.assertIn("lost", watcher.ended[0])
             self.assertEqual(hub.history.floor, 3)
             self.assertEqual([c.revision for c in hub.history.after(3)], [4, 5])
 
@@ -523,10 +509,11 @@ class ChangeLogTests(TestCase):
 
 @implementer(IWatcher)
 class _Silent:
-    """A watcher that takes what it is told and says nothing."""
+    """A watcher that takes what it is told, and notes only its end."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        self.ended: list[str | None] = []
 
     def deliver(self, batch: Any) -> None:
         pass
@@ -535,4 +522,4 @@ class _Silent:
         pass
 
     def end(self, reason: str | None) -> None:
-        pass
+        self.ended.append(reason)
