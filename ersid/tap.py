@@ -21,7 +21,7 @@ from ersid.listening import (
     optional_endpoint_description,
 )
 from ersid.manhole import manhole_factory
-from ersid.mysql import open_mysql
+from ersid.mysql import DEFAULT_POLL_INTERVAL, open_mysql
 from ersid.startup import one_line_exit
 from ersid.storage import OpenedStorage
 from ersid.watch import (
@@ -186,6 +186,7 @@ class Options(usage.Options):
         [
             "watch-poll",
             None,
+            DEFAULT_POLL_INTERVAL,
             "With --storage mysql: seconds between two reads of the change log.",
             _positive(float),
         ],
