@@ -15,6 +15,7 @@ from zope.interface import Attribute, Interface
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
+    "MAX_TTL",
     "IImmediateReads",
     "IStorage",
     "Listing",
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+# The longest time to live a write may give, in seconds: ten years.
+MAX_TTL = 10 * 365.25 * 86400
 
 _Item = TypeVar("_Item")
 
@@ -37,23 +40,31 @@ class Record:
     """
     A stored value with its content type and the store revision that last
     wrote it (etcd's modifiedIndex); the version is what an ETag is made of.
+    C{expires}, if not C{None}, is the Unix time, by the store's clock, from
+    which the record is gone.
     """
 
     value: bytes
     # Interned: a million records share a handful of content types.
     content_type: str = attrs.field(default=DEFAULT_CONTENT_TYPE, converter=sys.intern)
     version: int = 0
+    expires: float | None = None
+
+    def live(self, now: float) -> bool:
+        """Is the record still there at Unix time C{now}?"""
+        return self.expires is None or now < self.expires
 
 
 @attrs.frozen
 class WriteResult:
     """
-    The outcome of a successful write: the new version and whether the key
-    was created rather than replaced.
+    The outcome of a successful write: the new version, whether the key
+    was created rather than replaced, and when it expires (C{None}: never).
     """
 
     version: int
     created: bool
+    expires: float | None = None
 
 
 @attrs.frozen
@@ -148,8 +159,14 @@ class IStorage(Interface):
     A key-value store whose every operation returns a Deferred.
 
     Keys are non-empty text; values are bytes. Every successful change
-    (set or delete) takes the next store-wide revision, a strictly
-    increasing integer, and a set record's version is that revision.
+    (set, refresh, delete, expiry) takes the next store-wide revision, a
+    strictly increasing integer, and a set record's version is that
+    revision.
+
+    A record written with a time to live is gone from the instant it
+    expires, by the store's clock: no read, listing or condition sees it,
+    though the store removes it (with its own revision, an expiry) a moment
+    later; a write to a key whose record has expired first removes it so.
     """
 
     name = Attribute("Short name of the backend, shown by /_health.")
@@ -164,12 +181,23 @@ class IStorage(Interface):
         value: bytes,
         content_type: str = DEFAULT_CONTENT_TYPE,
         precondition: Precondition | None = None,
+        ttl: float | None = None,
     ):
         """
-        Store C{value} under C{key}.
+        Store C{value} under C{key}, for C{ttl} seconds if given (at most
+        L{MAX_TTL}), else for good.
 
         @return: Deferred firing with a L{WriteResult}, or failing with
             L{PreconditionFailed} and then changing nothing.
+        """
+
+    def refresh(key: str, ttl: float, precondition: Precondition | None = None):
+        """
+        Make C{key} expire C{ttl} seconds from now, keeping its value: a
+        write of the same value, which takes a revision and a new version.
+
+        @return: Deferred firing with a L{WriteResult}, or C{None} if there
+            is no such key; or failing with L{PreconditionFailed}.
         """
 
     def delete(key: str, precondition: Precondition | None = None):
@@ -197,9 +225,19 @@ class IStorage(Interface):
             key order.
         """
 
+    def reap():
+        """
+        Remove records that have expired, each with its own revision, for a
+        moment (a few milliseconds, or one database transaction): what a
+        L{ersid.expiry.Reaper} calls while more are due.
+
+        @return: whether more are due, or a Deferred firing with it.
+        """
+
     def stats():
         """
-        @return: Deferred firing with C{(key_count, revision)}.
+        @return: Deferred firing with C{(key_count, revision)}; the count
+            may include expired keys not yet removed.
         """
 
     def scan(cursor: object | None = None, limit: int = 1000):
@@ -207,7 +245,9 @@ class IStorage(Interface):
         Read the whole store in pages, for snapshots. Start with C{None} and
         pass each L{Page}'s cursor back until it is C{None}. Changes made
         during a scan may or may not be seen; everything up to the revision
-        current when the scan began is.
+        current when the scan began is. Records that have expired but are
+        not yet removed are included, with their expiry: a scan is the
+        store at a revision, for snapshots and backups.
 
         @return: Deferred firing with a L{Page}.
         """

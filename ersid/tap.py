@@ -13,6 +13,7 @@ from twisted.internet import reactor as _global_reactor
 from twisted.python import usage
 
 from ersid.embedded import FSYNC_POLICIES, open_embedded
+from ersid.expiry import DEFAULT_REAP_INTERVAL
 from ersid.files import LockedServices, claim_files, default_data_dir
 from ersid.listening import (
     ConnectionBudget,
@@ -184,6 +185,14 @@ class Options(usage.Options):
             _positive(float),
         ],
         [
+            "reap-interval",
+            None,
+            DEFAULT_REAP_INTERVAL,
+            "Seconds a key may outlive its time to live before it is removed "
+            "(it is never served once expired).",
+            _positive(float),
+        ],
+        [
             "watch-poll",
             None,
             DEFAULT_POLL_INTERVAL,
@@ -280,6 +289,7 @@ def _open_embedded(options: Options, hub: Hub, reactor: Any) -> OpenedStorage:
         options["fsync"],
         options["dump-interval"],
         hub,
+        options["reap-interval"],
         reactor,
     )
 
@@ -294,6 +304,7 @@ def _open_mysql(options: Options, hub: Hub, reactor: Any) -> OpenedStorage:
         hub,
         options["watch-poll"],
         options["watch-history-age"],
+        options["reap-interval"],
         reactor,
     )
 

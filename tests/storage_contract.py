@@ -6,10 +6,12 @@ test case mixes it in and provides C{make_storage}.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from ersid.storage import (
     DEFAULT_CONTENT_TYPE,
+    MAX_TTL,
     IStorage,
     Precondition,
     PreconditionFailed,
@@ -21,11 +23,22 @@ class StorageContractMixin:
     """
     Tests of the storage contract. Subclasses mix in a trial C{TestCase} and
     define C{make_storage()}, returning a fresh, empty backend or a Deferred
-    of one.
+    of one, whose expiry goes by C{self.clock}.
     """
+
+    # A Unix time in 2027, where the store's clock starts.
+    START = 1_800_000_000.0
 
     def make_storage(self) -> IStorage | Deferred[IStorage]:
         raise NotImplementedError
+
+    @property
+    def clock(self) -> Clock:
+        clock = self.__dict__.get("_clock")
+        if clock is None:
+            clock = self.__dict__["_clock"] = Clock()
+            clock.advance(self.START)
+        return clock
 
     async def storage(self) -> IStorage:
         made = self.make_storage()
@@ -327,5 +340,166 @@ class StorageContractMixin:
                 page = await storage.scan(page.cursor, 3)
                 seen.update(page.items)
             self.assertEqual(set(seen) - {"s/new"}, {f"s/{i}" for i in range(10)})
+
+        return self.run_async(check())
+
+
+class ExpiryContractMixin:
+    """
+    Keys with a time to live, on every backend: exact to the microsecond
+    by the store's clock (C{self.clock}), and removed by C{reap}.
+    """
+
+    async def reap(self, storage) -> bool:
+        more = storage.reap()
+        return await more if isinstance(more, Deferred) else more
+
+    async def reap_all(self, storage) -> None:
+        while await self.reap(storage):
+            pass
+
+    def test_a_key_is_gone_from_the_instant_it_expires(self):
+        async def check():
+            storage = await self.storage()
+            written = await storage.set("lock", b"me", "text/plain", ttl=10)
+            self.assertEqual(written.expires, self.START + 10)
+            await storage.set("lock/other", b"x")
+            self.clock.advance(9.999999)
+            record = await storage.get("lock")
+            self.assertEqual(record, Record(b"me", "text/plain", 1, self.START + 10))
+            self.assertEqual((await storage.keys("lock")).items, ["lock", "lock/other"])
+            self.clock.advance(0.000001)
+            self.assertIsNone(await storage.get("lock"))
+            self.assertEqual((await storage.keys("lock")).items, ["lock/other"])
+            records = await storage.records("lock")
+            self.assertEqual([key for key, _ in records.items], ["lock/other"])
+
+        return self.run_async(check())
+
+    def test_a_write_without_ttl_makes_the_key_lasting(self):
+        async def check():
+            storage = await self.storage()
+            await storage.set("k", b"1", ttl=5)
+            await storage.set("k", b"2")
+            self.clock.advance(3600)
+            await self.reap_all(storage)
+            self.assertEqual(await storage.get("k"), Record(b"2", version=2))
+
+        return self.run_async(check())
+
+    def test_a_write_to_an_expired_key_expires_it_first(self):
+        """
+        The expiry takes its own revision, before the write's, which
+        creates the key anew: conditions see the expired key as absent.
+        """
+
+        async def check():
+            storage = await self.storage()
+            await storage.set(
+                "lock", b"a", ttl=1, precondition=Precondition.if_absent()
+            )
+            with self.assertRaises(PreconditionFailed):
+                await storage.set("lock", b"b", precondition=Precondition.if_absent())
+            self.clock.advance(1)
+            with self.assertRaises(PreconditionFailed):
+                await storage.set(
+                    "lock", b"b", precondition=Precondition.if_version([1])
+                )
+            written = await storage.set(
+                "lock", b"b", ttl=1, precondition=Precondition.if_absent()
+            )
+            self.assertEqual((written.version, written.created), (3, True))
+            self.assertEqual(await storage.stats(), (1, 3))
+
+        return self.run_async(check())
+
+    def test_a_delete_of_an_expired_key_finds_none(self):
+        async def check():
+            storage = await self.storage()
+            await storage.set("k", b"v", ttl=1)
+            self.clock.advance(2)
+            self.assertFalse(await storage.delete("k"))
+            with self.assertRaises(PreconditionFailed):
+                await storage.delete("k", Precondition.if_version([1]))
+
+        return self.run_async(check())
+
+    def test_refresh_keeps_the_value_and_takes_a_revision(self):
+        async def check():
+            storage = await self.storage()
+            await storage.set("lock", b"me", "text/plain", ttl=10)
+            self.clock.advance(8)
+            refreshed = await storage.refresh("lock", 10, Precondition.if_version([1]))
+            self.assertEqual(refreshed.version, 2)
+            self.assertFalse(refreshed.created)
+            self.assertEqual(refreshed.expires, self.START + 18)
+            with self.assertRaises(PreconditionFailed):
+                await storage.refresh("lock", 10, Precondition.if_version([1]))
+            self.clock.advance(9)
+            record = await storage.get("lock")
+            self.assertEqual(record, Record(b"me", "text/plain", 2, self.START + 18))
+            self.clock.advance(1)
+            self.assertIsNone(await storage.get("lock"))
+            self.assertIsNone(await storage.refresh("lock", 10))
+            self.assertIsNone(await storage.refresh("never", 10))
+            with self.assertRaises(PreconditionFailed):
+                await storage.refresh("lock", 10, Precondition.if_version([2]))
+
+        return self.run_async(check())
+
+    def test_refresh_can_give_a_lasting_key_a_ttl(self):
+        async def check():
+            storage = await self.storage()
+            await storage.set("k", b"v")
+            await storage.refresh("k", 1)
+            self.clock.advance(1)
+            self.assertIsNone(await storage.get("k"))
+
+        return self.run_async(check())
+
+    def test_bad_ttls_are_refused_and_change_nothing(self):
+        async def check():
+            storage = await self.storage()
+            for ttl in [0, -1, MAX_TTL * 2]:
+                with self.assertRaises(ValueError):
+                    await storage.set("k", b"v", ttl=ttl)
+                with self.assertRaises(ValueError):
+                    await storage.refresh("k", ttl)
+            self.assertEqual(await storage.stats(), (0, 0))
+
+        return self.run_async(check())
+
+    def test_reaping_removes_expired_keys_each_with_a_revision(self):
+        async def check():
+            storage = await self.storage()
+            for i in range(5):
+                await storage.set(f"short/{i}", b"x", ttl=1 + i)
+            await storage.set("long", b"x", ttl=100)
+            await storage.set("lasting", b"x")
+            self.assertEqual(await storage.stats(), (7, 7))
+            # Within a reaper's interval (0.2 s by default) of their expiry.
+            self.clock.advance(3.2)
+            await self.reap_all(storage)
+            self.assertEqual(await storage.stats(), (4, 10))
+            self.clock.advance(10)
+            await self.reap_all(storage)
+            self.assertEqual(await storage.stats(), (2, 12))
+            self.assertEqual((await storage.keys()).items, ["lasting", "long"])
+            # Nothing more is due: reaping again changes nothing.
+            self.assertFalse(await self.reap(storage))
+            self.assertEqual(await storage.stats(), (2, 12))
+
+        return self.run_async(check())
+
+    def test_scans_carry_the_expiry(self):
+        """Snapshots and backups keep a key's time to live."""
+
+        async def check():
+            storage = await self.storage()
+            await storage.set("k", b"v", ttl=2.5)
+            page = await storage.scan()
+            self.assertEqual(
+                page.items, [("k", Record(b"v", version=1, expires=self.START + 2.5))]
+            )
 
         return self.run_async(check())

@@ -32,10 +32,13 @@ from ersid.client.errors import (
     ConditionFailed,
     HistoryGone,
     KeyNotFound,
+    LockLost,
+    LockTimeout,
     RequestRejected,
     ServerUnavailable,
     ValueTooLarge,
 )
+from ersid.client.locking import DEFAULT_LOCK_TTL, Lock, LockRequest
 from ersid.client.watching import Event, watch
 
 __all__ = [
@@ -46,6 +49,10 @@ __all__ = [
     "Event",
     "HistoryGone",
     "KeyNotFound",
+    "Lock",
+    "LockLost",
+    "LockRequest",
+    "LockTimeout",
     "RequestRejected",
     "ServerUnavailable",
     "Value",
@@ -61,11 +68,24 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 @attrs.frozen
 class Value:
-    """A stored value, with its content type and ETag."""
+    """
+    A stored value, with its content type, ETag, and the Unix time it
+    expires at if it has a time to live.
+    """
 
     data: bytes
     content_type: str
     etag: str
+    expires: float | None = None
+
+
+def _header(response: IResponse, name: str, default: str | None = None) -> str | None:
+    return response.headers.getRawHeaders(name, [default])[0]
+
+
+def _expires(response: IResponse) -> float | None:
+    expires = _header(response, "ersid-expires")
+    return None if expires is None else float(expires)
 
 
 def _key_path(key: str) -> str:
@@ -98,6 +118,11 @@ def _why(error: Exception) -> str:
     if isinstance(error, (ResponseFailed, RequestTransmissionFailed)):
         return "; ".join(reason.getErrorMessage() for reason in error.reasons)
     return str(error)
+
+
+def _seconds(ttl: float) -> str:
+    """A time to live as C{Ersid-TTL} has it: at most six decimals."""
+    return f"{ttl:.6f}".rstrip("0").rstrip(".")
 
 
 def check_url(url: str) -> str:
@@ -172,11 +197,11 @@ class Client:
 
         async def get() -> Value:
             response, body = await self._request("GET", "/" + _key_path(key), (200,))
-            headers = response.headers
             return Value(
                 body,
-                headers.getRawHeaders("content-type", [DEFAULT_CONTENT_TYPE])[0],
-                headers.getRawHeaders("etag", [""])[0],
+                _header(response, "content-type", DEFAULT_CONTENT_TYPE),
+                _header(response, "etag", ""),
+                _expires(response),
             )
 
         return Deferred.fromCoroutine(get())
@@ -188,10 +213,12 @@ class Client:
         content_type: str = DEFAULT_CONTENT_TYPE,
         if_match: str | None = None,
         create_only: bool = False,
+        ttl: float | None = None,
     ) -> Deferred[str]:
         """
         Store C{data} under C{key}, only if its ETag is C{if_match} or only
-        if it does not exist yet (C{create_only}), when asked to.
+        if it does not exist yet (C{create_only}), when asked to; for C{ttl}
+        seconds, if given.
 
         @return: a Deferred firing with the new ETag.
         """
@@ -200,6 +227,8 @@ class Client:
             headers["If-Match"] = if_match
         if create_only:
             headers["If-None-Match"] = "*"
+        if ttl is not None:
+            headers["Ersid-TTL"] = _seconds(ttl)
 
         async def put() -> str:
             response, _ = await self._request(
@@ -208,6 +237,60 @@ class Client:
             return response.headers.getRawHeaders("etag", [""])[0]
 
         return Deferred.fromCoroutine(put())
+
+    def create(self, key: str, data: bytes, ttl: float) -> Deferred[tuple[bool, str]]:
+        """
+        Store C{data} under C{key} for C{ttl} seconds if the key is absent.
+
+        @return: a Deferred firing with C{(True, the new ETag)}, or
+            C{(False, the current ETag)} if the key exists.
+        """
+        headers = {"If-None-Match": "*", "Ersid-TTL": _seconds(ttl)}
+
+        async def create() -> tuple[bool, str]:
+            response, _ = await self._request(
+                "PUT", "/" + _key_path(key), (201, 412), data=data, headers=headers
+            )
+            return response.code == 201, _header(response, "etag", "")
+
+        return Deferred.fromCoroutine(create())
+
+    def refresh(
+        self, key: str, ttl: float, if_match: str | None = None
+    ) -> Deferred[str]:
+        """
+        Make C{key} expire C{ttl} seconds from now, keeping its value, only
+        if its ETag is C{if_match} when given.
+
+        @return: a Deferred firing with the new ETag.
+        """
+        headers = {"Ersid-TTL": _seconds(ttl)}
+        if if_match is not None:
+            headers["If-Match"] = if_match
+
+        async def refresh() -> str:
+            response, _ = await self._request(
+                "PATCH", "/" + _key_path(key), (204,), headers=headers
+            )
+            return _header(response, "etag", "")
+
+        return Deferred.fromCoroutine(refresh())
+
+    def lock(
+        self, key: str, ttl: float = DEFAULT_LOCK_TTL, timeout: float | None = None
+    ) -> LockRequest:
+        """
+        The lock C{key}, which frees itself C{ttl} seconds after its holder
+        stops refreshing it; wait for it as long as C{timeout} (for ever if
+        C{None}), then fail with L{LockTimeout}::
+
+            async with client.lock("locks/deploy", ttl=10) as lock:
+                ...  # lock.token fences off a former holder
+
+        or, with Deferreds, C{client.lock(key).acquire()} and then
+        C{lock.release()}. C{lock.lost} fires if the lock is lost meanwhile.
+        """
+        return LockRequest(self, key, ttl, timeout, self._reactor)
 
     def delete(self, key: str, if_match: str | None = None) -> Deferred[None]:
         """Remove C{key}; fails with L{KeyNotFound} if there is none."""

@@ -1,11 +1,15 @@
 """
 The C{ersid} command: get, set, delete, list and watch keys of an Ersid
-server.
+server, and run a command holding a lock.
 
 Exit status: 0 done; 1 no such key; 2 usage error; 3 precondition failed;
 4 request rejected (bad key, value too large); 5 server unreachable or
 unavailable; 6 standard input or output failed (a closed pipe, a full disk);
-7 a watch's history is gone (list again, then watch from its revision).
+7 a watch's history is gone (list again, then watch from its revision);
+8 the lock was still held by another at C{--timeout}. C{ersid lock} exits
+with its command's status (128 + N if a signal N ended it), or 9 if the
+lock was lost while the command ran (the command is then ended), or 127 if
+the command cannot be run.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from ersid.client import (
     ConditionFailed,
     HistoryGone,
     KeyNotFound,
+    LockTimeout,
     ServerUnavailable,
     check_url,
 )
+from ersid.client.locking import DEFAULT_LOCK_TTL
+from ersid.client.running import run_locked
 
 __all__ = ["main", "url_argument"]
 
@@ -39,13 +46,25 @@ EXIT_REJECTED = 4
 EXIT_UNAVAILABLE = 5
 EXIT_LOCAL_IO = 6
 EXIT_HISTORY_GONE = 7
+EXIT_LOCK_TIMEOUT = 8
 
 _EXIT_CODES = {
     KeyNotFound: EXIT_NOT_FOUND,
     ConditionFailed: EXIT_PRECONDITION_FAILED,
     ServerUnavailable: EXIT_UNAVAILABLE,
     HistoryGone: EXIT_HISTORY_GONE,
+    LockTimeout: EXIT_LOCK_TIMEOUT,
 }
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return seconds
 
 
 def url_argument(text: str) -> str:
@@ -62,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Get, set, delete, list and watch the keys of an Ersid server.",
         epilog="Exit status: 0 done, 1 no such key, 2 usage error, 3 precondition "
         "failed, 4 request rejected, 5 server unreachable or unavailable, "
-        "6 standard input or output failed, 7 a watch's history is gone.",
+        "6 standard input or output failed, 7 a watch's history is gone, 8 a lock "
+        "still held at --timeout; ersid lock: its command's status, 9 lock lost, "
+        "127 command not run.",
     )
     parser.add_argument(
         "--url",
@@ -79,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     put.add_argument("--content-type", default=DEFAULT_CONTENT_TYPE)
     put.add_argument("--if-match", metavar="ETAG", help="only if the ETag matches")
     put.add_argument("--create-only", action="store_true", help="only if absent")
+    put.add_argument("--ttl", type=_seconds, metavar="S", help="expire after S seconds")
     delete = commands.add_parser("delete", help="remove a key")
     delete.add_argument("key")
     delete.add_argument("--if-match", metavar="ETAG", help="only if the ETag matches")
@@ -92,10 +114,29 @@ def _parser() -> argparse.ArgumentParser:
         "--since", type=int, metavar="REVISION", help="the changes after it"
     )
     watching.add_argument("--values", action="store_true", help="with the values")
+    locking = commands.add_parser(
+        "lock",
+        help="run a command holding a lock that frees itself if ersid lock dies",
+        description="Take the lock NAME (waiting while another holds it), run "
+        "COMMAND, keeping the lock alive while it runs, then free it; exit with "
+        "COMMAND's status. $ERSID_LOCK_TOKEN tells COMMAND the lock's token.",
+    )
+    locking.add_argument("name", metavar="NAME", help="the lock's key")
+    locking.add_argument(
+        "--ttl",
+        type=_seconds,
+        default=DEFAULT_LOCK_TTL,
+        metavar="S",
+        help=f"seconds the lock outlives its holder (default {DEFAULT_LOCK_TTL:g})",
+    )
+    locking.add_argument(
+        "--timeout", type=_seconds, metavar="S", help="give up after S seconds (exit 8)"
+    )
+    locking.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     return parser
 
 
-async def _run(client: Client, arguments: argparse.Namespace) -> None:
+async def _run(client: Client, arguments: argparse.Namespace, reactor: Any) -> None:
     if arguments.command == "get":
         value = await client.get(arguments.key)
         sys.stdout.buffer.write(value.data)
@@ -111,10 +152,16 @@ async def _run(client: Client, arguments: argparse.Namespace) -> None:
             arguments.content_type,
             if_match=arguments.if_match,
             create_only=arguments.create_only,
+            ttl=arguments.ttl,
         )
         print(etag)
     elif arguments.command == "delete":
         await client.delete(arguments.key, if_match=arguments.if_match)
+    elif arguments.command == "lock":
+        lock = await client.lock(
+            arguments.name, arguments.ttl, arguments.timeout
+        ).acquire()
+        raise SystemExit(await run_locked(lock, arguments.argv, reactor))
     elif arguments.command == "watch":
         changes = client.watch(arguments.prefix, arguments.since, arguments.values)
         async for event in changes:
@@ -125,12 +172,20 @@ async def _run(client: Client, arguments: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    arguments = _parser().parse_args(argv)
+    parser = _parser()
+    arguments = parser.parse_args(argv)
+    if arguments.command == "lock":
+        if arguments.argv[:1] == ["--"]:
+            del arguments.argv[0]
+        if not arguments.argv:
+            parser.error(
+                "ersid lock needs a command to run: ersid lock NAME -- COMMAND"
+            )
 
     async def run(reactor: Any) -> None:
         client = Client(arguments.url, reactor, persistent=False)
         try:
-            await _run(client, arguments)
+            await _run(client, arguments, reactor)
         except ClientError as e:
             print(f"ersid: {e}", file=sys.stderr)
             raise SystemExit(_EXIT_CODES.get(type(e), EXIT_REJECTED)) from None

@@ -10,6 +10,8 @@ __all__ = [
     "ConditionFailed",
     "HistoryGone",
     "KeyNotFound",
+    "LockLost",
+    "LockTimeout",
     "RequestRejected",
     "ServerUnavailable",
     "ValueTooLarge",
@@ -53,3 +55,14 @@ class HistoryGone(ClientError):
         super().__init__(message)
         self.oldest = oldest
         self.revision = revision
+
+
+class LockTimeout(ClientError):
+    """The lock was still held by another when the time to wait for it ran out."""
+
+
+class LockLost(ClientError):
+    """
+    A lock held was lost: its key expired before it could be refreshed (the
+    server unreachable for its whole time to live), or someone removed it.
+    """

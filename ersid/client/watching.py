@@ -28,9 +28,10 @@ _FIRST_RETRY, _LAST_RETRY = 0.25, 8.0
 @attrs.frozen
 class Event:
     """
-    A change: C{type} C{"put"} (with C{content_type}, and C{value} when
-    values were asked for) or C{"delete"}, of C{key} at C{revision}; C{data}
-    is the event's JSON object as the server sent it.
+    A change: C{type} C{"put"} (with C{content_type}, C{expires}, the Unix
+    time a key with a time to live expires at, and C{value} when values were
+    asked for), C{"delete"} or C{"expire"}, of C{key} at C{revision};
+    C{data} is the event's JSON object as the server sent it.
     """
 
     type: str
@@ -39,6 +40,7 @@ class Event:
     content_type: str | None = None
     value: bytes | None = None
     data: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
+    expires: float | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Event:
@@ -54,6 +56,7 @@ class Event:
             data.get("content_type"),
             value,
             data,
+            data.get("expires"),
         )
 
 
@@ -149,7 +152,7 @@ async def watch(
                     name, revision, data = item
                     if revision is not None:
                         since = int(revision)
-                    if name in ("put", "delete"):
+                    if name in ("put", "delete", "expire"):
                         yield Event.from_json(json.loads(data))
             finally:
                 body.stop()

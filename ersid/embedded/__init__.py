@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred
 from ersid.embedded.journal import FSYNC_POLICIES, Journal
 from ersid.embedded.memory import DictStorage
 from ersid.embedded.recovery import recover
+from ersid.expiry import ExpiryIndex, Reaper
 from ersid.snapshots import SnapshotService, Snapshotter, remove_stale_temporaries
 from ersid.startup import StartupError
 from ersid.storage import OpenedStorage
@@ -41,6 +42,7 @@ def open_embedded(
     fsync: str,
     dump_interval: float,
     hub: Hub,
+    reap_interval: float,
     reactor: Any,
 ) -> OpenedStorage:
     """
@@ -48,19 +50,27 @@ def open_embedded(
     C{data_dir}, and keep journaling into it with the C{fsync} policy and
     snapshotting it every C{dump_interval} seconds; its changes are
     published to C{hub}, whose history starts with those the journal
-    replayed. Blocking: call it before the reactor runs.
+    replayed; its expired keys are removed within C{reap_interval}
+    seconds. Blocking: call it before the reactor runs.
 
     @raise StartupError: if the store cannot be recovered.
     """
     remove_stale_temporaries(dump_file)
-    recovered = recover(data_dir, dump_file, hub.history)
+    expiry = ExpiryIndex(reap_interval / 2)
+    recovered = recover(data_dir, dump_file, hub.history, expiry)
     try:
         journal = Journal(data_dir, recovered.revision, fsync, reactor)
     except OSError as e:
         raise StartupError(str(e)) from None
     hub.skip(recovered.revision)
     storage = DictStorage(
-        recovered.records, recovered.revision, journal, hub.publish, hub.skip
+        recovered.records,
+        recovered.revision,
+        journal,
+        hub.publish,
+        hub.skip,
+        clock=reactor,
+        expiry=expiry,
     )
     snapshotter = Snapshotter(
         storage,
@@ -73,16 +83,23 @@ def open_embedded(
 
     def health() -> dict[str, Any]:
         journal_facts = {"fsync": journal.fsync, "error": journal.error}
-        return {**snapshotter.health(), "journal": journal_facts}
+        expiry_facts = {"interval": reap_interval, "pending": expiry.pending}
+        return {
+            **snapshotter.health(),
+            "journal": journal_facts,
+            "expiry": expiry_facts,
+        }
 
     durability = _Durability(journal, SnapshotService(dump_interval, snapshotter))
+    Reaper(storage.reap, reap_interval, reactor).setServiceParent(durability)
     return OpenedStorage(storage, [durability], health)
 
 
 class _Durability(MultiService):
     """
-    The journal and the snapshot timer. The journal runs from the start to
-    the last snapshot, taken when the daemon stops, and is closed only then.
+    The journal, the snapshot timer and the reaper. The journal runs from
+    the start to the last snapshot, taken when the daemon stops, and is
+    closed only then.
     """
 
     def __init__(self, journal: Journal, snapshots: SnapshotService) -> None:

@@ -1,7 +1,9 @@
 """
 The journal's files: a series of segments C{journal.<revision>} in the data
 directory, each a run of entries framed as C{length, crc32, body}; the body
-holds the operation, revision, key, content type and value. This module
+holds the operation, revision, key, content type, expiry (a set with a
+time to live) and value. An expiry's removal is an entry of its own, so
+that replaying never asks the clock. This module
 knows the format and reads it; it changes no file.
 """
 
@@ -29,7 +31,8 @@ __all__ = [
 
 _FRAME = struct.Struct(">II")
 _FIXED = struct.Struct(">BQHH")
-_SET, _DELETE = 1, 2
+_EXPIRY = struct.Struct(">d")
+_SET, _DELETE, _SET_EXPIRING, _EXPIRE = 1, 2, 3, 4
 _PREFIX = "journal."
 _MAX_ENTRY = 1 << 31
 
@@ -38,50 +41,72 @@ def _framed(body: bytes) -> bytes:
     return _FRAME.pack(len(body), zlib.crc32(body)) + body
 
 
-def encode_set(revision: int, key: str, content_type: str, value: bytes) -> bytes:
+def encode_set(
+    revision: int,
+    key: str,
+    content_type: str,
+    value: bytes,
+    expires: float | None = None,
+) -> bytes:
     """
     The journal entry of a set, framed, made straight from its parts: every
     write pays for this, so it builds no L{Record} or L{JournalEntry}.
     """
     key_bytes = key.encode("utf-8")
     type_bytes = content_type.encode("utf-8")
-    fixed = _FIXED.pack(_SET, revision, len(key_bytes), len(type_bytes))
+    if expires is None:
+        fixed = _FIXED.pack(_SET, revision, len(key_bytes), len(type_bytes))
+    else:
+        fixed = _FIXED.pack(
+            _SET_EXPIRING, revision, len(key_bytes), len(type_bytes)
+        ) + _EXPIRY.pack(expires)
     return _framed(b"".join([fixed, key_bytes, type_bytes, value]))
 
 
-def encode_delete(revision: int, key: str) -> bytes:
-    """The journal entry of a delete, framed."""
+def encode_delete(revision: int, key: str, expired: bool = False) -> bytes:
+    """The journal entry of a delete, or of a removal by expiry, framed."""
     key_bytes = key.encode("utf-8")
-    return _framed(_FIXED.pack(_DELETE, revision, len(key_bytes), 0) + key_bytes)
+    operation = _EXPIRE if expired else _DELETE
+    return _framed(_FIXED.pack(operation, revision, len(key_bytes), 0) + key_bytes)
 
 
 @attrs.frozen
 class JournalEntry:
-    """One change: a set (with its record) or a delete (record C{None})."""
+    """
+    One change: a set (with its record), or a delete (record C{None}),
+    which C{expired} says was a removal by expiry.
+    """
 
     revision: int
     key: str
     record: Record | None
+    expired: bool = False
 
     def encode(self) -> bytes:
         if self.record is None:
-            return encode_delete(self.revision, self.key)
+            return encode_delete(self.revision, self.key, self.expired)
         record = self.record
-        return encode_set(self.revision, self.key, record.content_type, record.value)
+        return encode_set(
+            self.revision, self.key, record.content_type, record.value, record.expires
+        )
 
     @classmethod
     def decode(cls, body: bytes) -> JournalEntry:
         operation, revision, key_length, type_length = _FIXED.unpack_from(body)
         start = _FIXED.size
+        expires = None
+        if operation == _SET_EXPIRING:
+            (expires,) = _EXPIRY.unpack_from(body, start)
+            start += _EXPIRY.size
         key = body[start : start + key_length].decode("utf-8")
-        if operation == _DELETE:
-            return cls(revision, key, None)
-        if operation != _SET:
+        if operation in (_DELETE, _EXPIRE):
+            return cls(revision, key, None, expired=operation == _EXPIRE)
+        if operation not in (_SET, _SET_EXPIRING):
             raise ValueError(f"unknown operation {operation}")
         start += key_length
         content_type = body[start : start + type_length].decode("utf-8")
         value = body[start + type_length :]
-        return cls(revision, key, Record(value, content_type, revision))
+        return cls(revision, key, Record(value, content_type, revision, expires))
 
 
 def segment_path(directory: str, revision: int) -> str:

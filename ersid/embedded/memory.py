@@ -9,18 +9,27 @@ dict's memory.
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from operator import itemgetter
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from ersid.embedded.journal import Journal
 from ersid.embedded.journal_format import encode_delete, encode_set
-from ersid.embedded.records import PackedRecords, pack_record, unpack_record
+from ersid.embedded.records import (
+    PackedRecords,
+    pack_record,
+    packed_expiry,
+    unpack_record,
+)
+from ersid.expiry import DEFAULT_REAP_INTERVAL, ExpiryIndex
 from ersid.storage import (
     DEFAULT_CONTENT_TYPE,
+    MAX_TTL,
     IImmediateReads,
     IStorage,
     Listing,
@@ -36,6 +45,16 @@ from ersid.watch.history import Change
 __all__ = ["DictStorage"]
 
 _T = TypeVar("_T")
+# How long one slice of reaping may run before the reactor gets a turn.
+_REAP_SLICE = 0.004
+
+
+class _WallClock:
+    """The Unix time, for a store made without a reactor's clock."""
+
+    @staticmethod
+    def seconds() -> float:
+        return time.time()
 
 
 @implementer(IStorage, IImmediateReads)
@@ -55,6 +74,11 @@ class DictStorage:
     Each change is published, once written (L{Change}s to C{publish}), in
     revision order; C{written_revision} is the newest published; the
     revisions of refused writes are given to C{skip}.
+
+    Expiry goes by C{clock} (the reactor: the Unix time). Expired records
+    are invisible at once; L{reap}, called by a L{ersid.expiry.Reaper},
+    removes them, finding them in C{expiry}, the index of the keys with a
+    time to live (a restart hands over the one it rebuilt).
     """
 
     name = "dict"
@@ -66,14 +90,23 @@ class DictStorage:
         journal: Journal | None = None,
         publish: Callable[[list[Change]], None] | None = None,
         skip: Callable[[int], None] | None = None,
+        clock: IReactorTime | None = None,
+        expiry: ExpiryIndex | None = None,
     ) -> None:
         self.journal = journal
+        self._clock = _WallClock() if clock is None else clock
+        if expiry is None:
+            expiry = ExpiryIndex(DEFAULT_REAP_INTERVAL / 2)
+        self._expiry = expiry
         self._publish = publish
         self._skip = skip
         # Packed records are taken as they are, not copied: a restart hands
         # over millions.
         if not isinstance(records, PackedRecords):
             records = PackedRecords(records)
+            for key, record in records.items():
+                if record.expires is not None:
+                    expiry.add(key, record.expires)
         self._records = records
         self._revision = max(revision, records.highest_version)
         self.written_revision = self._revision
@@ -87,15 +120,74 @@ class DictStorage:
     def __repr__(self) -> str:
         return f"<DictStorage: {len(self._records)} keys, revision {self._revision}>"
 
-    def _check_writable(self, key: str, precondition: Precondition | None) -> None:
-        """Raise unless a write to C{key} may proceed."""
+    def _check_writable(
+        self, key: str, precondition: Precondition | None, now: float
+    ) -> bytes | None:
+        """
+        Raise unless a write to C{key} may proceed; first remove its record
+        if it has expired. The key's packed record, if it has one and
+        whether it was looked up; else C{None}.
+        """
         if self._closed:
             raise StorageUnavailable("the server is shutting down")
+        if not self._expiry.pending and precondition is None:
+            return None
+        packed = self._records.get_packed(key)
+        if packed is not None and packed[8] & 0x80 and packed_expiry(packed) <= now:
+            self._expire(key, packed)
+            packed = None
         if precondition is not None:
-            packed = self._records.get_packed(key)
             current = None if packed is None else unpack_record(packed)
             if not precondition.holds(current):
                 raise PreconditionFailed(key, current)
+        return packed
+
+    def _expire(self, key: str, packed: bytes) -> None:
+        """Remove C{key}, whose record C{packed} has expired: an expiry."""
+        revision = self._revision + 1
+        entry = None
+        if self.journal is not None:
+            entry = encode_delete(revision, key, expired=True)
+        self._revision = revision
+        self._records.pop_packed(key)
+        change = Change(revision, key, None, expired=True)
+        written = self._journaled(entry, change, packed, None, None)
+        # Refused, the removal is undone: the reaper must try again.
+        written.addErrback(lambda _: self._expiry.add(key, packed_expiry(packed)))
+
+    def reap(self) -> bool:
+        """
+        Remove expired keys for a few milliseconds; more due?
+        """
+        if self._closed:
+            return False
+        now = self._clock.seconds()
+        deadline = time.perf_counter() + _REAP_SLICE
+        next_due = self._expiry.next_due
+        get_packed = self._records.get_packed
+        done = 0
+        while (key := next_due(now)) is not None:
+            packed = get_packed(key)
+            # Records rewritten since their entry was made are skipped:
+            # without an expiry now, or a later one with an entry of its own.
+            if packed is not None and packed[8] & 0x80 and packed_expiry(packed) <= now:
+                self._expire(key, packed)
+            done += 1
+            if not done % 64 and time.perf_counter() > deadline:
+                return True
+        return False
+
+    def _expires(self, ttl: float | None) -> float | None:
+        """
+        The expiry of a write with C{ttl}, by the store's clock.
+
+        @raise ValueError: if the time to live is out of bounds.
+        """
+        if ttl is None:
+            return None
+        if not 0 < ttl <= MAX_TTL:
+            raise ValueError(f"a time to live is from 0 to {MAX_TTL} seconds")
+        return round(self._clock.seconds() + ttl, 6)
 
     def _journaled(
         self,
@@ -157,8 +249,15 @@ class DictStorage:
             waiting = self._unwritten.get(key)
             if waiting is not None:
                 packed = waiting[0]
-                return None if packed is None else unpack_record(packed)
-        return self._records.get_record(key)
+                record = None if packed is None else unpack_record(packed)
+            else:
+                record = self._records.get_record(key)
+        else:
+            record = self._records.get_record(key)
+        if record is not None and record.expires is not None:
+            if record.expires <= self._clock.seconds():
+                return None
+        return record
 
     def set(
         self,
@@ -166,29 +265,49 @@ class DictStorage:
         value: bytes,
         content_type: str = DEFAULT_CONTENT_TYPE,
         precondition: Precondition | None = None,
+        ttl: float | None = None,
     ) -> Deferred[WriteResult]:
-        revision = self._revision + 1
         entry = None
         try:
-            self._check_writable(key, precondition)
-            packed = pack_record(revision, content_type, value)
+            expires = self._expires(ttl)
+            self._check_writable(key, precondition, self._clock.seconds())
+            revision = self._revision + 1
+            packed = pack_record(revision, content_type, value, expires)
             if self.journal is not None:
-                entry = encode_set(revision, key, content_type, value)
+                entry = encode_set(revision, key, content_type, value, expires)
         except (StorageUnavailable, PreconditionFailed, ValueError):
             return fail()
         self._revision = revision
         previous = self._records.swap(key, packed)
-        result = WriteResult(revision, created=previous is None)
-        change = Change(revision, key, value, content_type)
+        if expires is not None:
+            self._expiry.add(key, expires)
+        result = WriteResult(revision, previous is None, expires)
+        change = Change(revision, key, value, content_type, expires)
         return self._journaled(entry, change, previous, packed, result)
+
+    def refresh(
+        self, key: str, ttl: float, precondition: Precondition | None = None
+    ) -> Deferred[WriteResult | None]:
+        now = self._clock.seconds()
+        try:
+            self._expires(ttl)
+            packed = self._check_writable(key, precondition, now)
+            if packed is None:
+                packed = self._records.get_packed(key)
+        except (StorageUnavailable, PreconditionFailed, ValueError):
+            return fail()
+        if packed is None or (packed[8] & 0x80 and packed_expiry(packed) <= now):
+            return succeed(None)
+        record = unpack_record(packed)
+        return self.set(key, record.value, record.content_type, None, ttl)
 
     def delete(
         self, key: str, precondition: Precondition | None = None
     ) -> Deferred[bool]:
-        revision = self._revision + 1
         entry = None
         try:
-            self._check_writable(key, precondition)
+            self._check_writable(key, precondition, self._clock.seconds())
+            revision = self._revision + 1
             if self.journal is not None:
                 entry = encode_delete(revision, key)
         except (StorageUnavailable, PreconditionFailed, ValueError):
@@ -205,7 +324,7 @@ class DictStorage:
     ) -> Deferred[Listing[str]]:
         start = prefix if after is None or after < prefix else after
         matching: list[str] = []
-        for key, _ in self._written_from(start):
+        for key, _ in self._live_from(start):
             if len(matching) == limit or not key.startswith(prefix):
                 break
             if key != after:
@@ -214,7 +333,7 @@ class DictStorage:
 
     def records(self, prefix: str = "") -> Deferred[Listing[tuple[str, Record]]]:
         matching: list[tuple[str, Record]] = []
-        for key, packed in self._written_from(prefix):
+        for key, packed in self._live_from(prefix):
             if not key.startswith(prefix):
                 break
             matching.append((key, unpack_record(packed)))
@@ -232,6 +351,13 @@ class DictStorage:
         just before the fork, and iterate in the child.
         """
         return ((key, unpack_record(packed)) for key, packed in self._written_from(""))
+
+    def _live_from(self, start: str) -> Iterator[tuple[str, bytes]]:
+        """L{_written_from}, less the records that have expired."""
+        now = self._clock.seconds()
+        for key, packed in self._written_from(start):
+            if not (packed[8] & 0x80 and packed_expiry(packed) <= now):
+                yield key, packed
 
     def _written_from(self, start: str) -> Iterator[tuple[str, bytes]]:
         """

@@ -22,10 +22,20 @@ from itertools import chain, repeat
 
 from ersid.storage import DEFAULT_CONTENT_TYPE, Record
 
-__all__ = ["BLOCK_SIZE", "PackedRecords", "pack_record", "unpack_record"]
+__all__ = [
+    "BLOCK_SIZE",
+    "PackedRecords",
+    "pack_record",
+    "packed_expiry",
+    "unpack_record",
+]
 
 _HEADER = struct.Struct(">QH")
-_DEFAULT_TYPE = 0xFFFF
+_EXPIRY = struct.Struct(">d")
+# The header's second field: the content type's length, or _DEFAULT_TYPE
+# for the default; _EXPIRING is set when an expiry follows the header.
+_DEFAULT_TYPE = 0x7FFF
+_EXPIRING = 0x8000
 # Keys in a block, at most (below 0xFE: an index is one byte). Every lookup
 # searches a whole block and every new key rewrites one, but each block
 # costs some 250 bytes.
@@ -38,30 +48,51 @@ _UNPACKED_MOST = 1024
 _UNPACKED_BYTES = 4096
 
 
-def pack_record(version: int, content_type: str, value: bytes) -> bytes:
+def pack_record(
+    version: int, content_type: str, value: bytes, expires: float | None = None
+) -> bytes:
     """
-    One bytes object: version, content type (its length, or C{0xFFFF} for
-    the default) and value.
+    One bytes object: version, content type (its length, or a mark for the
+    default), the expiry if there is one (eight bytes more), and value.
 
     @raise ValueError: if the content type is too long.
     @raise struct.error: if the version is not a 64-bit unsigned number.
     """
     if content_type == DEFAULT_CONTENT_TYPE:
-        return _HEADER.pack(version, _DEFAULT_TYPE) + value
-    type_bytes = content_type.encode("utf-8")
-    if len(type_bytes) >= _DEFAULT_TYPE:
-        raise ValueError("the content type is too long")
-    return b"".join([_HEADER.pack(version, len(type_bytes)), type_bytes, value])
+        type_bytes = b""
+        type_field = _DEFAULT_TYPE
+    else:
+        type_bytes = content_type.encode("utf-8")
+        type_field = len(type_bytes)
+        if type_field >= _DEFAULT_TYPE:
+            raise ValueError("the content type is too long")
+    if expires is None:
+        return b"".join([_HEADER.pack(version, type_field), type_bytes, value])
+    header = _HEADER.pack(version, type_field | _EXPIRING) + _EXPIRY.pack(expires)
+    return b"".join([header, type_bytes, value])
+
+
+def packed_expiry(packed: bytes) -> float | None:
+    """When the record L{pack_record} packed expires, without unpacking it."""
+    if packed[8] & 0x80:
+        return _EXPIRY.unpack_from(packed, _HEADER.size)[0]
+    return None
 
 
 def unpack_record(packed: bytes) -> Record:
     """The L{Record} that L{pack_record} packed."""
-    version, type_length = _HEADER.unpack_from(packed)
-    if type_length == _DEFAULT_TYPE:
-        return Record(packed[_HEADER.size :], DEFAULT_CONTENT_TYPE, version)
-    start = _HEADER.size + type_length
-    content_type = packed[_HEADER.size : start].decode("utf-8")
-    return Record(packed[start:], content_type, version)
+    version, type_field = _HEADER.unpack_from(packed)
+    start = _HEADER.size
+    expires = None
+    if type_field & _EXPIRING:
+        (expires,) = _EXPIRY.unpack_from(packed, start)
+        start += _EXPIRY.size
+        type_field &= ~_EXPIRING
+    if type_field == _DEFAULT_TYPE:
+        return Record(packed[start:], DEFAULT_CONTENT_TYPE, version, expires)
+    end = start + type_field
+    content_type = packed[start:end].decode("utf-8")
+    return Record(packed[end:], content_type, version, expires)
 
 
 def _encode(key: str) -> bytes:
@@ -306,14 +337,21 @@ class PackedRecords(MutableMapping[str, Record]):
         assert self._greatest == (blocks[-1][-1] if blocks else None)
         return blocks
 
-    def put(self, key: str, value: bytes, content_type: str, version: int) -> None:
+    def put(
+        self,
+        key: str,
+        value: bytes,
+        content_type: str,
+        version: int,
+        expires: float | None = None,
+    ) -> None:
         """
         Store a record given as its parts.
 
         @raise ValueError: if the content type cannot be packed.
         @raise struct.error: if the version is not a 64-bit unsigned number.
         """
-        self.swap(key, pack_record(version, content_type, value))
+        self.swap(key, pack_record(version, content_type, value, expires))
         if version > self.highest_version:
             self.highest_version = version
 
@@ -339,7 +377,7 @@ class PackedRecords(MutableMapping[str, Record]):
         return unpack_record(packed)
 
     def __setitem__(self, key: str, record: Record) -> None:
-        self.put(key, record.value, record.content_type, record.version)
+        self.put(key, record.value, record.content_type, record.version, record.expires)
 
     def __delitem__(self, key: str) -> None:
         if self.pop_packed(key) is None:

@@ -28,6 +28,7 @@ from ersid.embedded.journal_format import (
 )
 from ersid.embedded.records import PackedRecords, pack_record
 from ersid.embedded.repair import cut_torn_tail
+from ersid.expiry import ExpiryIndex
 from ersid.snapshots import SnapshotError, read_snapshot
 from ersid.startup import StartupError
 from ersid.watch.history import Change, History
@@ -56,15 +57,19 @@ class Recovered:
     snapshot_revision: int | None
 
 
-def load_snapshot(path: str) -> tuple[PackedRecords, int] | None:
+def load_snapshot(
+    path: str, expiry: ExpiryIndex | None = None
+) -> tuple[PackedRecords, int] | None:
     """
     The records of the snapshot at C{path}, packed as a L{DictStorage}
-    keeps them, and its revision; or C{None} if there is no file.
+    keeps them, and its revision; or C{None} if there is no file. The keys
+    with a time to live go to C{expiry}.
 
     @raise SnapshotError: if the file cannot be read or is corrupt.
     """
     records = PackedRecords()
-    read = read_snapshot(path, pack_record, records.put_packed)
+    expiring = None if expiry is None else expiry.add
+    read = read_snapshot(path, pack_record, records.put_packed, expiring)
     if read is None:
         return None
     revision, count = read
@@ -144,11 +149,18 @@ def _check_continuity(
     )
 
 
-def recover(data_dir: str, dump_file: str, history: History | None = None) -> Recovered:
+def recover(
+    data_dir: str,
+    dump_file: str,
+    history: History | None = None,
+    expiry: ExpiryIndex | None = None,
+) -> Recovered:
     """
     Load the snapshot, if there is one, and replay the journal entries newer
-    than it, which become the changes of C{history}, if given. Blocking:
-    call it before the reactor runs.
+    than it, which become the changes of C{history}, if given; the keys
+    with a time to live go to C{expiry}, if given. Blocking: call it
+    before the reactor runs. Keys past their expiry are recovered as they
+    are: the reaper removes them, journaled, once the daemon runs.
 
     @raise StartupError: if the snapshot or the journal cannot be read.
     """
@@ -159,7 +171,10 @@ def recover(data_dir: str, dump_file: str, history: History | None = None) -> Re
     gc.disable()
     try:
         recovered = _recover(
-            data_dir, dump_file, History() if history is None else history
+            data_dir,
+            dump_file,
+            History() if history is None else history,
+            ExpiryIndex(1) if expiry is None else expiry,
         )
     except (OSError, ValueError, struct.error, SnapshotError, JournalCorrupt) as e:
         raise StartupError(str(e)) from None
@@ -170,9 +185,11 @@ def recover(data_dir: str, dump_file: str, history: History | None = None) -> Re
     return recovered
 
 
-def _recover(data_dir: str, dump_file: str, history: History) -> Recovered:
+def _recover(
+    data_dir: str, dump_file: str, history: History, expiry: ExpiryIndex
+) -> Recovered:
     started = time.monotonic()
-    loaded = load_snapshot(dump_file)
+    loaded = load_snapshot(dump_file, expiry)
     records, revision = loaded if loaded is not None else (PackedRecords(), 0)
     _log.info(
         "Loaded {count} keys at revision {revision} from {path} in {seconds:.2f} s",
@@ -191,11 +208,21 @@ def _recover(data_dir: str, dump_file: str, history: History) -> Recovered:
         record = entry.record
         if record is None:
             records.pop(entry.key, None)
-            history.append(Change(entry.revision, entry.key, None))
+            history.append(
+                Change(entry.revision, entry.key, None, expired=entry.expired)
+            )
         else:
             records[entry.key] = record
+            if record.expires is not None:
+                expiry.add(entry.key, record.expires)
             history.append(
-                Change(entry.revision, entry.key, record.value, record.content_type)
+                Change(
+                    entry.revision,
+                    entry.key,
+                    record.value,
+                    record.content_type,
+                    record.expires,
+                )
             )
         revision = entry.revision
         replayed += 1

@@ -42,6 +42,7 @@ def open_mysql(
     hub: Hub,
     poll_interval: float,
     history_age: float | None,
+    reap_interval: float,
     reactor: Any,
 ) -> OpenedStorage:
     """
@@ -50,7 +51,8 @@ def open_mysql(
     C{pool} (fewest, most) connections; snapshots go to C{dump_file} every
     C{dump_interval} seconds as backups; its change log is read into C{hub}
     every C{poll_interval} seconds, and kept to the last C{history_age}
-    seconds if given. Blocking: call it before the reactor runs.
+    seconds if given; its expired rows are reaped every C{reap_interval}
+    seconds. Blocking: call it before the reactor runs.
 
     @raise StartupError: if the database cannot be used, or C{mysqlclient}
         is not installed.
@@ -80,5 +82,6 @@ def open_mysql(
         hub,
         poll_interval,
         history_age,
+        reap_interval,
         reactor,
     )

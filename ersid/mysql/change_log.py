@@ -16,6 +16,7 @@ from ersid.watch.history import Change
 __all__ = [
     "ChangeLog",
     "log_change",
+    "log_expiries",
     "select_changes",
     "store_revision",
     "trim_changes",
@@ -46,12 +47,30 @@ def log_change(
     key: bytes,
     value: bytes | None,
     content_type: str | None,
+    expires: Any = None,
 ) -> None:
+    """Log a put (with its Unix expiry, if any) or a delete (C{value} C{None})."""
     cursor.execute(
-        "INSERT INTO ersid_changes (revision, ersid_key, ersid_value, content_type) "
-        "VALUES (%s, %s, %s, %s)",
-        (revision, key, value, content_type),
+        "INSERT INTO ersid_changes "
+        "(revision, ersid_key, ersid_value, content_type, expires_at) "
+        "VALUES (%s, %s, %s, %s, FROM_UNIXTIME(%s))",
+        (revision, key, value, content_type, expires),
     )
+
+
+def log_expiries(cursor: Any, first: int, keys: list[bytes]) -> None:
+    """Log the removal by expiry of C{keys}, at revisions from C{first} on."""
+    rows = [(first + i, key) for i, key in enumerate(keys)]
+    cursor.executemany(
+        "INSERT INTO ersid_changes (revision, ersid_key, expired) VALUES (%s, %s, TRUE)",
+        rows,
+    )
+
+
+_COLUMNS = (
+    "revision, ersid_key, ersid_value, content_type, UNIX_TIMESTAMP(expires_at), "
+    "expired"
+)
 
 
 def select_changes(cursor: Any, after: int | None, limit: int) -> ChangeLog:
@@ -63,14 +82,13 @@ def select_changes(cursor: Any, after: int | None, limit: int) -> ChangeLog:
     floor = revision if oldest is None else int(oldest) - 1
     if after is None:
         cursor.execute(
-            "SELECT revision, ersid_key, ersid_value, content_type FROM ersid_changes "
-            "ORDER BY revision DESC LIMIT %s",
+            f"SELECT {_COLUMNS} FROM ersid_changes ORDER BY revision DESC LIMIT %s",
             (limit,),
         )
         rows = cursor.fetchall()[::-1]
     else:
         cursor.execute(
-            "SELECT revision, ersid_key, ersid_value, content_type FROM ersid_changes "
+            f"SELECT {_COLUMNS} FROM ersid_changes "
             "WHERE revision > %s ORDER BY revision LIMIT %s",
             (after, limit),
         )
@@ -81,6 +99,8 @@ def select_changes(cursor: Any, after: int | None, limit: int) -> ChangeLog:
             bytes(row[1]).decode("utf-8"),
             None if row[2] is None else bytes(row[2]),
             row[3] or DEFAULT_CONTENT_TYPE,
+            None if row[4] is None else float(row[4]),
+            bool(row[5]),
         )
         for row in rows
     ]

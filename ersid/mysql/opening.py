@@ -12,6 +12,7 @@ from typing import Any
 import MySQLdb
 from twisted.logger import Logger
 
+from ersid.expiry import Reaper
 from ersid.mysql.changes import ChangeFeed
 from ersid.mysql.errors import UNREACHABLE, error_code
 from ersid.mysql.schema import SchemaError, check_schema
@@ -35,6 +36,7 @@ def open_database(
     hub: Hub,
     poll_interval: float,
     history_age: float | None,
+    reap_interval: float,
     reactor: Any,
 ) -> OpenedStorage:
     """
@@ -42,7 +44,8 @@ def open_database(
     connections, with snapshots to C{dump_file} every C{dump_interval}
     seconds as backups, and its change log read into C{hub} every
     C{poll_interval} seconds and kept to the last C{history_age} seconds
-    (if given). Blocking: call it before the reactor runs.
+    (if given); this node reaps expired rows every C{reap_interval} seconds.
+    Blocking: call it before the reactor runs.
 
     @raise StartupError: if the database refuses Ersid or lacks its tables.
     """
@@ -52,7 +55,8 @@ def open_database(
     snapshotter = Snapshotter(storage, dump_file, reactor)
     snapshots = SnapshotService(dump_interval, snapshotter)
     feed = ChangeFeed(storage, hub, poll_interval, reactor, history_age)
-    return OpenedStorage(storage, [snapshots, feed], snapshotter.health)
+    reaper = Reaper(storage.reap, reap_interval, reactor)
+    return OpenedStorage(storage, [snapshots, feed, reaper], snapshotter.health)
 
 
 def _check(settings: MySQLSettings) -> None:

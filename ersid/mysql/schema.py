@@ -16,7 +16,7 @@ __all__ = ["SCHEMA_FILE", "SchemaError", "check_schema"]
 SCHEMA_FILE = str(resources.files("ersid.mysql").joinpath("mysql_schema.sql"))
 
 _EXPECTED_COLUMNS = {
-    "ersid_data": {"ersid_key", "ersid_value", "content_type", "version"},
+    "ersid_data": {"ersid_key", "ersid_value", "content_type", "version", "expires_at"},
     "ersid_revision": {"id", "revision"},
     "ersid_changes": {
         "revision",
@@ -24,6 +24,8 @@ _EXPECTED_COLUMNS = {
         "ersid_value",
         "content_type",
         "changed_at",
+        "expires_at",
+        "expired",
     },
 }
 

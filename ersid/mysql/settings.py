@@ -75,7 +75,11 @@ class MySQLSettings:
             "connect_timeout": 3,
             "read_timeout": 5,
             "write_timeout": 5,
-            "init_command": "SET SESSION innodb_lock_wait_timeout = 3",
+            # UTC: expiry times are DATETIMEs compared with NOW(6), and
+            # turned into Unix times, without a daylight-saving hour's doubt.
+            "init_command": (
+                "SET SESSION innodb_lock_wait_timeout = 3, time_zone = '+00:00'"
+            ),
         }
         if self.unix_socket:
             arguments["unix_socket"] = self.unix_socket

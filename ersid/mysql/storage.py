@@ -6,6 +6,12 @@ nodes can share one database as stateless peers.
 Every write is one transaction that first takes the next store revision
 from a one-row counter table, which orders all writes of all nodes; a
 conditional write reads the key's row under that lock before deciding.
+
+Expiry goes by the database's clock, C{NOW(6)} in UTC, the one clock all
+nodes share: reads leave out rows past their C{expires_at}; a write first
+removes the key's expired row, as an expiry; and every node reaps, taking
+the rows due with C{FOR UPDATE SKIP LOCKED}, so that no two nodes remove
+the same row and none waits for another.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from zope.interface import implementer
 from ersid.mysql.change_log import (
     ChangeLog,
     log_change,
+    log_expiries,
     select_changes,
     store_revision,
     trim_changes,
@@ -29,6 +36,7 @@ from ersid.mysql.errors import DEAD_CONNECTION, RETRY_TRANSACTION, error_code
 from ersid.mysql.settings import MySQLSettings
 from ersid.storage import (
     DEFAULT_CONTENT_TYPE,
+    MAX_TTL,
     IStorage,
     Listing,
     Page,
@@ -42,6 +50,9 @@ from ersid.storage import (
 __all__ = ["MySQLStorage"]
 
 _T = TypeVar("_T")
+# Rows removed by one reaping transaction, at most.
+_REAP_BATCH = 500
+_LIVE = "(expires_at IS NULL OR expires_at > NOW(6))"
 
 
 class _Connection(adbapi.Connection):
@@ -79,8 +90,14 @@ class MySQLStorage:
         settings: MySQLSettings,
         min_connections: int = 3,
         max_connections: int = 10,
+        clock: Any = None,
     ) -> None:
+        """
+        @param clock: for tests only: every transaction then sets the
+            database's clock (C{SET timestamp}) to C{clock.seconds()}.
+        """
         self.settings = settings
+        self._clock = clock
         # Called after each write committed: the change log has news.
         self.committed: Callable[[], None] = lambda: None
         self._max_connections = max_connections
@@ -107,8 +124,12 @@ class MySQLStorage:
         reported as unavailable, never retried.
         """
 
+        now = None if self._clock is None else self._clock.seconds()
+
         def transaction(connection: Any) -> _T:
             cursor = connection.cursor()
+            if now is not None:
+                cursor.execute("SET timestamp = %s", (now,))
             result = work(cursor, *args)
             attempt.committing = True
             connection.commit()
@@ -156,8 +177,27 @@ class MySQLStorage:
         value: bytes,
         content_type: str = DEFAULT_CONTENT_TYPE,
         precondition: Precondition | None = None,
+        ttl: float | None = None,
     ) -> Deferred[WriteResult]:
-        return self._write(_upsert, key, value, content_type, precondition)
+        if ttl is not None and not 0 < ttl <= MAX_TTL:
+            return fail(ValueError(f"a time to live is from 0 to {MAX_TTL} seconds"))
+        return self._write(_upsert, key, value, content_type, precondition, ttl)
+
+    def refresh(
+        self, key: str, ttl: float, precondition: Precondition | None = None
+    ) -> Deferred[WriteResult | None]:
+        if not 0 < ttl <= MAX_TTL:
+            return fail(ValueError(f"a time to live is from 0 to {MAX_TTL} seconds"))
+        return self._write(_refresh, key, ttl, precondition)
+
+    def reap(self) -> Deferred[bool]:
+        """
+        Remove up to a batch of expired rows, each an expiry with its own
+        revision; more due?
+        """
+        if self._closed:
+            return succeed(False)
+        return self._write(_reap, _REAP_BATCH)
 
     def delete(
         self, key: str, precondition: Precondition | None = None
@@ -208,18 +248,61 @@ class MySQLStorage:
         self._pool.close()
 
 
+_RECORD = "ersid_value, content_type, version, UNIX_TIMESTAMP(expires_at)"
+
+
 def _select_record(cursor: Any, key: bytes, for_update: bool = False) -> Record | None:
     cursor.execute(
-        "SELECT ersid_value, content_type, version FROM ersid_data "
-        "WHERE ersid_key = %s" + (" FOR UPDATE" if for_update else ""),
+        f"SELECT {_RECORD} FROM ersid_data WHERE ersid_key = %s AND {_LIVE}"
+        + (" FOR UPDATE" if for_update else ""),
         (key,),
     )
     row = cursor.fetchone()
     return None if row is None else _record(*row)
 
 
-def _record(value: Any, content_type: str, version: Any) -> Record:
-    return Record(bytes(value), content_type, int(version))
+def _record(value: Any, content_type: str, version: Any, expires: Any) -> Record:
+    return Record(
+        bytes(value),
+        content_type,
+        int(version),
+        None if expires is None else float(expires),
+    )
+
+
+def _expire_if_due(cursor: Any, revision: int, key: bytes) -> int:
+    """
+    Remove the key's row if it has expired, logged as an expiry at
+    C{revision}; the revision the write goes on with.
+    """
+    cursor.execute(
+        "DELETE FROM ersid_data WHERE ersid_key = %s AND expires_at <= NOW(6)", (key,)
+    )
+    if not cursor.rowcount:
+        return revision
+    log_expiries(cursor, revision, [key])
+    return _next_revision(cursor)
+
+
+def _reap(cursor: Any, batch: int) -> bool:
+    cursor.execute(
+        "SELECT ersid_key FROM ersid_data WHERE expires_at <= NOW(6) "
+        "ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED",
+        (batch,),
+    )
+    keys = [bytes(row[0]) for row in cursor.fetchall()]
+    if not keys:
+        return False
+    cursor.execute(
+        "UPDATE ersid_revision SET revision = LAST_INSERT_ID(revision + %s) "
+        "WHERE id = 1",
+        (len(keys),),
+    )
+    first = int(cursor.lastrowid) - len(keys) + 1
+    marks = ", ".join(["%s"] * len(keys))
+    cursor.execute(f"DELETE FROM ersid_data WHERE ersid_key IN ({marks})", keys)
+    log_expiries(cursor, first, keys)
+    return len(keys) == batch
 
 
 def _next_revision(cursor: Any) -> int:
@@ -245,26 +328,59 @@ def _upsert(
     value: bytes,
     content_type: str,
     precondition: Precondition | None,
+    ttl: float | None,
 ) -> WriteResult:
     encoded = key.encode("utf-8")
-    revision = _next_revision(cursor)
+    revision = _expire_if_due(cursor, _next_revision(cursor), encoded)
     _check(cursor, key, encoded, precondition)
+    return _put(cursor, revision, encoded, value, content_type, ttl)
+
+
+def _put(
+    cursor: Any,
+    revision: int,
+    encoded: bytes,
+    value: bytes,
+    content_type: str,
+    ttl: float | None,
+) -> WriteResult:
+    expires = None
+    if ttl is not None:
+        cursor.execute(
+            "SELECT UNIX_TIMESTAMP(NOW(6) + INTERVAL %s MICROSECOND)",
+            (round(ttl * 1e6),),
+        )
+        (expires,) = cursor.fetchone()
     cursor.execute(
-        "INSERT INTO ersid_data (ersid_key, ersid_value, content_type, version) "
-        "VALUES (%s, %s, %s, %s) ON DUPLICATE KEY UPDATE "
+        "INSERT INTO ersid_data "
+        "(ersid_key, ersid_value, content_type, version, expires_at) "
+        "VALUES (%s, %s, %s, %s, FROM_UNIXTIME(%s)) ON DUPLICATE KEY UPDATE "
         "ersid_value = VALUES(ersid_value), content_type = VALUES(content_type), "
-        "version = VALUES(version)",
-        (encoded, value, content_type, revision),
+        "version = VALUES(version), expires_at = VALUES(expires_at)",
+        (encoded, value, content_type, revision, expires),
     )
     # MySQL counts 1 affected row for an insert, 2 for an update.
     created = cursor.rowcount == 1
-    log_change(cursor, revision, encoded, value, content_type)
-    return WriteResult(revision, created)
+    log_change(cursor, revision, encoded, value, content_type, expires)
+    return WriteResult(revision, created, None if expires is None else float(expires))
+
+
+def _refresh(
+    cursor: Any, key: str, ttl: float, precondition: Precondition | None
+) -> WriteResult | None:
+    encoded = key.encode("utf-8")
+    revision = _expire_if_due(cursor, _next_revision(cursor), encoded)
+    _check(cursor, key, encoded, precondition)
+    current = _select_record(cursor, encoded, for_update=True)
+    if current is None:
+        cursor.connection.rollback()
+        return None
+    return _put(cursor, revision, encoded, current.value, current.content_type, ttl)
 
 
 def _delete(cursor: Any, key: str, precondition: Precondition | None) -> bool:
     encoded = key.encode("utf-8")
-    revision = _next_revision(cursor)
+    revision = _expire_if_due(cursor, _next_revision(cursor), encoded)
     _check(cursor, key, encoded, precondition)
     cursor.execute("DELETE FROM ersid_data WHERE ersid_key = %s", (encoded,))
     if cursor.rowcount == 0:
@@ -291,7 +407,7 @@ def _select_keys(
     cursor.execute(
         "SELECT ersid_key FROM ersid_data WHERE ersid_key "
         + (">=" if inclusive else ">")
-        + " %s AND ersid_key LIKE %s ORDER BY ersid_key LIMIT %s",
+        + f" %s AND ersid_key LIKE %s AND {_LIVE} ORDER BY ersid_key LIMIT %s",
         (start, _like_prefix(encoded_prefix), limit),
     )
     keys = [bytes(row[0]).decode("utf-8") for row in cursor.fetchall()]
@@ -301,8 +417,8 @@ def _select_keys(
 def _select_records(cursor: Any, prefix: str) -> Listing[tuple[str, Record]]:
     revision = store_revision(cursor)
     cursor.execute(
-        "SELECT ersid_key, ersid_value, content_type, version FROM ersid_data "
-        "WHERE ersid_key LIKE %s ORDER BY ersid_key",
+        f"SELECT ersid_key, {_RECORD} FROM ersid_data "
+        f"WHERE ersid_key LIKE %s AND {_LIVE} ORDER BY ersid_key",
         (_like_prefix(prefix.encode("utf-8")),),
     )
     items = [
@@ -319,7 +435,7 @@ def _select_stats(cursor: Any) -> tuple[int, int]:
 
 def _select_page(cursor: Any, after: object | None, limit: int) -> Page:
     cursor.execute(
-        "SELECT ersid_key, ersid_value, content_type, version FROM ersid_data "
+        f"SELECT ersid_key, {_RECORD} FROM ersid_data "
         "WHERE ersid_key > %s ORDER BY ersid_key LIMIT %s",
         (after or b"", limit),
     )

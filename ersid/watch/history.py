@@ -34,11 +34,12 @@ _OVERHEAD = 120
 
 class Change:
     """
-    One acknowledged change: a put, with its value and content type, or a
-    delete (C{value} C{None}), at its revision.
+    One acknowledged change at its revision: a put, with its value, content
+    type and expiry (Unix time, or C{None}); or a removal (C{value}
+    C{None}), a delete or, if C{expired}, an expiry.
     """
 
-    __slots__ = ("content_type", "key", "revision", "value")
+    __slots__ = ("content_type", "expired", "expires", "key", "revision", "value")
 
     def __init__(
         self,
@@ -46,18 +47,24 @@ class Change:
         key: str,
         value: bytes | None,
         content_type: str = DEFAULT_CONTENT_TYPE,
+        expires: float | None = None,
+        expired: bool = False,
     ) -> None:
         self.revision = revision
         self.key = key
         self.value = value
         self.content_type = content_type
+        self.expires = expires
+        self.expired = expired
 
     def __repr__(self) -> str:
         return f"<Change {self.revision} {self.kind} {self.key!r}>"
 
     @property
     def kind(self) -> str:
-        return "delete" if self.value is None else "put"
+        if self.value is None:
+            return "expire" if self.expired else "delete"
+        return "put"
 
     @property
     def size(self) -> int:
@@ -73,6 +80,8 @@ class Change:
         }
         if self.value is not None:
             data["content_type"] = self.content_type
+            if self.expires is not None:
+                data["expires"] = self.expires
             if values:
                 data["value"] = encode_value(self.value)
         return data

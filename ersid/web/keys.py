@@ -11,6 +11,7 @@ response in one callback.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from twisted.web.iweb import IRequest
 from ersid.storage import PreconditionFailed, Record, WriteResult
 from ersid.web.conditions import etag, read_condition, write_precondition
 from ersid.web.errors import ApiError, empty
-from ersid.web.parsing import content_type_of, header_value, key_of, read_body
+from ersid.web.parsing import content_type_of, header_value, key_of, read_body, ttl_of
 
 if TYPE_CHECKING:
     from ersid.web.app import Service
@@ -81,10 +82,23 @@ def _get(
     return service.storage.get(key)
 
 
+def _expiry_headers(request: IRequest, expires: float | None) -> None:
+    """
+    C{Ersid-Expires}, the Unix time a key expires at, and C{Ersid-TTL}, the
+    seconds left then, by this server's clock; neither for a lasting key.
+    """
+    if expires is not None:
+        left = max(expires - time.time(), 0.001)
+        request.setHeader(b"Ersid-Expires", b"%.6f" % (expires,))
+        request.setHeader(b"Ersid-TTL", b"%.3f" % (left,))
+
+
 def _render_record(record: Record | None, request: IRequest) -> bytes:
     if record is None:
         raise _not_found(request)
     request.setHeader(b"ETag", etag(record.version))
+    if record.expires is not None:
+        _expiry_headers(request, record.expires)
     request.setHeader(b"X-Content-Type-Options", b"nosniff")
     request.setHeader(b"Cache-Control", b"no-cache")
     status = read_condition(request, record)
@@ -104,13 +118,35 @@ def _set(service: Service, request: IRequest) -> Deferred[WriteResult]:
     key = key_of(request)
     precondition = write_precondition(request)
     content_type = content_type_of(request)
+    ttl = ttl_of(request)
     value = read_body(request, service.max_value_size)
-    return service.storage.set(key, value, content_type, precondition)
+    return service.storage.set(key, value, content_type, precondition, ttl)
 
 
 def _render_write(result: WriteResult, request: IRequest) -> bytes:
     request.setHeader(b"ETag", etag(result.version))
+    _expiry_headers(request, result.expires)
     return empty(request, 201 if result.created else 204)
+
+
+def _refresh(service: Service, request: IRequest) -> Deferred[WriteResult | None]:
+    key = key_of(request)
+    precondition = write_precondition(request)
+    ttl = ttl_of(request)
+    if ttl is None:
+        raise ApiError(
+            400, "bad_ttl", "a refresh needs Ersid-TTL, the seconds the key lives on"
+        )
+    request.content.seek(0)
+    if request.content.read(1):
+        raise ApiError(400, "bad_body", "a refresh has no body; PUT writes values")
+    return service.storage.refresh(key, ttl, precondition)
+
+
+def _render_refresh(result: WriteResult | None, request: IRequest) -> bytes:
+    if result is None:
+        raise _not_found(request)
+    return _render_write(result, request)
 
 
 def _delete(service: Service, request: IRequest) -> Deferred[bool]:
@@ -138,6 +174,13 @@ KEY_ROUTES = (
         _set,
         _render_write,
         "Store the body: 201 for a new key, 204 for a replaced one.",
+    ),
+    KeyRoute(
+        "refresh_key",
+        (b"PATCH",),
+        _refresh,
+        _render_refresh,
+        "Give a key a new time to live, keeping its value: 204, or 404.",
     ),
     KeyRoute(
         "delete_key",

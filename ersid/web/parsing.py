@@ -12,7 +12,7 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.web.iweb import IRequest
 
-from ersid.storage import DEFAULT_CONTENT_TYPE
+from ersid.storage import DEFAULT_CONTENT_TYPE, MAX_TTL
 from ersid.web.errors import ApiError
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "list_limit",
     "query_text",
     "read_body",
+    "ttl_of",
 ]
 
 MAX_KEY_BYTES = 255
@@ -34,6 +35,7 @@ MAX_LIST_LIMIT = 1000
 _MAX_CONTENT_TYPE_BYTES = 255
 
 _WHOLE_NUMBER = re.compile("[0-9]{1,9}")
+_SECONDS = re.compile(rb"[0-9]{1,10}(?:\.[0-9]{1,6})?")
 # A media type (RFC 9110, 8.3.1): type/subtype and parameters, one of it.
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]++"
 _QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e]|\\[\t \x21-\x7e])*+"'
@@ -87,6 +89,25 @@ def content_type_of(request: IRequest) -> str:
             "charset=utf-8, of at most 255 bytes",
         )
     return raw.decode("ascii")
+
+
+def ttl_of(request: IRequest) -> float | None:
+    """
+    The time to live a write asks for in C{Ersid-TTL}: seconds, decimals
+    allowed, more than zero and at most ten years; C{None} without one.
+    """
+    lines = request.requestHeaders.getRawHeaders(b"ersid-ttl")
+    if lines is None:
+        return None
+    text = lines[0].strip(b" \t") if len(lines) == 1 else b""
+    if _SECONDS.fullmatch(text) and 0 < float(text) <= MAX_TTL:
+        return float(text)
+    raise ApiError(
+        400,
+        "bad_ttl",
+        "Ersid-TTL must be one number of seconds, such as 30 or 0.5, more than "
+        f"zero and at most {MAX_TTL:.0f} (ten years)",
+    )
 
 
 def query_text(request: IRequest, name: str) -> str | None:

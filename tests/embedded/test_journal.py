@@ -460,7 +460,9 @@ class DiskFullTests(_JournalTestCase):
         async def check():
             snapshot = os.path.join(self.directory, "s.json")
             hub = Hub(History(), reactor)
-            opened = open_embedded(self.small, snapshot, self.fsync, 3600, hub, reactor)
+            opened = open_embedded(
+                self.small, snapshot, self.fsync, 3600, hub, 0.2, reactor
+            )
             storage = opened.storage
             self.addCleanup(storage.journal.stop)
             filler = os.path.join(self.small, "filler")

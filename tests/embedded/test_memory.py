@@ -9,12 +9,12 @@ from ersid.embedded.memory import DictStorage
 from ersid.embedded.records import PackedRecords
 from ersid.storage import Record, StorageUnavailable
 
-from ..storage_contract import StorageContractMixin
+from ..storage_contract import ExpiryContractMixin, StorageContractMixin
 
 
-class DictStorageContractTests(StorageContractMixin, TestCase):
+class DictStorageContractTests(ExpiryContractMixin, StorageContractMixin, TestCase):
     def make_storage(self):
-        return DictStorage()
+        return DictStorage(clock=self.clock)
 
 
 class DictStorageTests(TestCase):

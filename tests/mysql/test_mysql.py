@@ -30,7 +30,7 @@ from ersid.web.app import Service
 
 from .._helpers import Daemon, http, serve
 from .._mariadb import private_server, shared_server
-from ..storage_contract import StorageContractMixin
+from ..storage_contract import ExpiryContractMixin, StorageContractMixin
 
 
 def _storage(test: TestCase, settings: MySQLSettings, **kw) -> MySQLStorage:
@@ -39,9 +39,9 @@ def _storage(test: TestCase, settings: MySQLSettings, **kw) -> MySQLStorage:
     return storage
 
 
-class MySQLStorageContractTests(StorageContractMixin, TestCase):
+class MySQLStorageContractTests(ExpiryContractMixin, StorageContractMixin, TestCase):
     def make_storage(self):
-        return _storage(self, shared_server().fresh_database())
+        return _storage(self, shared_server().fresh_database(), clock=self.clock)
 
 
 class MySQLSettingsTests(TestCase):
@@ -403,6 +403,68 @@ class ChangeLogTests(TestCase):
                 check=True,
             )
         check_schema(self.settings)
+
+    def test_database_from_before_expiry_is_upgraded_by_the_schema(self):
+        """
+        A database made before keys could expire lacks the expiry columns;
+        running the schema file again adds them and keeps the data.
+        """
+
+        async def check():
+            storage, _, _ = self.node()
+            await storage.set("kept", b"v")
+            server = shared_server()
+            server.as_root(
+                "ALTER TABLE ersid.ersid_data "
+                "DROP INDEX ersid_expiry, DROP COLUMN expires_at"
+            )
+            server.as_root(
+                "ALTER TABLE ersid.ersid_changes "
+                "DROP COLUMN expires_at, DROP COLUMN expired"
+            )
+            with self.assertRaises(SchemaError) as raised:
+                check_schema(self.settings)
+            message = str(raised.exception)
+            self.assertIn("columns expires_at of ersid_data", message)
+            self.assertIn("columns expired, expires_at of ersid_changes", message)
+            with open(SCHEMA_FILE, "rb") as schema:
+                subprocess.run(
+                    ["mariadb", f"--socket={server.socket}", "-u", "root"],
+                    stdin=schema,
+                    check=True,
+                )
+            check_schema(self.settings)
+            self.assertEqual((await storage.get("kept")).value, b"v")
+
+        return Deferred.fromCoroutine(check())
+
+    def test_expiries_reach_the_watchers_of_every_node(self):
+        """
+        A key expires by the database's clock, whichever node reaps it: the
+        other node's watchers see the put with its expiry, then an expire.
+        """
+
+        async def check():
+            clock = Clock()
+            clock.advance(1_800_000_000)
+            first = _storage(self, self.settings, clock=clock)
+            _, second_hub, second_feed = self.node()
+            await second_feed.poll()
+            await first.set("lock", b"me", ttl=5)
+            clock.advance(5)
+            self.assertFalse(await first.reap())
+            await second_feed.poll()
+            changes = list(second_hub.history.after(0))
+            self.assertEqual(
+                [(c.revision, c.kind, c.key, c.expires) for c in changes],
+                [(1, "put", "lock", 1_800_000_005.0), (2, "expire", "lock", None)],
+            )
+            self.assertEqual(
+                changes[-1].document(True),
+                {"type": "expire", "key": "lock", "revision": 2},
+            )
+
+        return Deferred.fromCoroutine(check())
 
     def test_every_node_sees_every_write_once_in_order(self):
         async def check():

@@ -98,7 +98,7 @@ class SnapshotterTests(SnapshotTestsMixin, TestCase):
             await Snapshotter(storage, self.path, reactor).snapshot()
             with open(self.path, "rb") as f:
                 document = json.load(f)
-            self.assertEqual(document["ersid_snapshot"], 1)
+            self.assertEqual(document["ersid_snapshot"], 2)
             self.assertEqual(document["revision"], 12)
             self.assertEqual(document["count"], 3)
             entries = {entry[0]: entry for page in document["pages"] for entry in page}
