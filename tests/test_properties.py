@@ -1,8 +1,9 @@
 """
-Property-based tests: random sequences of operations, conditional writes
-included, run against each storage backend and against a plain dict model;
-they must agree at every step. With the journal, a replay of it must give
-the model's store too.
+Property-based tests: random sequences of operations, conditional writes,
+times to live, refreshes, reaping and the clock moving on included, run
+against each storage backend and against a plain dict model; they must
+agree at every step. With the journal, the store is restarted from it at
+random moments, and a replay of it must give the model's store too.
 
 Hypothesis runs in a thread and calls the backends in the reactor thread,
 so that backends whose Deferreds fire later (MySQL, the journal) work.
@@ -16,23 +17,32 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.trial.unittest import TestCase
 
 from ersid.embedded.journal import Journal
 from ersid.embedded.memory import DictStorage
 from ersid.embedded.records import PackedRecords
-from ersid.embedded.recovery import read_journal
+from ersid.embedded.recovery import read_journal, recover
+from ersid.expiry import ExpiryIndex
 from ersid.storage import IImmediateReads, Precondition, PreconditionFailed, Record
 
 KEYS = st.sampled_from(["a", "A", "a ", "a/b", "a/c", "b", "é", "🔑", "a%2F"])
 VALUES = st.binary(max_size=20)
 CONTENT_TYPES = st.sampled_from(["text/plain", "application/octet-stream"])
 CONDITIONS = st.sampled_from([None, "absent", "exists", "current", "stale"])
+# Times to live and steps of the clock, in halves of a second: expiries
+# fall exactly on the instants the store is read at, as well as between.
+TTLS = st.sampled_from([None, None, 0.5, 1.0, 2.5])
 OPERATIONS = st.lists(
     st.one_of(
-        st.tuples(st.just("set"), KEYS, VALUES, CONTENT_TYPES, CONDITIONS),
+        st.tuples(st.just("set"), KEYS, VALUES, CONTENT_TYPES, CONDITIONS, TTLS),
+        st.tuples(st.just("refresh"), KEYS, st.sampled_from([0.5, 2.0]), CONDITIONS),
+        st.tuples(st.just("advance"), st.sampled_from([0.25, 0.5, 1.0, 2.0])),
+        st.tuples(st.just("reap")),
+        st.tuples(st.just("restart")),
         st.tuples(st.just("delete"), KEYS, CONDITIONS),
         st.tuples(st.just("get"), KEYS),
         st.tuples(
@@ -42,8 +52,10 @@ OPERATIONS = st.lists(
             st.integers(1, 4),
         ),
     ),
-    max_size=40,
+    min_size=20,
+    max_size=60,
 )
+START = 1_800_000_000.0
 
 
 def _precondition(condition: str | None, current) -> Precondition | None:
@@ -60,12 +72,16 @@ def _precondition(condition: str | None, current) -> Precondition | None:
 
 
 class _ModelCheck:
-    """Runs one sequence against a backend and the model, comparing."""
+    """
+    Runs one sequence against a backend and the model, comparing. The model
+    holds each key's (value, content type, version, expiry) while it lives.
+    """
 
-    def __init__(self, test: TestCase, storage) -> None:
+    def __init__(self, test: TestCase, storage, clock: Clock) -> None:
         self.test = test
         self.storage = storage
-        self.model: dict[str, tuple[bytes, str, int]] = {}
+        self.clock = clock
+        self.model: dict[str, tuple[bytes, str, int, float | None]] = {}
         self.revision = 0
 
     def call(self, method, *args):
@@ -75,25 +91,92 @@ class _ModelCheck:
         for operation in operations:
             getattr(self, operation[0])(*operation[1:])
 
-    def set(self, key, value, content_type, condition) -> None:
-        current = self.model.get(key)
+    def live(self, key: str) -> tuple[bytes, str, int, float | None] | None:
+        """The key's entry, unless it has expired by now."""
+        entry = self.model.get(key)
+        if entry is not None and entry[3] is not None:
+            if entry[3] <= self.clock.seconds():
+                return None
+        return entry
+
+    def living(self) -> dict[str, tuple[bytes, str, int, float | None]]:
+        """The model's keys that live now."""
+        return {key: entry for key in self.model if (entry := self.live(key))}
+
+    def set(self, key, value, content_type, condition, ttl) -> None:
+        current = self.live(key)
         precondition = _precondition(condition, current)
         expected_to_apply = precondition is None or precondition.holds(
             None if current is None else Record(*current)
         )
         try:
-            result = self.call(self.storage.set, key, value, content_type, precondition)
+            result = self.call(
+                self.storage.set, key, value, content_type, precondition, ttl
+            )
         except PreconditionFailed:
             self.test.assertFalse(expected_to_apply, (key, condition))
             return
         self.test.assertTrue(expected_to_apply, (key, condition))
         self.test.assertEqual(result.created, current is None)
         self.test.assertGreater(result.version, self.revision)
+        expires = None if ttl is None else self.clock.seconds() + ttl
+        self.test.assertEqual(result.expires, expires)
         self.revision = result.version
-        self.model[key] = (value, content_type, result.version)
+        self.model[key] = (value, content_type, result.version, expires)
+
+    def refresh(self, key, ttl, condition) -> None:
+        current = self.live(key)
+        precondition = _precondition(condition, current)
+        expected_to_apply = precondition is None or precondition.holds(
+            None if current is None else Record(*current)
+        )
+        try:
+            result = self.call(self.storage.refresh, key, ttl, precondition)
+        except PreconditionFailed:
+            self.test.assertFalse(expected_to_apply, (key, condition))
+            return
+        self.test.assertTrue(expected_to_apply, (key, condition))
+        if current is None:
+            self.test.assertIsNone(result)
+            return
+        self.test.assertGreater(result.version, self.revision)
+        self.revision = result.version
+        expires = self.clock.seconds() + ttl
+        self.test.assertEqual(result.expires, expires)
+        self.model[key] = (current[0], current[1], result.version, expires)
+
+    def advance(self, seconds) -> None:
+        """Move the clock on, and read every key the model has held there."""
+        self.call(self.clock.advance, seconds)
+        for key in list(self.model):
+            self.get(key)
+
+    def reap(self) -> None:
+        """
+        Reap what is due: every key past its expiry by a reaper's interval
+        is then gone from the store, every live key still in it.
+        """
+
+        def reap_all():
+            more = self.storage.reap()
+            if isinstance(more, Deferred):
+                return more.addCallback(lambda more: more and reap_all())
+            return more and reap_all()
+
+        self.call(reap_all)
+        count, _ = self.call(self.storage.stats)
+        now = self.clock.seconds()
+        living = len(self.living())
+        # Expired within a reaper's interval (0.2 s): may not be reaped yet.
+        recent = [e for e in self.model.values() if e[3] and now - 0.2 < e[3] <= now]
+        self.test.assertGreaterEqual(count, living)
+        self.test.assertLessEqual(count, living + len(recent), "overdue keys held")
+
+    def restart(self) -> None:
+        self.storage = self.test.restarted(self)
 
     def delete(self, key, condition) -> None:
-        current = self.model.get(key)
+        current = self.live(key)
         precondition = _precondition(condition, current)
         if precondition is not None and precondition.exists is False:
             precondition = None
@@ -113,19 +196,20 @@ class _ModelCheck:
         records = [self.call(self.storage.get, key)]
         if IImmediateReads.providedBy(self.storage):
             records.append(self.call(self.storage.get_now, key))
-        expected = self.model.get(key)
+        expected = self.live(key)
         for record in records:
             if expected is None:
                 self.test.assertIsNone(record)
             else:
                 self.test.assertEqual(
-                    (record.value, record.content_type, record.version), expected
+                    (record.value, record.content_type, record.version, record.expires),
+                    expected,
                 )
 
     def keys(self, prefix, after, limit) -> None:
         expected = sorted(
             k
-            for k in self.model
+            for k in self.living()
             if k.startswith(prefix) and (after is None or k > after)
         )[:limit]
         self.test.assertEqual(
@@ -133,8 +217,11 @@ class _ModelCheck:
         )
 
     def finish(self) -> None:
+        """Once every time to live has run out and been reaped, only lasting keys."""
+        self.advance(10)
+        self.reap()
         count, _ = self.call(self.storage.stats)
-        self.test.assertEqual(count, len(self.model))
+        self.test.assertEqual(count, len(self.living()))
 
 
 class _PropertyMixin:
@@ -142,8 +229,12 @@ class _PropertyMixin:
 
     examples = 60
 
-    def make_storage(self):
+    def make_storage(self, clock: Clock):
         raise NotImplementedError
+
+    def restarted(self, check: _ModelCheck):
+        """The store, after a restart; without files, the same one."""
+        return check.storage
 
     def release(self, storage) -> None:
         """Called in the reactor thread after each example."""
@@ -158,14 +249,16 @@ class _PropertyMixin:
         )
         @given(OPERATIONS)
         def agrees(operations):
-            storage = self.make_storage()
-            check = _ModelCheck(self, storage)
+            clock = Clock()
+            clock.advance(START)
+            storage = self.make_storage(clock)
+            check = _ModelCheck(self, storage, clock)
             try:
                 check.run(operations)
                 check.finish()
                 self.after_example(check)
             finally:
-                blockingCallFromThread(reactor, self.release_async, storage)
+                blockingCallFromThread(reactor, self.release_async, check.storage)
 
         return deferToThread(agrees)
 
@@ -179,20 +272,29 @@ class _PropertyMixin:
 class DictStorageProperties(_PropertyMixin, TestCase):
     examples = 200
 
-    def make_storage(self):
+    def make_storage(self, clock):
         # Blocks of two keys: nine keys are enough to split and merge them.
-        return DictStorage(PackedRecords(block_size=2))
+        return DictStorage(PackedRecords(block_size=2), clock=clock)
 
 
 class JournaledDictStorageProperties(_PropertyMixin, TestCase):
-    def make_storage(self):
-        directory = tempfile.mkdtemp(prefix="ersid-journal-")
+    def make_storage(self, clock, directory=None):
+        directory = directory or tempfile.mkdtemp(prefix="ersid-journal-")
+        expiry = ExpiryIndex(0.1)
+        recovered = recover(directory, directory + "/snapshot.json", expiry=expiry)
         journal = blockingCallFromThread(
-            reactor, lambda: Journal(directory, 0, "always", reactor)
+            reactor, lambda: Journal(directory, recovered.revision, "always", reactor)
         )
-        storage = DictStorage(journal=journal)
+        storage = DictStorage(
+            recovered.records, recovered.revision, journal, clock=clock, expiry=expiry
+        )
         storage.directory = directory
         return storage
+
+    def restarted(self, check: _ModelCheck):
+        """The store as a restart recovers it from the journal alone."""
+        blockingCallFromThread(reactor, check.storage.journal.stop)
+        return self.make_storage(check.clock, check.storage.directory)
 
     def after_example(self, check: _ModelCheck) -> None:
         blockingCallFromThread(reactor, check.storage.journal.stop)
@@ -206,8 +308,9 @@ class JournaledDictStorageProperties(_PropertyMixin, TestCase):
                     record.value,
                     record.content_type,
                     record.version,
+                    record.expires,
                 )
-        self.assertEqual(replayed, check.model)
+        self.assertEqual(replayed, check.living())
 
     def release(self, storage) -> None:
         shutil.rmtree(storage.directory, ignore_errors=True)
@@ -221,13 +324,15 @@ class MySQLStorageProperties(_PropertyMixin, TestCase):
 
         self.server = shared_server()
 
-    def make_storage(self):
+    def make_storage(self, clock):
         from ersid.mysql.storage import MySQLStorage
 
         settings = self.server.fresh_database()
         return blockingCallFromThread(
             reactor,
-            lambda: MySQLStorage(settings, min_connections=1, max_connections=2),
+            lambda: MySQLStorage(
+                settings, min_connections=1, max_connections=2, clock=clock
+            ),
         )
 
     def release(self, storage) -> None:

@@ -35,6 +35,8 @@ class ExpiryIndex:
     def add(self, key: str, expires: float) -> None:
         """Note that C{key} expires at Unix time C{expires}."""
         slot = math.floor(expires / self._resolution)
+        if (slot + 1) * self._resolution <= expires:
+            slot += 1  # rounded into the bucket before: it would come early
         bucket = self._buckets.get(slot)
         if bucket is None:
             bucket = self._buckets[slot] = bytearray()

@@ -96,9 +96,9 @@ class Service:
         if isinstance(error, ApiError):
             return error.render(request)
         if isinstance(error, PreconditionFailed):
-            if error.current is None and request.method == b"DELETE":
-                # Without its conditions the delete would be a 404, so
-                # RFC 9110 (13.2.1) has them ignored.
+            if error.current is None and request.method in (b"DELETE", b"PATCH"):
+                # Without its conditions the delete or refresh would be a
+                # 404, so RFC 9110 (13.2.1) has them ignored.
                 message = f"no such key: {error.key!r}"
                 return ApiError(404, "not_found", message).render(request)
             if error.current is not None:
@@ -166,7 +166,7 @@ class Service:
             raise ApiError(404, "not_found", "this server keeps no history to watch")
         return await serve_watch(self.hub, self.storage, request)
 
-    @app.route("/", methods=["GET", "HEAD", "PUT", "POST", "DELETE"])
+    @app.route("/", methods=["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"])
     def root(self, request: IRequest) -> NoReturn:
         """There is no empty key."""
         raise ApiError(400, "bad_key", "the key must not be empty")

@@ -76,6 +76,8 @@ class EntryTests(TestCase):
             JournalEntry(7, "clé/🔑", Record(b"\x00\xff" * 10, "image/png", 7)),
             JournalEntry(8, "k", Record(b"", "", 8)),
             JournalEntry(9, "gone", None),
+            JournalEntry(10, "lock", Record(b"me", "text/plain", 10, 1.8e9 + 0.25)),
+            JournalEntry(11, "lock", None, expired=True),
         ]:
             encoded = entry.encode()
             self.assertEqual(JournalEntry.decode(encoded[8:]), entry)

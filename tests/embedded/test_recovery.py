@@ -11,9 +11,11 @@ from twisted.trial.unittest import TestCase
 
 from ersid.embedded.journal_format import JournalEntry, segment_path
 from ersid.embedded.recovery import load_snapshot, recover
+from ersid.expiry import ExpiryIndex
 from ersid.snapshots import SnapshotError
 from ersid.startup import StartupError
 from ersid.storage import Record
+from ersid.watch import History
 
 
 class RecoveryTests(TestCase):
@@ -37,6 +39,45 @@ class RecoveryTests(TestCase):
         recovered = recover(self.directory, self.snapshot)
         self.assertEqual(dict(recovered.records), {"a": Record(b"three", "t", 3)})
         self.assertEqual((recovered.revision, recovered.snapshot_revision), (4, 2))
+
+    def test_expiries_come_back_from_snapshot_and_journal_without_a_clock(self):
+        """
+        A key's expiry is in the snapshot and the journal, and its removal
+        by expiry is a journal entry: replay asks no clock; the keys with
+        an expiry still held are indexed for the reaper.
+        """
+        with open(self.snapshot, "wb") as f:
+            f.write(
+                b'{"ersid_snapshot": 2, "revision": 2, "pages": [\n'
+                b'[["a", 1, "t", "one", 2000000000.5], ["b", 2, "t", "two"]]\n'
+                b'], "count": 2}\n'
+            )
+        entries = [
+            JournalEntry(3, "c", Record(b"three", "t", 3, 1e9)),
+            JournalEntry(4, "a", None, expired=True),
+            JournalEntry(5, "b", Record(b"five", "t", 5, 2e9)),
+            JournalEntry(6, "b", Record(b"six", "t", 6)),
+        ]
+        with open(segment_path(self.directory, 2), "wb") as f:
+            f.write(b"".join(entry.encode() for entry in entries))
+        history, expiry = History(), ExpiryIndex(0.1)
+        recovered = recover(self.directory, self.snapshot, history, expiry)
+        self.assertEqual(
+            dict(recovered.records),
+            {"b": Record(b"six", "t", 6), "c": Record(b"three", "t", 3, 1e9)},
+        )
+        self.assertEqual(
+            [(c.kind, c.key, c.expires) for c in history.after(2)],
+            [
+                ("put", "c", 1e9),
+                ("expire", "a", None),
+                ("put", "b", 2e9),
+                ("put", "b", None),
+            ],
+        )
+        # Entries for a, c and b (b's now stale): c, long past, comes first.
+        self.assertEqual(expiry.pending, 3)
+        self.assertEqual(expiry.next_due(1.5e9), "c")
 
     def test_snapshot_repeating_a_key_is_corrupt(self):
         """A key written twice, however the count agrees, is not a snapshot."""

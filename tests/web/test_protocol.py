@@ -350,14 +350,14 @@ class MethodTests(_ClockedChannelTestCase):
                     b"%s /big HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n" % method
                 )
                 self.assertEqual(head[0], b"HTTP/1.1 405 Method Not Allowed")
-                self.assertIn(b"Allow: DELETE, GET, HEAD, POST, PUT", head)
+                self.assertIn(b"Allow: DELETE, GET, HEAD, PATCH, POST, PUT", head)
                 self.assertEqual(json.loads(body)["error"], "method_not_allowed")
         self.assertEqual(self.successResultOf(self.storage.get("big")).value, VALUE)
 
     def test_options_star(self):
         head, body = self.answer(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(head[0], b"HTTP/1.1 200 OK")
-        self.assertIn(b"Allow: DELETE, GET, HEAD, POST, PUT", head)
+        self.assertIn(b"Allow: DELETE, GET, HEAD, PATCH, POST, PUT", head)
         self.assertFalse([line for line in head if line.lower().startswith(b"server")])
         self.assertEqual(body, b"")
 
