@@ -1,7 +1,7 @@
 """
-The crash test: writers record every write the daemon acknowledged, the
+The crash tests: writers record every write the daemon acknowledged, the
 daemon is killed with SIGKILL at a random moment under load, restarted, and
-every acknowledged write must be there. Snapshots run every second, so kills
+every acknowledged write must be there; and no key past its expiry. Snapshots run every second, so kills
 also land during snapshots and journal compactions.
 
 ERSID_CRASH_ROUNDS sets the number of rounds (default 20).
@@ -9,15 +9,19 @@ ERSID_CRASH_ROUNDS sets the number of rounds (default 20).
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
+import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
-from ._helpers import Daemon, http_with_pool
+from ersid.client import Client, KeyNotFound, ServerUnavailable
+
+from ._helpers import Daemon, http, http_with_pool
 
 ROUNDS = int(os.environ.get("ERSID_CRASH_ROUNDS", "20"))
 WRITERS = 8
@@ -136,3 +140,118 @@ class CrashTests(TestCase):
         the OS, so nothing acknowledged is lost here either.
         """
         return self.run_rounds("everysec", max(3, ROUNDS // 4))
+
+
+class _Expiring:
+    """
+    A key with a time to live, as its writers know it: it must be there
+    until C{lower} (the latest acknowledged write or refresh, sent then,
+    plus its TTL), and gone from C{upper} (the latest attempt, answered or
+    cut off then, plus its TTL).
+    """
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+        self.lower = 0.0
+        self.upper = 0.0
+
+
+class ExpiryCrashTests(TestCase):
+    """
+    SIGKILL while keys are written with short TTLs, refreshed and expiring:
+    after each restart no expired key is readable and no live key was lost;
+    at the end every expiry is seen, and survives one more restart.
+    """
+
+    timeout = 120
+
+    def test_expiry_survives_kills(self):
+        data_dir = os.path.abspath(self.mktemp())
+        chooser = random.Random("expiry")
+        expiring: dict[str, _Expiring] = {}
+        lasting: set[str] = set()
+
+        async def writer(client: Client, number: int, reached: Deferred) -> None:
+            for count in itertools.count():
+                key = f"t/{number}/{count}"
+                ttl = chooser.choice([0.3, 0.6, 1.2])
+                entry = expiring.setdefault(key, _Expiring(key.encode()))
+                refresh = chooser.choice([k for k in expiring if k.startswith(f"t/{number}/")])
+                sent = time.time()
+                try:
+                    await client.set(key, entry.value, ttl=ttl)
+                    entry.lower = max(entry.lower, sent + ttl)
+                    entry.upper = max(entry.upper, time.time() + ttl)
+                    await client.set(f"l/{number}/{count}", b"x")
+                    lasting.add(f"l/{number}/{count}")
+                    sent = time.time()
+                    again = expiring[refresh]
+                    try:
+                        await client.refresh(refresh, 1.2)
+                    except KeyNotFound:
+                        self.assertGreaterEqual(time.time(), again.lower, refresh)
+                    else:
+                        again.lower = max(again.lower, sent + 1.2)
+                        again.upper = max(again.upper, time.time() + 1.2)
+                except ServerUnavailable:
+                    cut = time.time()
+                    for which in (entry, expiring[refresh]):
+                        which.upper = max(which.upper, cut + 1.2)
+                    return
+                if count >= reached.kill_at and not reached.called:
+                    reached.callback(None)
+
+        async def verify(client: Client) -> None:
+            for key in lasting:
+                self.assertEqual((await client.get(key)).data, b"x")
+            for key, entry in expiring.items():
+                before = time.time()
+                try:
+                    value = await client.get(key)
+                except KeyNotFound:
+                    after = time.time()
+                    self.assertGreaterEqual(after, entry.lower, f"{key} lost")
+                    continue
+                self.assertLess(before, entry.upper, f"{key} read after its expiry")
+                self.assertEqual(value.data, entry.value)
+
+        async def run() -> None:
+            for _ in range(5):
+                daemon = Daemon.ersid(self, data_dir, "-i", "1")
+                client = Client(await daemon.rest_url(), reactor)
+                await verify(client)
+                reached: Deferred[None] = Deferred()
+                reached.kill_at = chooser.randrange(20, 120)
+                writers = [
+                    Deferred.fromCoroutine(writer(client, n, reached)) for n in range(4)
+                ]
+                for each in writers:  # a writer's failed check ends the wait
+                    each.addErrback(lambda f: reached.called or reached.errback(f))
+                await reached
+                await daemon.stop("KILL")
+                await gatherResults(writers)
+                await client.close()
+            daemon = Daemon.ersid(self, data_dir)
+            client = Client(await daemon.rest_url(), reactor)
+            await verify(client)
+            # Keys written now expire, visibly, and for good: a kill after
+            # their expiries brings none of them back.
+            health = await (await http().get(f"{client.url}/_health")).json()
+            held = {f"t/last/{i}" for i in range(20)}
+            for key in held:
+                await client.set(key, b"x", ttl=0.5)
+            changes = client.watch("t/", since=health["revision"])
+            async for event in changes:
+                if event.type == "expire":
+                    held.discard(event.key)
+                    if not held:
+                        break
+            await changes.aclose()
+            await daemon.stop("KILL")
+            daemon = Daemon.ersid(self, data_dir)
+            url = await daemon.rest_url()
+            health = await (await http().get(f"{url}/_health")).json()
+            self.assertEqual(health["keys"], len(lasting))
+            await daemon.stop()
+
+        return Deferred.fromCoroutine(run())
