@@ -156,6 +156,12 @@ class _Expiring:
         self.upper = 0.0
 
 
+def _end_wait(failure, reached: Deferred):
+    if not reached.called:
+        reached.errback(failure)
+    return failure
+
+
 class ExpiryCrashTests(TestCase):
     """
     SIGKILL while keys are written with short TTLs, refreshed and expiring:
@@ -176,7 +182,9 @@ class ExpiryCrashTests(TestCase):
                 key = f"t/{number}/{count}"
                 ttl = chooser.choice([0.3, 0.6, 1.2])
                 entry = expiring.setdefault(key, _Expiring(key.encode()))
-                refresh = chooser.choice([k for k in expiring if k.startswith(f"t/{number}/")])
+                refresh = chooser.choice(
+                    [k for k in expiring if k.startswith(f"t/{number}/")]
+                )
                 sent = time.time()
                 try:
                     await client.set(key, entry.value, ttl=ttl)
@@ -226,7 +234,7 @@ class ExpiryCrashTests(TestCase):
                     Deferred.fromCoroutine(writer(client, n, reached)) for n in range(4)
                 ]
                 for each in writers:  # a writer's failed check ends the wait
-                    each.addErrback(lambda f: reached.called or reached.errback(f))
+                    each.addErrback(_end_wait, reached)
                 await reached
                 await daemon.stop("KILL")
                 await gatherResults(writers)

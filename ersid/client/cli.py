@@ -116,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     watching.add_argument("--values", action="store_true", help="with the values")
     locking = commands.add_parser(
         "lock",
+        usage="ersid lock [-h] [--ttl S] [--timeout S] NAME -- COMMAND [ARGUMENT ...]",
         help="run a command holding a lock that frees itself if ersid lock dies",
         description="Take the lock NAME (waiting while another holds it), run "
         "COMMAND, keeping the lock alive while it runs, then free it; exit with "
@@ -132,7 +133,6 @@ def _parser() -> argparse.ArgumentParser:
     locking.add_argument(
         "--timeout", type=_seconds, metavar="S", help="give up after S seconds (exit 8)"
     )
-    locking.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     return parser
 
 
@@ -171,16 +171,29 @@ async def _run(client: Client, arguments: argparse.Namespace, reactor: Any) -> N
             print(key)
 
 
+def _subcommand(argv: list[str]) -> str | None:
+    """The command named in C{argv}, past the options before it."""
+    words = iter(argv)
+    for word in words:
+        if word == "--url":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # What follows ersid lock's "--" is its command, not options of ours.
+    command: list[str] = []
+    if "--" in argv and _subcommand(argv) == "lock":
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1 :]
     arguments = parser.parse_args(argv)
-    if arguments.command == "lock":
-        if arguments.argv[:1] == ["--"]:
-            del arguments.argv[0]
-        if not arguments.argv:
-            parser.error(
-                "ersid lock needs a command to run: ersid lock NAME -- COMMAND"
-            )
+    arguments.argv = command
+    if arguments.command == "lock" and not command:
+        parser.error("ersid lock needs a command to run: ersid lock NAME -- COMMAND")
 
     async def run(reactor: Any) -> None:
         client = Client(arguments.url, reactor, persistent=False)
