@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
@@ -34,6 +35,8 @@ DEFAULT_LOCK_TTL = 10.0
 # Refreshes a time to live; and how soon one that failed is tried again.
 _REFRESHES_PER_TTL = 3
 _RETRY = 0.5
+# How long after a held lock's expiry a waiter tries again, at the latest.
+_AFTER_EXPIRY = 0.05
 
 
 def _holder() -> bytes:
@@ -148,16 +151,25 @@ async def _acquire(
         taken, etag = await client.create(key, _holder(), ttl)
         if taken:
             return Lock(client, key, ttl, etag, clock)
-        left = None if deadline is None else deadline - clock.seconds()
-        if left is not None and left <= 0:
+        wait = None if deadline is None else deadline - clock.seconds()
+        if wait is not None and wait <= 0:
             raise LockTimeout(f"lock {key!r} is still held by another")
-        freed = Deferred.fromCoroutine(_freed(client, key, int(etag.strip('"'))))
-        if left is not None:
-            freed.addTimeout(left, clock)
+        # Woken by the key's removal; or, should that event be late, at its
+        # expiry, when a create succeeds whether it was removed yet or not.
+        try:
+            held = await client.get(key)
+        except KeyNotFound:
+            continue
+        if held.expires is not None:
+            expiry = max(held.expires - time.time(), 0) + _AFTER_EXPIRY
+            wait = expiry if wait is None else min(wait, expiry)
+        freed = Deferred.fromCoroutine(_freed(client, key, int(held.etag.strip('"'))))
+        if wait is not None:
+            freed.addTimeout(wait, clock)
         try:
             await freed
         except TimeoutError:
-            raise LockTimeout(f"lock {key!r} is still held by another") from None
+            pass  # the deadline is checked above, after one more attempt
 
 
 async def _freed(client: Client, key: str, version: int) -> None:

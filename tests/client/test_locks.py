@@ -8,6 +8,7 @@ are what is tested.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -175,11 +176,15 @@ class LockCommandTests(_LockTestCase):
                 "--",
                 sys.executable,
                 "-c",
-                f"import time; open({marker!r}, 'w').close(); time.sleep(30)",
+                # Its output closed, so that the killed holder's pipes close.
+                "import os, time\n"
+                "os.close(0), os.close(1), os.close(2)\n"
+                f"open({marker!r}, 'w').write(str(os.getpid()))\n"
+                "time.sleep(60)\n",
             )
-            await holder.said(b"")  # started
-            while not os.path.exists(marker):
+            while not os.path.exists(marker) or not open(marker).read():
                 await deferLater(reactor, 0.02)
+            self.addCleanup(os.kill, int(open(marker).read()), signal.SIGKILL)
             await holder.stop("KILL")
             started = time.monotonic()
             lock = await self.client.lock("locks/h", ttl=5, timeout=5).acquire()

@@ -10,11 +10,14 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import time
 from typing import Any
 
 import attrs
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -323,6 +326,92 @@ class MySQLDaemonTests(TestCase):
             *args,
             env={"ERSID_MYSQL_PASSWORD": PASSWORD},
         )
+
+    def ersid_lock(self, url: str, *args: str) -> Daemon:
+        command = Daemon(
+            [
+                sys.executable,
+                "-c",
+                "from ersid.client.cli import main; main()",
+                "lock",
+                *args,
+            ],
+            env={"ERSID_URL": url},
+        )
+        self.addCleanup(command.stop, "KILL")
+        return command
+
+    def test_ersid_lock_excludes_across_nodes_and_survives_its_holders_death(self):
+        """
+        ersid lock on two nodes of one database: the commands it runs are
+        never inside at once; a holder killed with SIGKILL leaves a lock
+        that the other node's ersid lock takes within its time to live.
+        """
+        server = shared_server()
+        server.fresh_database()
+        log = os.path.abspath(self.mktemp())
+        critical = (
+            "import os, sys, time\n"
+            "with open(sys.argv[1], 'a') as log: log.write(f'in {sys.argv[2]}\\n')\n"
+            "time.sleep(0.1)\n"
+            "with open(sys.argv[1], 'a') as log: log.write(f'out {sys.argv[2]}\\n')\n"
+        )
+
+        async def check():
+            nodes = [self.run_daemon(server), self.run_daemon(server)]
+            urls = [await node.rest_url() for node in nodes]
+            competitors = [
+                self.ersid_lock(
+                    urls[i % 2],
+                    "--ttl",
+                    "2",
+                    "deploy",
+                    "--",
+                    sys.executable,
+                    "-c",
+                    critical,
+                    log,
+                    str(i),
+                )
+                for i in range(6)
+            ]
+            for competitor in competitors:
+                self.assertEqual(await competitor.ended, 0, competitor.output)
+            with open(log) as f:
+                lines = f.read().split()
+            entries = list(zip(lines[0::2], lines[1::2], strict=True))
+            self.assertEqual(len(entries), 12)
+            for enter, leave in zip(entries[0::2], entries[1::2], strict=True):
+                self.assertEqual(
+                    (enter[0], leave[0], enter[1]), ("in", "out", leave[1])
+                )
+            # The holder dies; its lock is free within its time to live.
+            marker = os.path.abspath(self.mktemp())
+            holder = self.ersid_lock(
+                urls[0],
+                "--ttl",
+                "1",
+                "deploy",
+                "--",
+                sys.executable,
+                "-c",
+                # Its output closed, so that the killed holder's pipes close.
+                "import os, sys, time\n"
+                "os.close(0), os.close(1), os.close(2)\n"
+                "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+                "time.sleep(60)\n",
+                marker,
+            )
+            while not os.path.exists(marker) or not open(marker).read():
+                await deferLater(reactor, 0.02)
+            self.addCleanup(os.kill, int(open(marker).read()), signal.SIGKILL)
+            await holder.stop("KILL")
+            started = time.monotonic()
+            waiter = self.ersid_lock(urls[1], "--timeout", "10", "deploy", "--", "true")
+            self.assertEqual(await waiter.ended, 0, waiter.output)
+            self.assertLess(time.monotonic() - started, 1 + 1.5)
+
+        return Deferred.fromCoroutine(check())
 
     def test_two_daemons_share_one_database(self):
         server = shared_server()
