@@ -144,20 +144,18 @@ class DictStorage:
 
     def _expire(self, key: str, packed: bytes) -> None:
         """Remove C{key}, whose record C{packed} has expired: an expiry."""
-        revision = self._revision + 1
-        entry = None
-        if self.journal is not None:
-            entry = encode_delete(revision, key, expired=True)
-        self._revision = revision
         self._records.pop_packed(key)
-        change = Change(revision, key, None, expired=True)
-        written = self._journaled(entry, change, packed, None, None)
-        # Refused, the removal is undone: the reaper must try again.
-        written.addErrback(lambda _: self._expiry.add(key, packed_expiry(packed)))
+        self._revision += 1
+        self._journal_expiries(
+            [Change(self._revision, key, None, expired=True)], [packed]
+        )
 
-    def reap(self) -> bool:
+    def reap(self) -> bool | Deferred[bool]:
         """
-        Remove expired keys for a few milliseconds; more due?
+        Remove expired keys for a few milliseconds, journaled as one batch;
+        more due? With a journal, the answer comes once the batch is
+        written: the reaper never runs ahead of the journal, so that each
+        batch the journal settles, and publishes, is one slice's.
         """
         if self._closed:
             return False
@@ -165,17 +163,49 @@ class DictStorage:
         deadline = time.perf_counter() + _REAP_SLICE
         next_due = self._expiry.next_due
         get_packed = self._records.get_packed
-        done = 0
+        pop = self._records.pop_packed
+        changes: list[Change] = []
+        removed: list[bytes] = []
+        more = False
         while (key := next_due(now)) is not None:
             packed = get_packed(key)
             # Records rewritten since their entry was made are skipped:
             # without an expiry now, or a later one with an entry of its own.
             if packed is not None and packed[8] & 0x80 and packed_expiry(packed) <= now:
-                self._expire(key, packed)
-            done += 1
-            if not done % 64 and time.perf_counter() > deadline:
-                return True
-        return False
+                pop(key)
+                self._revision += 1
+                changes.append(Change(self._revision, key, None, expired=True))
+                removed.append(packed)
+            if not len(changes) % 32 and time.perf_counter() > deadline:
+                more = True
+                break
+        if changes:
+            written = self._journal_expiries(changes, removed)
+            if written is not None:
+                return written.addCallback(lambda _: more)
+        return more
+
+    def _journal_expiries(
+        self, changes: list[Change], removed: list[bytes]
+    ) -> Deferred[None] | None:
+        """
+        Journal, as one batch, the removal of keys whose records C{removed}
+        had expired, firing once written (or refused and undone). Nothing
+        waits for them: an expired record reads as none before its removal
+        is written as after.
+        """
+        if self.journal is None:
+            self._written(changes)
+            return None
+        entries = b"".join(
+            [
+                encode_delete(change.revision, change.key, expired=True)
+                for change in changes
+            ]
+        )
+        undo = _Expiries(self._records, self._expiry, changes, removed)
+        # Refused, the removals are undone; the failure is the journal's to report.
+        return self.journal.append(entries, undo, None).addErrback(lambda _: None)
 
     def _expires(self, ttl: float | None) -> float | None:
         """
@@ -228,18 +258,23 @@ class DictStorage:
         refusal undoes every change after it, so it leaves none waiting).
         """
         unwritten = self._unwritten
+        published: list[Change] = []
         for change in changes:
+            if change.key is None:
+                published += change.changes  # expiries: nothing waits
+                continue
             waiting = unwritten[change.key]
             waiting[1] -= 1
             if waiting[1]:
                 waiting[0] = change.new
             else:
                 del unwritten[change.key]
+            published.append(change.change)
         # Published last: a watcher told of them may read the store.
         if written:
-            self._written([change.change for change in changes])
+            self._written(published)
         elif self._skip is not None:
-            self._skip(changes[-1].change.revision)
+            self._skip(published[-1].revision)
 
     def get(self, key: str) -> Deferred[Record | None]:
         return succeed(self.get_now(key))
@@ -429,3 +464,31 @@ class _Change:
             self.records.pop_packed(self.key)
         else:
             self.records.swap(self.key, self.previous)
+
+
+class _Expiries:
+    """
+    Keys removed because they expired, ahead of their journal entries:
+    called, it puts their records back, and their expiries in C{expiry},
+    for the reaper to try again.
+    """
+
+    __slots__ = ("changes", "expiry", "records", "removed")
+    key = None
+
+    def __init__(
+        self,
+        records: PackedRecords,
+        expiry: ExpiryIndex,
+        changes: list[Change],
+        removed: list[bytes],
+    ) -> None:
+        self.records = records
+        self.expiry = expiry
+        self.changes = changes
+        self.removed = removed
+
+    def __call__(self) -> None:
+        for change, packed in zip(self.changes, self.removed, strict=True):
+            self.records.swap(change.key, packed)
+            self.expiry.add(change.key, packed_expiry(packed) or 0.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import json
 from collections.abc import Iterator
-from operator import attrgetter
+from operator import itemgetter
 from typing import Any
 
 from ersid.snapshots.format import encode_value
@@ -170,7 +170,10 @@ class History:
         self.bytes = 0
         # A list with a moving start: indexed and bisected in constant and
         # logarithmic time, and shortened now and then, not at every change.
-        self._changes: list[Change | None] = []
+        # Each change is kept as a tuple of its fields: a tuple of numbers,
+        # text and bytes is left out of the garbage collector's walks, where
+        # a hundred thousand objects would make each full pass a stall.
+        self._changes: list[_Kept | None] = []
         self._start = 0
 
     def __len__(self) -> int:
@@ -178,7 +181,16 @@ class History:
 
     def append(self, change: Change) -> None:
         """Add the newest change, and let the oldest go if need be."""
-        self._changes.append(change)
+        self._changes.append(
+            (
+                change.revision,
+                change.key,
+                change.value,
+                change.content_type,
+                change.expires,
+                change.expired,
+            )
+        )
         self.revision = change.revision
         self.bytes += change.size
         while len(self) > self.max_changes or (
@@ -195,8 +207,8 @@ class History:
         assert oldest is not None
         self._changes[self._start] = None
         self._start += 1
-        self.floor = oldest.revision
-        self.bytes -= oldest.size
+        self.floor = oldest[0]
+        self.bytes -= _OVERHEAD + len(oldest[1]) + len(oldest[2] or b"")
         if self._start > 1024 and self._start * 2 > len(self._changes):
             del self._changes[: self._start]
             self._start = 0
@@ -224,10 +236,12 @@ class History:
         # Bisection starts at the first change kept: it never meets a None.
         start = bisect.bisect_right(changes, since, lo=self._start, key=_revision)
         for position in range(start, len(changes)):
-            change = changes[position]
-            assert change is not None
-            if change.key.startswith(prefix):
-                yield change
+            kept = changes[position]
+            assert kept is not None
+            if kept[1].startswith(prefix):
+                yield Change(*kept)
 
 
-_revision = attrgetter("revision")
+_revision = itemgetter(0)
+# A change as the history keeps it: Change's fields, in its order.
+_Kept = tuple[int, str, bytes | None, str, float | None, bool]
