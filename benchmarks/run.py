@@ -14,12 +14,13 @@ core 1 loads one at a time, in slices of a few seconds: PUT and GET of
 the limit, Ersid dict, etcd and webdis, with 10 and with 500. Before that,
 what an idle keep-alive connection costs Ersid dict, etcd and webdis in
 memory; after it, the cost of snapshots with 1,000,000 keys, then what
-watchers cost Ersid dict (watchers.py). Prints tables and writes
-results/latest.json and results/latest.png.
+watchers cost Ersid dict (watchers.py), then how its keys expire
+(expiry.py). Prints tables and writes results/latest.json and
+results/latest.png.
 
 Usage: bin/dev bench [--duration S] [--rounds N] [--rounds-other N]
 [--idle-connections N] [--idle-watchers N] [--no-scale] [--no-watch]
-[--only-watch] [--no-mysql] [--output DIR]
+[--only-watch] [--no-expiry] [--only-expiry] [--no-mysql] [--output DIR]
 (--duration: seconds a slice; --rounds-other: rounds at 10 and 500
 connections, 0 for none)
 """
@@ -805,16 +806,25 @@ def main() -> None:
     )
     parser.add_argument("--no-watch", action="store_true")
     parser.add_argument("--only-watch", action="store_true", help="only watchers.py")
+    parser.add_argument("--no-expiry", action="store_true")
+    parser.add_argument("--only-expiry", action="store_true", help="only expiry.py")
     parser.add_argument("--output", default=os.path.join(HERE, "results"))
     arguments = parser.parse_args()
-    # Not at the top: watchers imports this file as "run", from this folder,
+    # Not at the top: they import this file as "run", from this folder,
     # on the path when this file runs as a script, not when tests load it.
+    import expiry
     import watchers
 
-    if arguments.only_watch:
+    if arguments.only_watch or arguments.only_expiry:
         arguments.no_throughput = arguments.no_scale = True
+        arguments.no_watch |= arguments.only_expiry
+        arguments.no_expiry |= arguments.only_watch
     programs = (
-        ("wrk",) if arguments.only_watch else ("wrk", "etcd", "webdis", "redis-server")
+        ()
+        if arguments.only_expiry
+        else ("wrk",)
+        if arguments.only_watch
+        else ("wrk", "etcd", "webdis", "redis-server")
     )
     missing = [program for program in programs if not shutil.which(program)]
     if missing:
@@ -856,10 +866,15 @@ def main() -> None:
         results["watch"] = watchers.benchmark_watch(
             arguments.duration, arguments.rounds, arguments.idle_watchers
         )
-    if not arguments.only_watch:
+    if not arguments.no_expiry:
+        print("Expiry:", flush=True)
+        results["expiry"] = expiry.benchmark_expiry()
+    if not (arguments.only_watch or arguments.only_expiry):
         _print_tables(results)
     if "watch" in results:
         watchers.print_watch(results["watch"])
+    if "expiry" in results:
+        expiry.print_expiry(results["expiry"])
     os.makedirs(arguments.output, exist_ok=True)
     with open(os.path.join(arguments.output, "latest.json"), "w") as f:
         json.dump(results, f, indent=2)

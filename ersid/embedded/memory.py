@@ -176,7 +176,7 @@ class DictStorage:
                 self._revision += 1
                 changes.append(Change(self._revision, key, None, expired=True))
                 removed.append(packed)
-            if not len(changes) % 32 and time.perf_counter() > deadline:
+            if not len(changes) % 8 and time.perf_counter() > deadline:
                 more = True
                 break
         if changes:

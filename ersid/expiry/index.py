@@ -28,7 +28,7 @@ class ExpiryIndex:
         self._resolution = resolution
         self._buckets: dict[int, bytearray] = {}
         self._due: list[int] = []
-        self._reading = b""
+        self._reading = bytearray()
         self._offset = 0
         self.pending = 0
 
@@ -54,7 +54,7 @@ class ExpiryIndex:
             due = self._due
             if not due or (due[0] + 1) * self._resolution > now:
                 return None
-            self._reading = bytes(self._buckets.pop(heapq.heappop(due)))
+            self._reading = self._buckets.pop(heapq.heappop(due))
             self._offset = 0
         end = self._reading.index(0xFF, self._offset)
         key = self._reading[self._offset : end].decode("utf-8", "surrogatepass")
