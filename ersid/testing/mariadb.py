@@ -114,13 +114,17 @@ class MariaDB:
         a user would, and return settings to reach it over the socket.
         """
         self.as_root("DROP DATABASE IF EXISTS ersid")
+        self.run_schema()
+        return self.settings()
+
+    def run_schema(self) -> None:
+        """Run C{mysql_schema.sql} as root, as a user does, with the client."""
         with open(SCHEMA_FILE, "rb") as schema:
             subprocess.run(
                 ["mariadb", f"--socket={self.socket}", "-u", "root"],
                 stdin=schema,
                 check=True,
             )
-        return self.settings()
 
     def settings(self, tcp: bool = False) -> MySQLSettings:
         if tcp:

@@ -485,12 +485,7 @@ class ChangeLogTests(TestCase):
         self.assertIn("lacks table ersid_changes", message)
         self.assertIn(f"< {SCHEMA_FILE}", message)
         # Running the schema again, as the message says, adds what is missing.
-        with open(SCHEMA_FILE, "rb") as schema:
-            subprocess.run(
-                ["mariadb", f"--socket={server.socket}", "-u", "root"],
-                stdin=schema,
-                check=True,
-            )
+        server.run_schema()
         check_schema(self.settings)
 
     def test_database_from_before_expiry_is_upgraded_by_the_schema(self):
@@ -516,12 +511,7 @@ class ChangeLogTests(TestCase):
             message = str(raised.exception)
             self.assertIn("columns expires_at of ersid_data", message)
             self.assertIn("columns expired, expires_at of ersid_changes", message)
-            with open(SCHEMA_FILE, "rb") as schema:
-                subprocess.run(
-                    ["mariadb", f"--socket={server.socket}", "-u", "root"],
-                    stdin=schema,
-                    check=True,
-                )
+            server.run_schema()
             check_schema(self.settings)
             self.assertEqual((await storage.get("kept")).value, b"v")
 
