@@ -47,6 +47,7 @@ EXIT_UNAVAILABLE = 5
 EXIT_LOCAL_IO = 6
 EXIT_HISTORY_GONE = 7
 EXIT_LOCK_TIMEOUT = 8
+_MOST_SECONDS = 10 * 365.25 * 86400
 
 _EXIT_CODES = {
     KeyNotFound: EXIT_NOT_FOUND,
@@ -57,13 +58,20 @@ _EXIT_CODES = {
 }
 
 
-def _seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not 0 < seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+def _seconds(least: float) -> Any:
+    """Seconds, at least C{least} and at most ten years (the longest TTL)."""
+
+    def seconds(text: str) -> float:
+        try:
+            number = float(text)
+        except ValueError:
+            number = -1.0
+        if not least <= number <= _MOST_SECONDS:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number of seconds from {least:g} to {_MOST_SECONDS:.0f}"
+            )
+        return number
+
     return seconds
 
 
@@ -100,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     put.add_argument("--content-type", default=DEFAULT_CONTENT_TYPE)
     put.add_argument("--if-match", metavar="ETAG", help="only if the ETag matches")
     put.add_argument("--create-only", action="store_true", help="only if absent")
-    put.add_argument("--ttl", type=_seconds, metavar="S", help="expire after S seconds")
+    put.add_argument(
+        "--ttl", type=_seconds(0.001), metavar="S", help="expire after S seconds"
+    )
     delete = commands.add_parser("delete", help="remove a key")
     delete.add_argument("key")
     delete.add_argument("--if-match", metavar="ETAG", help="only if the ETag matches")
@@ -125,13 +135,16 @@ def _parser() -> argparse.ArgumentParser:
     locking.add_argument("name", metavar="NAME", help="the lock's key")
     locking.add_argument(
         "--ttl",
-        type=_seconds,
+        type=_seconds(0.001),
         default=DEFAULT_LOCK_TTL,
         metavar="S",
         help=f"seconds the lock outlives its holder (default {DEFAULT_LOCK_TTL:g})",
     )
     locking.add_argument(
-        "--timeout", type=_seconds, metavar="S", help="give up after S seconds (exit 8)"
+        "--timeout",
+        type=_seconds(0),
+        metavar="S",
+        help="give up after S seconds (exit 8); 0: try once",
     )
     return parser
 
@@ -158,10 +171,8 @@ async def _run(client: Client, arguments: argparse.Namespace, reactor: Any) -> N
     elif arguments.command == "delete":
         await client.delete(arguments.key, if_match=arguments.if_match)
     elif arguments.command == "lock":
-        lock = await client.lock(
-            arguments.name, arguments.ttl, arguments.timeout
-        ).acquire()
-        raise SystemExit(await run_locked(lock, arguments.argv, reactor))
+        request = client.lock(arguments.name, arguments.ttl, arguments.timeout)
+        raise SystemExit(await run_locked(request, arguments.argv, reactor))
     elif arguments.command == "watch":
         changes = client.watch(arguments.prefix, arguments.since, arguments.values)
         async for event in changes:

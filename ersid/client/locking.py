@@ -23,7 +23,6 @@ from ersid.client.errors import (
     KeyNotFound,
     LockLost,
     LockTimeout,
-    ServerUnavailable,
 )
 
 if TYPE_CHECKING:
@@ -80,7 +79,11 @@ class Lock:
                     self._etag = await self.client.refresh(
                         self.key, self.ttl, if_match=self._etag
                     )
-                except ServerUnavailable as e:
+                except (KeyNotFound, ConditionFailed):
+                    raise
+                except Exception as e:
+                    # Unreachable, or refused by a proxy on the way: again,
+                    # until the lock would have expired.
                     if self._clock.seconds() >= self._expires:
                         raise LockLost(f"lock {self.key!r} expired: {e}") from None
                     delay = min(_RETRY, max(self._expires - self._clock.seconds(), 0))

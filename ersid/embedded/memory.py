@@ -146,9 +146,11 @@ class DictStorage:
         """Remove C{key}, whose record C{packed} has expired: an expiry."""
         self._records.pop_packed(key)
         self._revision += 1
-        self._journal_expiries(
-            [Change(self._revision, key, None, expired=True)], [packed]
-        )
+        changes = [Change(self._revision, key, None, expired=True)]
+        written = self._journal_expiries(changes, [packed])
+        if written is not None:
+            # Refused, the removal is undone; the failure is the journal's to report.
+            written.addErrback(lambda _: None)
 
     def reap(self) -> bool | Deferred[bool]:
         """
@@ -182,7 +184,9 @@ class DictStorage:
         if changes:
             written = self._journal_expiries(changes, removed)
             if written is not None:
-                return written.addCallback(lambda _: more)
+                # Refused (and undone), the rest waits for the next tick,
+                # rather than the same keys coming round again at once.
+                return written.addCallbacks(lambda _: more, lambda _: False)
         return more
 
     def _journal_expiries(
@@ -190,7 +194,7 @@ class DictStorage:
     ) -> Deferred[None] | None:
         """
         Journal, as one batch, the removal of keys whose records C{removed}
-        had expired, firing once written (or refused and undone). Nothing
+        had expired, firing once written (failing if refused, and undone). Nothing
         waits for them: an expired record reads as none before its removal
         is written as after.
         """
@@ -204,8 +208,7 @@ class DictStorage:
             ]
         )
         undo = _Expiries(self._records, self._expiry, changes, removed)
-        # Refused, the removals are undone; the failure is the journal's to report.
-        return self.journal.append(entries, undo, None).addErrback(lambda _: None)
+        return self.journal.append(entries, undo, None)
 
     def _expires(self, ttl: float | None) -> float | None:
         """

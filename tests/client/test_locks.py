@@ -13,7 +13,7 @@ import sys
 import time
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -25,6 +25,7 @@ from ersid.expiry import Reaper
 from ersid.storage import Precondition
 from ersid.watch import History, Hub
 from ersid.web.app import Service
+from ersid.web.errors import ApiError
 
 from .._helpers import Daemon, serve
 
@@ -115,6 +116,24 @@ class LockTests(_LockTestCase):
 
         return self.run_async(check())
 
+    def test_refreshes_refused_on_the_way_end_in_a_lost_lock(self):
+        """
+        A refresh answered with something unexpected (a proxy's 429, say)
+        is tried again; if none succeeds before the lock would expire, the
+        lock is lost, said so, rather than silently left to expire.
+        """
+
+        async def check():
+            lock = await self.client.lock("locks/j", ttl=0.3).acquire()
+            refused = ApiError(429, "too_many_requests", "slow down")
+            self.patch(self.storage, "refresh", lambda *a, **kw: fail(refused))
+            lost = await lock.lost
+            self.assertIn("expired", str(lost))
+            self.assertFalse(lock.held)
+            await lock.release()
+
+        return self.run_async(check())
+
 
 class LockCommandTests(_LockTestCase):
     def ersid_lock(self, *args: str) -> Daemon:
@@ -153,6 +172,20 @@ class LockCommandTests(_LockTestCase):
             command = self.ersid_lock("locks/f", "--timeout", "0.3", "--", "true")
             self.assertEqual(await command.ended, EXIT_LOCK_TIMEOUT)
             self.assertIn("still held by another", command.output)
+            await lock.release()
+
+        return self.run_async(check())
+
+    def test_a_signal_while_waiting_ends_it_without_running_the_command(self):
+        async def check():
+            lock = await self.client.lock("locks/i").acquire()
+            marker = os.path.abspath(self.mktemp())
+            waiter = self.ersid_lock("locks/i", "--", "touch", marker)
+            while not len(self.hub):  # it watches the lock
+                await deferLater(reactor, 0.02)
+            waiter.process.signalProcess("TERM")
+            self.assertEqual(await waiter.ended, 128 + signal.SIGTERM)
+            self.assertFalse(os.path.exists(marker))
             await lock.release()
 
         return self.run_async(check())

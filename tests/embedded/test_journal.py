@@ -13,6 +13,7 @@ import threading
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from ersid.embedded import journal as journal_module
@@ -457,6 +458,41 @@ class DiskFullTests(_JournalTestCase):
         """/_health of a daemon serving the store C{opened}."""
         api = StubTreq(Service(opened.storage, health=opened.health).resource())
         return await (await api.get("http://ersid.test/_health")).json()
+
+    def test_expiries_refused_by_a_full_disk_wait_and_are_not_lost(self):
+        """
+        A batch of expiries the journal refuses is undone, and the reaper
+        waits for its next tick rather than trying the same keys at once;
+        once there is room, they are removed and journaled.
+        """
+
+        async def check():
+            clock = Clock()
+            journal = Journal(self.small, 0, self.fsync, reactor)
+            journal.start()
+            self.addCleanup(journal.stop)
+            storage = DictStorage(journal=journal, clock=clock)
+            for i in range(50):
+                await storage.set(f"k{i}", b"v" * 100, ttl=1)
+            filler = os.path.join(self.small, "filler")
+            with open(filler, "wb", buffering=0) as f:
+                try:
+                    while True:
+                        f.write(b"\x00" * 512)
+                except OSError:
+                    pass  # the disk is full
+            clock.advance(2)
+            self.assertIs(await storage.reap(), False)
+            self.assertEqual((await storage.stats())[0], 50)
+            self.assertIsNone(await storage.get("k0"))
+            os.unlink(filler)
+            while await storage.reap():
+                pass
+            self.assertEqual((await storage.stats())[0], 0)
+            await journal.stop()
+            self.assertEqual(_replayed(self.small), {})
+
+        return self.run_async(check())
 
     def test_full_disk_refuses_then_recovers(self):
         async def check():
