@@ -387,7 +387,7 @@ class OpenSSHSessionTests(TestCase):
             await self.say(
                 client,
                 'storage.set("k", b"from-ssh")',
-                rb"called back: .*WriteResult\(version=\d+, created=True\)",
+                rb"called back: .*WriteResult\(version=\d+, created=True, expires=None\)",
             )
             await self.say(
                 client, "print(type(service).__name__, 'OK')", rb"Service OK"
