@@ -7,6 +7,7 @@ acknowledged and by snapshots that let the journal be cut short.
 | --- | --- |
 | C{records} | L{PackedRecords}: the records, packed, sorted, many keys to a block |
 | C{memory} | L{DictStorage}: the storage contract over them |
+| C{undo} | the undoing of changes made in memory whose journal entries fail |
 | C{journal_format} | the journal's entries and segment files, and reading them |
 | C{journal} | L{Journal}: the writer thread, group commit, rotation |
 | C{recovery} | the store as it was: snapshot, then journal replay |

@@ -26,6 +26,7 @@ from ersid.embedded.records import (
     packed_expiry,
     unpack_record,
 )
+from ersid.embedded.undo import ChangeUndo, ExpiriesUndo
 from ersid.expiry import DEFAULT_REAP_INTERVAL, ExpiryIndex
 from ersid.storage import (
     DEFAULT_CONTENT_TYPE,
@@ -207,7 +208,7 @@ class DictStorage:
                 for change in changes
             ]
         )
-        undo = _Expiries(self._records, self._expiry, changes, removed)
+        undo = ExpiriesUndo(self._records, self._expiry, changes, removed)
         return self.journal.append(entries, undo, None)
 
     def _expires(self, ttl: float | None) -> float | None:
@@ -246,7 +247,7 @@ class DictStorage:
             self._unwritten[key] = [previous, 1]
         else:
             waiting[1] += 1
-        undo = _Change(self._records, change, previous, new)
+        undo = ChangeUndo(self._records, change, previous, new)
         return self.journal.append(entry, undo, result)
 
     def _written(self, changes: list[Change]) -> None:
@@ -439,59 +440,3 @@ class DictStorage:
         """
         self._closed = True
         return succeed(None)
-
-
-class _Change:
-    """
-    A C{change} made in memory ahead of its journal entry: called, it undoes
-    itself, back to the C{previous} packed record (C{None}: none).
-    """
-
-    __slots__ = ("change", "key", "new", "previous", "records")
-
-    def __init__(
-        self,
-        records: PackedRecords,
-        change: Change,
-        previous: bytes | None,
-        new: bytes | None,
-    ) -> None:
-        self.records = records
-        self.change = change
-        self.key = change.key
-        self.previous = previous
-        self.new = new
-
-    def __call__(self) -> None:
-        if self.previous is None:
-            self.records.pop_packed(self.key)
-        else:
-            self.records.swap(self.key, self.previous)
-
-
-class _Expiries:
-    """
-    Keys removed because they expired, ahead of their journal entries:
-    called, it puts their records back, and their expiries in C{expiry},
-    for the reaper to try again.
-    """
-
-    __slots__ = ("changes", "expiry", "records", "removed")
-    key = None
-
-    def __init__(
-        self,
-        records: PackedRecords,
-        expiry: ExpiryIndex,
-        changes: list[Change],
-        removed: list[bytes],
-    ) -> None:
-        self.records = records
-        self.expiry = expiry
-        self.changes = changes
-        self.removed = removed
-
-    def __call__(self) -> None:
-        for change, packed in zip(self.changes, self.removed, strict=True):
-            self.records.swap(change.key, packed)
-            self.expiry.add(change.key, packed_expiry(packed) or 0.0)

@@ -61,7 +61,9 @@ class Reaper(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._stop.clear()
+        # A new event for each thread: one stopped but still asleep must
+        # not be woken into ticking again by a quick restart.
+        self._stop = threading.Event()
         if self._monotonic:
             threading.Thread(
                 target=self._ticks, args=(self._stop,), name="ersid-reaper", daemon=True
