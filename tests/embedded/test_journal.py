@@ -13,7 +13,7 @@ import threading
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
 from ersid.embedded import journal as journal_module
@@ -254,6 +254,45 @@ class JournalTests(_JournalTestCase):
             self.assertIn(f"journal {path} is damaged at offset 0", message)
             self.assertIn(f"python -m ersid.embedded.inspect_journal {path}", message)
             self.assertIn(f"truncate -s 0 {path}", message)
+
+        return self.run_async(check())
+
+
+class ExpiryAtRestartTests(_JournalTestCase):
+    def test_keys_past_their_time_at_a_restart_are_removed_and_journaled(self):
+        """
+        A key that expired while the daemon was down is never served, and
+        the reaper's first slice removes it, journaled: replay, not the
+        clock, keeps it gone after the next restart.
+        """
+
+        async def check():
+            snapshot = os.path.join(self.directory, "s.json")
+
+            def start(hub: Hub) -> DictStorage:
+                opened = open_embedded(
+                    self.directory, snapshot, self.fsync, 3600, hub, 0.2, reactor
+                )
+                self.addCleanup(opened.storage.journal.stop)
+                return opened.storage
+
+            first = start(Hub(History(), reactor))
+            await first.set("short", b"v", ttl=0.05)
+            await first.set("lasting", b"v")
+            await first.journal.stop()
+            await deferLater(reactor, 0.1)
+            hub = Hub(History(), reactor)
+            second = start(hub)
+            self.assertIsNone(await second.get("short"))
+            self.assertEqual(await second.stats(), (2, 2))
+            await second.reap()
+            self.assertEqual(await second.stats(), (1, 3))
+            self.assertEqual(
+                [(c.kind, c.key, c.revision) for c in hub.history.after(2)],
+                [("expire", "short", 3)],
+            )
+            await second.journal.stop()
+            self.assertEqual(sorted(_replayed(self.directory)), ["lasting"])
 
         return self.run_async(check())
 
