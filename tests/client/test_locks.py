@@ -76,8 +76,8 @@ class LockTests(_LockTestCase):
 
     def test_held_past_its_ttl_while_its_holder_lives(self):
         async def check():
-            async with self.client.lock("locks/b", ttl=0.3) as lock:
-                await deferLater(reactor, 1.0)
+            async with self.client.lock("locks/b", ttl=1.0) as lock:
+                await deferLater(reactor, 2.5)
                 self.assertTrue(lock.held)
                 value = await self.client.get("locks/b")
                 self.assertGreater(value.expires, time.time())
