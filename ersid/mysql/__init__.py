@@ -8,7 +8,8 @@ it as stateless peers.
 | C{settings} | L{MySQLSettings}: where the database is, and the password file |
 | C{schema} | the shipped C{mysql_schema.sql}, and the check that it was run |
 | C{errors} | what MySQL's error numbers mean to Ersid |
-| C{storage} | L{MySQLStorage}: the storage contract in SQL |
+| C{storage} | L{MySQLStorage}: the storage contract over a pool, with retries |
+| C{transactions} | each operation's transaction in SQL |
 | C{change_log} | the change log in SQL: written with each change, read, trimmed |
 | C{changes} | L{ChangeFeed}: the change log read for this node's watchers |
 | C{opening} | opening it at startup |

@@ -24,14 +24,8 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from ersid.mysql.change_log import (
-    ChangeLog,
-    log_change,
-    log_expiries,
-    select_changes,
-    store_revision,
-    trim_changes,
-)
+from ersid.mysql import transactions
+from ersid.mysql.change_log import ChangeLog, select_changes, trim_changes
 from ersid.mysql.errors import DEAD_CONNECTION, RETRY_TRANSACTION, error_code
 from ersid.mysql.settings import MySQLSettings
 from ersid.storage import (
@@ -41,7 +35,6 @@ from ersid.storage import (
     Listing,
     Page,
     Precondition,
-    PreconditionFailed,
     Record,
     StorageUnavailable,
     WriteResult,
@@ -52,7 +45,6 @@ __all__ = ["MySQLStorage"]
 _T = TypeVar("_T")
 # Rows removed by one reaping transaction, at most.
 _REAP_BATCH = 500
-_LIVE = "(expires_at IS NULL OR expires_at > NOW(6))"
 
 
 class _Connection(adbapi.Connection):
@@ -169,7 +161,7 @@ class MySQLStorage:
         return Deferred.fromCoroutine(self._run(work, *args, idempotent=True))
 
     def get(self, key: str) -> Deferred[Record | None]:
-        return self._read(_select_record, key.encode("utf-8"))
+        return self._read(transactions.select_record, key.encode("utf-8"))
 
     def set(
         self,
@@ -181,14 +173,16 @@ class MySQLStorage:
     ) -> Deferred[WriteResult]:
         if ttl is not None and not 0 < ttl <= MAX_TTL:
             return fail(ValueError(f"a time to live is from 0 to {MAX_TTL} seconds"))
-        return self._write(_upsert, key, value, content_type, precondition, ttl)
+        return self._write(
+            transactions.upsert, key, value, content_type, precondition, ttl
+        )
 
     def refresh(
         self, key: str, ttl: float, precondition: Precondition | None = None
     ) -> Deferred[WriteResult | None]:
         if not 0 < ttl <= MAX_TTL:
             return fail(ValueError(f"a time to live is from 0 to {MAX_TTL} seconds"))
-        return self._write(_refresh, key, ttl, precondition)
+        return self._write(transactions.refresh, key, ttl, precondition)
 
     def reap(self) -> Deferred[bool]:
         """
@@ -197,20 +191,20 @@ class MySQLStorage:
         """
         if self._closed:
             return succeed(False)
-        return self._write(_reap, _REAP_BATCH)
+        return self._write(transactions.reap, _REAP_BATCH)
 
     def delete(
         self, key: str, precondition: Precondition | None = None
     ) -> Deferred[bool]:
-        return self._write(_delete, key, precondition)
+        return self._write(transactions.delete, key, precondition)
 
     def keys(
         self, prefix: str = "", after: str | None = None, limit: int = 100
     ) -> Deferred[Listing[str]]:
-        return self._read(_select_keys, prefix, after, limit)
+        return self._read(transactions.select_keys, prefix, after, limit)
 
     def records(self, prefix: str = "") -> Deferred[Listing[tuple[str, Record]]]:
-        return self._read(_select_records, prefix)
+        return self._read(transactions.select_records, prefix)
 
     def change_log(self, after: int | None, limit: int) -> Deferred[ChangeLog]:
         """
@@ -229,10 +223,10 @@ class MySQLStorage:
         return self._read(trim_changes, keep, age, most)
 
     def stats(self) -> Deferred[tuple[int, int]]:
-        return self._read(_select_stats)
+        return self._read(transactions.select_stats)
 
     def scan(self, cursor: object | None = None, limit: int = 1000) -> Deferred[Page]:
-        return self._read(_select_page, cursor, limit)
+        return self._read(transactions.select_page, cursor, limit)
 
     def close(self) -> Deferred[None]:
         """
@@ -246,200 +240,3 @@ class MySQLStorage:
         """Close the connection pool now."""
         self._closed = True
         self._pool.close()
-
-
-_RECORD = "ersid_value, content_type, version, UNIX_TIMESTAMP(expires_at)"
-
-
-def _select_record(cursor: Any, key: bytes, for_update: bool = False) -> Record | None:
-    cursor.execute(
-        f"SELECT {_RECORD} FROM ersid_data WHERE ersid_key = %s AND {_LIVE}"
-        + (" FOR UPDATE" if for_update else ""),
-        (key,),
-    )
-    row = cursor.fetchone()
-    return None if row is None else _record(*row)
-
-
-def _record(value: Any, content_type: str, version: Any, expires: Any) -> Record:
-    return Record(
-        bytes(value),
-        content_type,
-        int(version),
-        None if expires is None else float(expires),
-    )
-
-
-def _expire_if_due(cursor: Any, revision: int, key: bytes) -> int:
-    """
-    Remove the key's row if it has expired, logged as an expiry at
-    C{revision}; the revision the write goes on with.
-    """
-    cursor.execute(
-        "DELETE FROM ersid_data WHERE ersid_key = %s AND expires_at <= NOW(6)", (key,)
-    )
-    if not cursor.rowcount:
-        return revision
-    log_expiries(cursor, revision, [key])
-    return _next_revision(cursor)
-
-
-def _reap(cursor: Any, batch: int) -> bool:
-    cursor.execute(
-        "SELECT ersid_key FROM ersid_data WHERE expires_at <= NOW(6) "
-        "ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED",
-        (batch,),
-    )
-    keys = [bytes(row[0]) for row in cursor.fetchall()]
-    if not keys:
-        return False
-    cursor.execute(
-        "UPDATE ersid_revision SET revision = LAST_INSERT_ID(revision + %s) "
-        "WHERE id = 1",
-        (len(keys),),
-    )
-    first = int(cursor.lastrowid) - len(keys) + 1
-    marks = ", ".join(["%s"] * len(keys))
-    cursor.execute(f"DELETE FROM ersid_data WHERE ersid_key IN ({marks})", keys)
-    log_expiries(cursor, first, keys)
-    return len(keys) == batch
-
-
-def _next_revision(cursor: Any) -> int:
-    cursor.execute(
-        "UPDATE ersid_revision SET revision = LAST_INSERT_ID(revision + 1) WHERE id = 1"
-    )
-    return int(cursor.lastrowid)
-
-
-def _check(
-    cursor: Any, key: str, encoded: bytes, precondition: Precondition | None
-) -> None:
-    if precondition is None:
-        return
-    current = _select_record(cursor, encoded, for_update=True)
-    if not precondition.holds(current):
-        raise PreconditionFailed(key, current)
-
-
-def _upsert(
-    cursor: Any,
-    key: str,
-    value: bytes,
-    content_type: str,
-    precondition: Precondition | None,
-    ttl: float | None,
-) -> WriteResult:
-    encoded = key.encode("utf-8")
-    revision = _expire_if_due(cursor, _next_revision(cursor), encoded)
-    _check(cursor, key, encoded, precondition)
-    return _put(cursor, revision, encoded, value, content_type, ttl)
-
-
-def _put(
-    cursor: Any,
-    revision: int,
-    encoded: bytes,
-    value: bytes,
-    content_type: str,
-    ttl: float | None,
-) -> WriteResult:
-    expires = None
-    if ttl is not None:
-        cursor.execute(
-            "SELECT UNIX_TIMESTAMP(NOW(6) + INTERVAL %s MICROSECOND)",
-            (round(ttl * 1e6),),
-        )
-        (expires,) = cursor.fetchone()
-    cursor.execute(
-        "INSERT INTO ersid_data "
-        "(ersid_key, ersid_value, content_type, version, expires_at) "
-        "VALUES (%s, %s, %s, %s, FROM_UNIXTIME(%s)) ON DUPLICATE KEY UPDATE "
-        "ersid_value = VALUES(ersid_value), content_type = VALUES(content_type), "
-        "version = VALUES(version), expires_at = VALUES(expires_at)",
-        (encoded, value, content_type, revision, expires),
-    )
-    # MySQL counts 1 affected row for an insert, 2 for an update.
-    created = cursor.rowcount == 1
-    log_change(cursor, revision, encoded, value, content_type, expires)
-    return WriteResult(revision, created, None if expires is None else float(expires))
-
-
-def _refresh(
-    cursor: Any, key: str, ttl: float, precondition: Precondition | None
-) -> WriteResult | None:
-    encoded = key.encode("utf-8")
-    revision = _expire_if_due(cursor, _next_revision(cursor), encoded)
-    _check(cursor, key, encoded, precondition)
-    current = _select_record(cursor, encoded, for_update=True)
-    if current is None:
-        cursor.connection.rollback()
-        return None
-    return _put(cursor, revision, encoded, current.value, current.content_type, ttl)
-
-
-def _delete(cursor: Any, key: str, precondition: Precondition | None) -> bool:
-    encoded = key.encode("utf-8")
-    revision = _expire_if_due(cursor, _next_revision(cursor), encoded)
-    _check(cursor, key, encoded, precondition)
-    cursor.execute("DELETE FROM ersid_data WHERE ersid_key = %s", (encoded,))
-    if cursor.rowcount == 0:
-        cursor.connection.rollback()
-        return False
-    log_change(cursor, revision, encoded, None, None)
-    return True
-
-
-def _like_prefix(prefix: bytes) -> bytes:
-    escaped = prefix.replace(b"\\", b"\\\\").replace(b"%", b"\\%").replace(b"_", b"\\_")
-    return escaped + b"%"
-
-
-def _select_keys(
-    cursor: Any, prefix: str, after: str | None, limit: int
-) -> Listing[str]:
-    revision = store_revision(cursor)
-    encoded_prefix = prefix.encode("utf-8")
-    start = encoded_prefix
-    inclusive = True
-    if after is not None and after.encode("utf-8") >= encoded_prefix:
-        start, inclusive = after.encode("utf-8"), False
-    cursor.execute(
-        "SELECT ersid_key FROM ersid_data WHERE ersid_key "
-        + (">=" if inclusive else ">")
-        + f" %s AND ersid_key LIKE %s AND {_LIVE} ORDER BY ersid_key LIMIT %s",
-        (start, _like_prefix(encoded_prefix), limit),
-    )
-    keys = [bytes(row[0]).decode("utf-8") for row in cursor.fetchall()]
-    return Listing(keys, revision)
-
-
-def _select_records(cursor: Any, prefix: str) -> Listing[tuple[str, Record]]:
-    revision = store_revision(cursor)
-    cursor.execute(
-        f"SELECT ersid_key, {_RECORD} FROM ersid_data "
-        f"WHERE ersid_key LIKE %s AND {_LIVE} ORDER BY ersid_key",
-        (_like_prefix(prefix.encode("utf-8")),),
-    )
-    items = [
-        (bytes(row[0]).decode("utf-8"), _record(*row[1:])) for row in cursor.fetchall()
-    ]
-    return Listing(items, revision)
-
-
-def _select_stats(cursor: Any) -> tuple[int, int]:
-    cursor.execute("SELECT COUNT(*) FROM ersid_data")
-    (count,) = cursor.fetchone()
-    return int(count), store_revision(cursor)
-
-
-def _select_page(cursor: Any, after: object | None, limit: int) -> Page:
-    cursor.execute(
-        f"SELECT ersid_key, {_RECORD} FROM ersid_data "
-        "WHERE ersid_key > %s ORDER BY ersid_key LIMIT %s",
-        (after or b"", limit),
-    )
-    rows = cursor.fetchall()
-    items = [(bytes(row[0]).decode("utf-8"), _record(*row[1:])) for row in rows]
-    last = bytes(rows[-1][0]) if len(rows) == limit else None
-    return Page(items, last)
