@@ -244,3 +244,19 @@ def small_tmpfs(test, directory: str) -> str:
     )
     test.addCleanup(subprocess.run, ["umount", "-l", small], check=True)
     return small
+
+
+def model_settings(examples: int):
+    """
+    Hypothesis settings of the model tests, which run backends from a
+    thread: the same examples every run, no deadline, no saved examples.
+    """
+    from hypothesis import HealthCheck, settings
+
+    return settings(
+        max_examples=examples,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -28,6 +28,8 @@ from ersid.embedded.records import PackedRecords
 from ersid.embedded.recovery import read_journal, recover
 from ersid.expiry import ExpiryIndex
 from ersid.storage import IImmediateReads, Precondition, PreconditionFailed, Record
+
+from ._helpers import model_settings
 
 KEYS = st.sampled_from(["a", "A", "a ", "a/b", "a/c", "b", "é", "🔑", "a%2F"])
 VALUES = st.binary(max_size=20)
@@ -240,13 +242,7 @@ class _PropertyMixin:
         """Called in the reactor thread after each example."""
 
     def test_agrees_with_a_dict(self):
-        @settings(
-            max_examples=self.examples,
-            derandomize=True,
-            deadline=None,
-            database=None,
-            suppress_health_check=[HealthCheck.too_slow],
-        )
+        @model_settings(self.examples)
         @given(OPERATIONS)
         def agrees(operations):
             clock = Clock()

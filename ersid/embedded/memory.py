@@ -23,7 +23,7 @@ from ersid.embedded.journal_format import encode_delete, encode_set
 from ersid.embedded.records import (
     PackedRecords,
     pack_record,
-    packed_expiry,
+    packed_expired,
     unpack_record,
 )
 from ersid.embedded.undo import ChangeUndo, ExpiriesUndo
@@ -134,7 +134,7 @@ class DictStorage:
         if not self._expiry.pending and precondition is None:
             return None
         packed = self._records.get_packed(key)
-        if packed is not None and packed[8] & 0x80 and packed_expiry(packed) <= now:
+        if packed is not None and packed_expired(packed, now):
             self._expire(key, packed)
             packed = None
         if precondition is not None:
@@ -174,7 +174,7 @@ class DictStorage:
             packed = get_packed(key)
             # Records rewritten since their entry was made are skipped:
             # without an expiry now, or a later one with an entry of its own.
-            if packed is not None and packed[8] & 0x80 and packed_expiry(packed) <= now:
+            if packed is not None and packed_expired(packed, now):
                 pop(key)
                 self._revision += 1
                 changes.append(Change(self._revision, key, None, expired=True))
@@ -335,7 +335,7 @@ class DictStorage:
                 packed = self._records.get_packed(key)
         except (StorageUnavailable, PreconditionFailed, ValueError):
             return fail()
-        if packed is None or (packed[8] & 0x80 and packed_expiry(packed) <= now):
+        if packed is None or packed_expired(packed, now):
             return succeed(None)
         record = unpack_record(packed)
         return self.set(key, record.value, record.content_type, None, ttl)
@@ -395,7 +395,7 @@ class DictStorage:
         """L{_written_from}, less the records that have expired."""
         now = self._clock.seconds()
         for key, packed in self._written_from(start):
-            if not (packed[8] & 0x80 and packed_expiry(packed) <= now):
+            if not packed_expired(packed, now):
                 yield key, packed
 
     def _written_from(self, start: str) -> Iterator[tuple[str, bytes]]:

@@ -26,6 +26,7 @@ __all__ = [
     "BLOCK_SIZE",
     "PackedRecords",
     "pack_record",
+    "packed_expired",
     "packed_expiry",
     "unpack_record",
 ]
@@ -77,6 +78,13 @@ def packed_expiry(packed: bytes) -> float | None:
     if packed[8] & 0x80:
         return _EXPIRY.unpack_from(packed, _HEADER.size)[0]
     return None
+
+
+def packed_expired(packed: bytes, now: float) -> bool:
+    """Has the record L{pack_record} packed expired by Unix time C{now}?"""
+    return (
+        bool(packed[8] & 0x80) and _EXPIRY.unpack_from(packed, _HEADER.size)[0] <= now
+    )
 
 
 def unpack_record(packed: bytes) -> Record:

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -36,6 +36,7 @@ from ersid.watch.hub import Hub
 from ersid.web.errors import ApiError
 from ersid.web.watch import serve_watch
 
+from .._helpers import model_settings
 from .._sse import EventReader
 
 KEYS = st.sampled_from(["a", "a/1", "a/2", "ab", "b", "b/1"])
@@ -344,13 +345,7 @@ class _ModelMixin:
         return _Backend(history_size)
 
     def test_every_watcher_sees_exactly_the_changes(self):
-        @settings(
-            max_examples=self.examples,
-            derandomize=True,
-            deadline=None,
-            database=None,
-            suppress_health_check=[HealthCheck.too_slow],
-        )
+        @model_settings(self.examples)
         @given(OPERATIONS, st.sampled_from([3, 8, 1000]))
         def agrees(operations, history_size):
             model = _Model(self, self.backend(history_size))
