@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -100,13 +100,7 @@ class Reaper(Service):
         self._again = None
         self._busy = True
         self.slices += 1
-        ensureDeferred(self._one()).addCallbacks(self._sliced, self._failed)
-
-    async def _one(self) -> bool:
-        more = self._reap()
-        if isinstance(more, Deferred):
-            more = await more
-        return more
+        maybeDeferred(self._reap).addCallbacks(self._sliced, self._failed)
 
     def _sliced(self, more: bool) -> None:
         self._busy = False

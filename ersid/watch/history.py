@@ -32,6 +32,10 @@ DEFAULT_HISTORY_BYTES = 64 * 1024 * 1024
 _OVERHEAD = 120
 
 
+def _size(key: str, value: bytes | None) -> int:
+    return _OVERHEAD + len(key) + len(value or b"")
+
+
 class Change:
     """
     One acknowledged change at its revision: a put, with its value, content
@@ -69,7 +73,7 @@ class Change:
     @property
     def size(self) -> int:
         """Roughly what it takes in memory, for the history's bound."""
-        return _OVERHEAD + len(self.key) + len(self.value or b"")
+        return _size(self.key, self.value)
 
     def document(self, values: bool) -> dict[str, Any]:
         """The event's JSON object; with the value if C{values}."""
@@ -208,7 +212,7 @@ class History:
         self._changes[self._start] = None
         self._start += 1
         self.floor = oldest[0]
-        self.bytes -= _OVERHEAD + len(oldest[1]) + len(oldest[2] or b"")
+        self.bytes -= _size(oldest[1], oldest[2])
         if self._start > 1024 and self._start * 2 > len(self._changes):
             del self._changes[: self._start]
             self._start = 0

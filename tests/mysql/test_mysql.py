@@ -545,6 +545,37 @@ class ChangeLogTests(TestCase):
 
         return Deferred.fromCoroutine(check())
 
+    def test_nodes_reaping_at_once_expire_each_row_once(self):
+        """
+        Two nodes reap the same due rows at the same time: with SKIP LOCKED
+        each takes rows the other has not, and every row expires once.
+        """
+
+        async def check():
+            clock = Clock()
+            clock.advance(1_800_000_000)
+            first = _storage(self, self.settings, clock=clock, max_connections=4)
+            second = _storage(self, self.settings, clock=clock, max_connections=4)
+            count = 1_500  # three batches of 500
+            for i in range(count):
+                await first.set(f"k{i:04d}", b"v", ttl=1)
+            clock.advance(2)
+
+            async def reap_all(storage: MySQLStorage) -> None:
+                while await storage.reap():
+                    pass
+
+            await gatherResults(
+                [Deferred.fromCoroutine(reap_all(node)) for node in (first, second)]
+            )
+            log = await first.change_log(count, 10 * count)
+            expired = [change.key for change in log.changes]
+            self.assertEqual({change.kind for change in log.changes}, {"expire"})
+            self.assertEqual(sorted(expired), [f"k{i:04d}" for i in range(count)])
+            self.assertEqual(await first.stats(), (0, 2 * count))
+
+        return Deferred.fromCoroutine(check())
+
     def test_every_node_sees_every_write_once_in_order(self):
         async def check():
             first, first_hub, first_feed = self.node()
