@@ -122,7 +122,7 @@ class DictStorage:
         return f"<DictStorage: {len(self._records)} keys, revision {self._revision}>"
 
     def _check_writable(
-        self, key: str, precondition: Precondition | None, now: float
+        self, key: str, precondition: Precondition | None
     ) -> bytes | None:
         """
         Raise unless a write to C{key} may proceed; first remove its record
@@ -134,7 +134,7 @@ class DictStorage:
         if not self._expiry.pending and precondition is None:
             return None
         packed = self._records.get_packed(key)
-        if packed is not None and packed_expired(packed, now):
+        if packed is not None and packed_expired(packed, self._clock.seconds()):
             self._expire(key, packed)
             packed = None
         if precondition is not None:
@@ -309,7 +309,7 @@ class DictStorage:
         entry = None
         try:
             expires = self._expires(ttl)
-            self._check_writable(key, precondition, self._clock.seconds())
+            self._check_writable(key, precondition)
             revision = self._revision + 1
             packed = pack_record(revision, content_type, value, expires)
             if self.journal is not None:
@@ -330,7 +330,7 @@ class DictStorage:
         now = self._clock.seconds()
         try:
             self._expires(ttl)
-            packed = self._check_writable(key, precondition, now)
+            packed = self._check_writable(key, precondition)
             if packed is None:
                 packed = self._records.get_packed(key)
         except (StorageUnavailable, PreconditionFailed, ValueError):
@@ -345,7 +345,7 @@ class DictStorage:
     ) -> Deferred[bool]:
         entry = None
         try:
-            self._check_writable(key, precondition, self._clock.seconds())
+            self._check_writable(key, precondition)
             revision = self._revision + 1
             if self.journal is not None:
                 entry = encode_delete(revision, key)

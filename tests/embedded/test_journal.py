@@ -280,12 +280,15 @@ class ExpiryAtRestartTests(_JournalTestCase):
             await first.set("short", b"v", ttl=0.05)
             await first.set("lasting", b"v")
             await first.journal.stop()
-            await deferLater(reactor, 0.1)
+            # Past its expiry, and past its bucket of the reaper's index.
+            await deferLater(reactor, 0.25)
             hub = Hub(History(), reactor)
             second = start(hub)
             self.assertIsNone(await second.get("short"))
             self.assertEqual(await second.stats(), (2, 2))
-            await second.reap()
+            reaped = second.reap()
+            self.assertIsInstance(reaped, Deferred)  # a batch to journal
+            self.assertIs(await reaped, False)
             self.assertEqual(await second.stats(), (1, 3))
             self.assertEqual(
                 [(c.kind, c.key, c.revision) for c in hub.history.after(2)],
