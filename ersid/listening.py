@@ -9,6 +9,7 @@ daemon needs for its own files.
 
 from __future__ import annotations
 
+import ipaddress
 import resource
 from typing import Any, Protocol
 
@@ -35,6 +36,7 @@ __all__ = [
     "Listener",
     "endpoint_description",
     "optional_endpoint_description",
+    "reachable",
 ]
 
 # File descriptors kept from clients for the daemon's own use: the journal,
@@ -81,6 +83,9 @@ class Listener(Service):
 
     @ivar what: what listens, for the log (C{"REST API"}).
     @ivar address: where it listens, once it does.
+    @ivar public_refusal: if given, why the service must not listen on an
+        address other machines can reach, and what to do instead: it then
+        refuses to start rather than serve there.
     """
 
     def __init__(
@@ -90,8 +95,10 @@ class Listener(Service):
         factory: IProtocolFactory,
         reactor: Any,
         budget: ConnectionBudget | None = None,
+        public_refusal: str | None = None,
     ) -> None:
         self.what = what
+        self.public_refusal = public_refusal
         self._budget = budget
         self.description = description
         self.address: IAddress | None = None
@@ -129,7 +136,15 @@ class Listener(Service):
         listening.cancel()
         return listening.addCallback(lambda port: port and port.stopListening())
 
-    def _listen(self, port: IListeningPort) -> IListeningPort:
+    def _listen(self, port: IListeningPort) -> IListeningPort | None:
+        address = port.getHost()
+        if self.public_refusal is not None and reachable(address):
+            port.stopListening()
+            self._refusal = (
+                f"the {self.what} would listen on {address.host}, "  # type: ignore[attr-defined]
+                f"which other machines can reach, {self.public_refusal}"
+            )
+            return None
         if self._budget is not None:
             self._budget.add_port(port)
         self.address = port.getHost()
@@ -149,6 +164,19 @@ class Listener(Service):
         if isinstance(reason, CannotListenError):
             reason = reason.socketError
         return f"cannot listen for the {self.what} on {self.description}: {reason}"
+
+
+def reachable(address: IAddress) -> bool:
+    """Whether other machines may reach C{address}: an IP address not of loopback."""
+    host = getattr(address, "host", None)
+    if not isinstance(host, str):
+        return False  # a UNIX socket
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return True
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return not (mapped or ip).is_loopback
 
 
 class Sheddable(Protocol):

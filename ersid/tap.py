@@ -10,8 +10,10 @@ from typing import Any
 
 from twisted.application.service import IService
 from twisted.internet import reactor as _global_reactor
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.python import usage
 
+from ersid.auth import IAccess, OpenAccess, TokenAccess, TokenReloading
 from ersid.embedded import FSYNC_POLICIES, open_embedded
 from ersid.expiry import DEFAULT_REAP_INTERVAL
 from ersid.files import LockedServices, claim_files, default_data_dir
@@ -25,6 +27,7 @@ from ersid.manhole import manhole_factory
 from ersid.mysql import DEFAULT_POLL_INTERVAL, open_mysql
 from ersid.startup import one_line_exit
 from ersid.storage import OpenedStorage
+from ersid.tls import TLSFactory, server_tls
 from ersid.watch import (
     DEFAULT_HISTORY_BYTES,
     DEFAULT_HISTORY_CHANGES,
@@ -60,8 +63,38 @@ class Options(usage.Options):
     an endpoint description such as C{tcp:8080:interface=0.0.0.0}.
     """
 
+    optFlags = [
+        [
+            "insecure-no-auth",
+            None,
+            "Serve without tokens on addresses other machines can reach: for a "
+            "network you trust.",
+        ],
+    ]
+
     optParameters = [
         ["rest-port", "p", "8080", "Port or endpoint of the REST API."],
+        [
+            "tokens",
+            None,
+            None,
+            "Token file (mode 0600; made by 'ersid token add'): every request "
+            "then needs a token. Reloaded on SIGHUP.",
+        ],
+        [
+            "tls-cert",
+            None,
+            None,
+            "PEM file of the REST API's certificate (and its chain): HTTPS.",
+        ],
+        ["tls-key", None, None, "PEM file (mode 0600) of that certificate's key."],
+        [
+            "tls-client-ca",
+            None,
+            None,
+            "PEM file of CAs: only clients with a certificate one of them "
+            "signed may connect.",
+        ],
         [
             "manhole-port",
             "m",
@@ -225,6 +258,17 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--fsync must be one of {', '.join(FSYNC_POLICIES)}, not {self['fsync']!r}"
             )
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        if self["tls-client-ca"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self["tls-cert"] and self["rest-port"].startswith("ssl:"):
+            raise usage.UsageError(
+                "--tls-cert adds TLS to --rest-port, which is ssl: already; "
+                "give it as tcp:"
+            )
+        if self["tokens"] and self["insecure-no-auth"]:
+            raise usage.UsageError("--insecure-no-auth makes no sense with --tokens")
         if self["storage"] == "mysql" and not self["mysql-url"]:
             raise usage.UsageError("--storage mysql needs --mysql-url")
         if self["dump-file"] is None:
@@ -236,8 +280,8 @@ def makeService(options: Options, reactor: Any = _global_reactor) -> IService:
     """
     Compose the daemon: the storage backend, opened from its files or its
     database, and the services that keep it; the hub its changes are
-    published to, for watchers; the REST API in front of it; the SSH
-    manhole into it.
+    published to, for watchers; who may do what (the tokens); the REST
+    API in front of it, over TLS if asked; the SSH manhole into it.
     """
     files = claim_files(options["data-dir"], options["dump-file"])
     options["dump-file"] = files.dump_file
@@ -249,20 +293,34 @@ def makeService(options: Options, reactor: Any = _global_reactor) -> IService:
         options["max-watchers"],
         options["watch-lag-bytes"],
     )
+    daemon = LockedServices(files.locks)
+    access = _access(options, reactor, daemon)
     opened = _BACKENDS[options["storage"]](options, hub, reactor)
     api = Service(
-        opened.storage, options["max-value-size"], health=opened.health, hub=hub
+        opened.storage,
+        options["max-value-size"],
+        health=opened.health,
+        hub=hub,
+        access=access,
     )
-    daemon = LockedServices(files.locks)
     budget = ConnectionBudget.of_this_process(reactor)
-    site = makeSite(api, options["access-log"], reactor=reactor, budget=budget)
-    rest = Listener("REST API", options["rest-port"], site, reactor, budget)
+    site: IProtocolFactory = makeSite(
+        api, options["access-log"], reactor=reactor, budget=budget
+    )
+    if options["tls-cert"]:
+        tls = server_tls(
+            options["tls-cert"], options["tls-key"], options["tls-client-ca"]
+        )
+        site = TLSFactory(tls, site)
+    unguarded = None if not access.open or options["insecure-no-auth"] else _UNGUARDED
+    rest = Listener("REST API", options["rest-port"], site, reactor, budget, unguarded)
     rest.setServiceParent(daemon)
     if options["manhole-port"] is not None:
         namespace = {
             "service": api,
             "storage": opened.storage,
             "hub": hub,
+            "access": access,
             "reactor": reactor,
         }
         ssh = manhole_factory(
@@ -280,6 +338,22 @@ def makeService(options: Options, reactor: Any = _global_reactor) -> IService:
             manhole.setServiceParent(daemon)
     WatchedStore(opened.services, hub).setServiceParent(daemon)
     return daemon
+
+
+# Why the REST API refuses to listen where others can reach it, without tokens.
+_UNGUARDED = (
+    "without tokens: give --tokens FILE (see 'ersid token add'), or "
+    "--insecure-no-auth on a network you trust"
+)
+
+
+def _access(options: Options, reactor: Any, daemon: LockedServices) -> IAccess:
+    """The tokens of C{--tokens}, reloaded on SIGHUP; else no tokens."""
+    if not options["tokens"]:
+        return OpenAccess()
+    access = TokenAccess(options["tokens"])
+    TokenReloading(access, reactor).setServiceParent(daemon)
+    return access
 
 
 def _open_embedded(options: Options, hub: Hub, reactor: Any) -> OpenedStorage:

@@ -25,7 +25,7 @@ from twisted.web.client import (
     RequestTransmissionFailed,
     ResponseFailed,
 )
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import IAgent, IResponse
 
 from ersid.client.errors import (
     ClientError,
@@ -34,17 +34,20 @@ from ersid.client.errors import (
     KeyNotFound,
     LockLost,
     LockTimeout,
+    NotAllowed,
     RequestRejected,
     ServerUnavailable,
     ValueTooLarge,
 )
 from ersid.client.locking import DEFAULT_LOCK_TTL, Lock, LockRequest
+from ersid.client.tls import ClientTLS, bearing
 from ersid.client.watching import Event, watch
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "Client",
     "ClientError",
+    "ClientTLS",
     "ConditionFailed",
     "Event",
     "HistoryGone",
@@ -53,6 +56,7 @@ __all__ = [
     "LockLost",
     "LockRequest",
     "LockTimeout",
+    "NotAllowed",
     "RequestRejected",
     "ServerUnavailable",
     "Value",
@@ -98,6 +102,8 @@ def _key_path(key: str) -> str:
 
 
 _ERRORS = {
+    401: NotAllowed,
+    403: NotAllowed,
     404: KeyNotFound,
     412: ConditionFailed,
     413: ValueTooLarge,
@@ -159,19 +165,35 @@ def check_url(url: str) -> str:
 
 class Client:
     """
-    Talk to the Ersid server at C{url}, such as C{http://localhost:8080}.
+    Talk to the Ersid server at C{url}, such as C{http://localhost:8080},
+    with C{token} if it needs one, over HTTPS as C{tls} says (the system's
+    CAs by default).
 
-    @raise ValueError: if C{url} is not an http or https URL (L{check_url}).
+    @raise ValueError: if C{url} is not an http or https URL (L{check_url}),
+        or C{token} cannot be sent.
     """
 
-    def __init__(self, url: str, reactor: Any = None, persistent: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        reactor: Any = None,
+        persistent: bool = True,
+        token: str | None = None,
+        tls: ClientTLS | None = None,
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.url = check_url(url).rstrip("/")
         self._reactor = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=persistent)
         self.pool.maxPersistentPerHost = 64
-        self._http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
+        if tls is None:
+            agent: IAgent = Agent(reactor, pool=self.pool)
+        else:
+            agent = Agent(reactor, contextFactory=tls.policy(), pool=self.pool)
+        if token is not None:
+            agent = bearing(agent, token)
+        self._http = treq.client.HTTPClient(agent)
 
     async def _request(
         self, method: str, path: str, expected: tuple[int, ...], **kw: Any

@@ -6,7 +6,8 @@ Exit status: 0 done; 1 no such key; 2 usage error; 3 precondition failed;
 4 request rejected (bad key, value too large); 5 server unreachable or
 unavailable; 6 standard input or output failed (a closed pipe, a full disk);
 7 a watch's history is gone (list again, then watch from its revision);
-8 the lock was still held by another at C{--timeout}. C{ersid lock} exits
+8 the lock was still held by another at C{--timeout}; 10 not allowed (no
+token, a wrong one, or one without the permission). C{ersid lock} exits
 with its command's status (128 + N if a signal N ended it), or 9 if the
 lock was lost while the command ran (the command is then ended), or 127 if
 the command cannot be run.
@@ -27,15 +28,18 @@ from ersid.client import (
     DEFAULT_CONTENT_TYPE,
     Client,
     ClientError,
+    ClientTLS,
     ConditionFailed,
     HistoryGone,
     KeyNotFound,
     LockTimeout,
+    NotAllowed,
     ServerUnavailable,
     check_url,
 )
 from ersid.client.locking import DEFAULT_LOCK_TTL
 from ersid.client.running import run_locked
+from ersid.client.tls import check_token
 
 __all__ = ["main", "url_argument"]
 
@@ -47,6 +51,7 @@ EXIT_UNAVAILABLE = 5
 EXIT_LOCAL_IO = 6
 EXIT_HISTORY_GONE = 7
 EXIT_LOCK_TIMEOUT = 8
+EXIT_NOT_ALLOWED = 10
 _MOST_SECONDS = 10 * 365.25 * 86400
 
 _EXIT_CODES = {
@@ -55,7 +60,10 @@ _EXIT_CODES = {
     ServerUnavailable: EXIT_UNAVAILABLE,
     HistoryGone: EXIT_HISTORY_GONE,
     LockTimeout: EXIT_LOCK_TIMEOUT,
+    NotAllowed: EXIT_NOT_ALLOWED,
 }
+# The options before the command that take a value.
+_VALUED = {"--url", "--token-file", "--ca", "--cert", "--key"}
 
 
 def _seconds(least: float) -> Any:
@@ -90,14 +98,41 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 done, 1 no such key, 2 usage error, 3 precondition "
         "failed, 4 request rejected, 5 server unreachable or unavailable, "
         "6 standard input or output failed, 7 a watch's history is gone, 8 a lock "
-        "still held at --timeout; ersid lock: its command's status, 9 lock lost, "
-        "127 command not run.",
+        "still held at --timeout, 10 not allowed; ersid lock: its command's "
+        "status, 9 lock lost, 127 command not run.",
     )
     parser.add_argument(
         "--url",
         type=url_argument,
         default=os.environ.get("ERSID_URL", "http://localhost:8080"),
         help="server URL (default: $ERSID_URL, else http://localhost:8080)",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=os.environ.get("ERSID_TOKEN_FILE"),
+        help="file holding the token to send (default: $ERSID_TOKEN_FILE; "
+        "else the token in $ERSID_TOKEN, if set)",
+    )
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        default=os.environ.get("ERSID_CA"),
+        help="PEM file of the CA to trust for https (default: $ERSID_CA, else "
+        "the system's CAs)",
+    )
+    parser.add_argument(
+        "--cert",
+        metavar="FILE",
+        default=os.environ.get("ERSID_CERT"),
+        help="PEM file of a client certificate, for servers that require one "
+        "(default: $ERSID_CERT)",
+    )
+    parser.add_argument(
+        "--key",
+        metavar="FILE",
+        default=os.environ.get("ERSID_KEY"),
+        help="PEM file of its key, unless in --cert's file (default: $ERSID_KEY)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     get = commands.add_parser("get", help="write a value's bytes to stdout")
@@ -146,7 +181,53 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="give up after S seconds (exit 8); 0: try once",
     )
+    _add_token_commands(commands)
     return parser
+
+
+def _add_token_commands(commands: Any) -> None:
+    """C{ersid token add|list|remove}, which change a token file, not a server."""
+    token = commands.add_parser(
+        "token",
+        help="make, list and remove the tokens of a token file",
+        description="Make, list and remove the tokens of a daemon's token file "
+        "(--tokens); send the daemon SIGHUP to take the changes.",
+    )
+    actions = token.add_subparsers(dest="action", required=True)
+    files = argparse.ArgumentParser(add_help=False)
+    files.add_argument(
+        "--tokens",
+        metavar="FILE",
+        default=os.environ.get("ERSID_TOKENS"),
+        required="ERSID_TOKENS" not in os.environ,
+        help="the token file (default: $ERSID_TOKENS)",
+    )
+    add = actions.add_parser(
+        "add",
+        parents=[files],
+        help="make a token, print it once, and add its hash to the file",
+    )
+    add.add_argument("name", metavar="NAME")
+    add.add_argument(
+        "--read",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="may read the keys starting with PREFIX ('' for all)",
+    )
+    add.add_argument(
+        "--write",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="may read and write the keys starting with PREFIX",
+    )
+    add.add_argument("--admin", action="store_true", help="may do anything")
+    actions.add_parser(
+        "list", parents=[files], help="list the tokens' names and permissions"
+    )
+    remove = actions.add_parser("remove", parents=[files], help="remove a token")
+    remove.add_argument("name", metavar="NAME")
 
 
 async def _run(client: Client, arguments: argparse.Namespace, reactor: Any) -> None:
@@ -186,11 +267,32 @@ def _subcommand(argv: list[str]) -> str | None:
     """The command named in C{argv}, past the options before it."""
     words = iter(argv)
     for word in words:
-        if word == "--url":
+        if word in _VALUED:
             next(words, None)
         elif not word.startswith("-"):
             return word
     return None
+
+
+def _token(parser: argparse.ArgumentParser, path: str | None) -> str | None:
+    """
+    The token of C{--token-file}, else of C{$ERSID_TOKEN}: never an argument,
+    which anyone may read in C{ps}.
+    """
+    if path is None:
+        token = os.environ.get("ERSID_TOKEN")
+    else:
+        try:
+            with open(path, encoding="ascii") as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            parser.error(f"--token-file {path}: {getattr(e, 'strerror', None) or e}")
+    if token is not None:
+        try:
+            check_token(token)
+        except ValueError as e:
+            parser.error(str(e))
+    return token
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -205,9 +307,22 @@ def main(argv: list[str] | None = None) -> None:
     arguments.argv = command
     if arguments.command == "lock" and not command:
         parser.error("ersid lock needs a command to run: ersid lock NAME -- COMMAND")
+    if arguments.command == "token":
+        # Server code, loaded only for it: the client stands apart.
+        from ersid.auth.command import run_token_command
+
+        raise SystemExit(run_token_command(arguments))
+    token = _token(parser, arguments.token_file)
+    tls = None
+    if arguments.ca or arguments.cert:
+        tls = ClientTLS(arguments.ca, arguments.cert, arguments.key)
 
     async def run(reactor: Any) -> None:
-        client = Client(arguments.url, reactor, persistent=False)
+        try:
+            client = Client(arguments.url, reactor, False, token, tls)
+        except (OSError, ValueError) as e:
+            print(f"ersid: cannot use the TLS files: {e}", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE) from None
         try:
             await _run(client, arguments, reactor)
         except ClientError as e:

@@ -12,6 +12,7 @@ __all__ = [
     "KeyNotFound",
     "LockLost",
     "LockTimeout",
+    "NotAllowed",
     "RequestRejected",
     "ServerUnavailable",
     "ValueTooLarge",
@@ -28,6 +29,13 @@ class KeyNotFound(ClientError):
 
 class ConditionFailed(ClientError):
     """The key's current ETag did not match the condition of the request."""
+
+
+class NotAllowed(ClientError):
+    """
+    The server needs a token and had none, or a wrong one (401), or one
+    without the permission (403).
+    """
 
 
 class ValueTooLarge(ClientError):

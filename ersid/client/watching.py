@@ -17,7 +17,12 @@ from twisted.internet.defer import DeferredQueue
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 
-from ersid.client.errors import HistoryGone, RequestRejected, ServerUnavailable
+from ersid.client.errors import (
+    HistoryGone,
+    NotAllowed,
+    RequestRejected,
+    ServerUnavailable,
+)
 
 __all__ = ["Event", "watch"]
 
@@ -154,6 +159,8 @@ async def watch(
                         since = int(revision)
                     if name in ("put", "delete", "expire"):
                         yield Event.from_json(json.loads(data))
+                    elif name == "revoked":
+                        raise NotAllowed(json.loads(data)["reason"])
             finally:
                 body.stop()
         # The connection dropped, or could not be made: again, a bit later.
@@ -172,4 +179,6 @@ async def _refused(response: Any) -> None:
         raise HistoryGone(message, document.get("oldest"), document.get("revision"))
     if response.code >= 500:
         raise ServerUnavailable(message)
+    if response.code in (401, 403):
+        raise NotAllowed(message)
     raise RequestRejected(message)

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ersid.auth import Grant, IAccess, NotAuthenticated, NotPermitted, OpenAccess
 from ersid.storage import (
     IImmediateReads,
     IStorage,
@@ -34,6 +35,7 @@ from ersid.web.errors import ApiError, json_body
 from ersid.web.fastpath import FastPath
 from ersid.web.keys import KEY_ROUTES, KeyRoute
 from ersid.web.parsing import list_limit, query_text
+from ersid.web.permitted import readable_keys
 from ersid.web.watch import serve_watch
 
 __all__ = ["DEFAULT_MAX_VALUE_SIZE", "Service"]
@@ -54,6 +56,7 @@ class Service:
         reads from memory need no Deferred.
     @ivar hub: where the storage's changes are published, for C{/_watch};
         without one, there is no C{/_watch}.
+    @ivar access: who may do what (L{IAccess}); anyone anything, by default.
     """
 
     app = Klein()
@@ -64,9 +67,11 @@ class Service:
         max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
         health: Callable[[], dict[str, Any]] = dict,
         hub: Hub | None = None,
+        access: IAccess | None = None,
     ) -> None:
         self.storage = storage
         self.hub = hub
+        self.access: IAccess = OpenAccess() if access is None else access
         self.max_value_size = max_value_size
         self._health = health
         self.read_now: Callable[[str], Record | None] | None = (
@@ -85,6 +90,14 @@ class Service:
             return None
         return self._key_routes.get(method)
 
+    def grant_of(self, request: IRequest) -> Grant:
+        """
+        What C{request}'s token may do.
+
+        @raise NotAuthenticated: if it has no token, or an unknown one.
+        """
+        return self.access.grant(request.requestHeaders.getRawHeaders(b"authorization"))
+
     def resource(self) -> FastPath:
         """The API as a web resource (see L{FastPath})."""
         return FastPath(self)
@@ -95,6 +108,14 @@ class Service:
         error = failure.value
         if isinstance(error, ApiError):
             return error.render(request)
+        if isinstance(error, NotAuthenticated):
+            challenge = b'Bearer realm="ersid"'
+            if error.error is not None:
+                challenge += b', error="%s"' % (error.error.encode("ascii"),)
+            request.setHeader(b"WWW-Authenticate", challenge)
+            return ApiError(401, "unauthorized", str(error)).render(request)
+        if isinstance(error, NotPermitted):
+            return ApiError(403, "forbidden", str(error)).render(request)
         if isinstance(error, PreconditionFailed):
             if error.current is None and request.method in (b"DELETE", b"PATCH"):
                 # Without its conditions the delete or refresh would be a
@@ -122,9 +143,15 @@ class Service:
 
     @app.route("/_health", methods=["GET"])
     async def health(self, request: IRequest) -> bytes:
-        """Report whether the daemon is serving and how its storage is."""
+        """
+        Report whether the daemon is serving and how its storage is; to a
+        request without a token, when tokens are needed, only the status.
+        """
         document: dict[str, Any] = {"status": "ok", "storage": self.storage.name}
         status = 200
+        details = self.access.open or request.getHeader(b"authorization") is not None
+        if details:
+            self.grant_of(request)
         try:
             document["keys"], document["revision"] = await self.storage.stats()
         except StorageUnavailable as e:
@@ -137,6 +164,8 @@ class Service:
         journal = document.get("journal") or {}
         if status == 200 and (snapshot.get("ok") is False or journal.get("error")):
             document["status"] = "degraded"
+        if not details:
+            document = {"status": document["status"]}
         return json_body(request, status, document)
 
     @app.route("/_openapi.json", methods=["GET"])
@@ -149,14 +178,21 @@ class Service:
 
     @app.route("/_keys", methods=["GET"])
     async def list_keys(self, request: IRequest) -> bytes:
-        """List keys in order, by prefix, a page at a time."""
+        """
+        List keys in order, by prefix, a page at a time: those the token
+        may read, saying so if that left some out.
+        """
+        grant = self.grant_of(request)
         prefix = query_text(request, "prefix") or ""
         after = query_text(request, "after")
         limit = list_limit(request)
-        listing = await self.storage.keys(prefix, after, limit + 1)
+        readable = grant.require_some(prefix)
+        listing = await readable_keys(self.storage, prefix, readable, after, limit + 1)
         keys = listing.items
         next_cursor = keys[limit - 1] if len(keys) > limit else None
         page = {"keys": keys[:limit], "next": next_cursor, "revision": listing.revision}
+        if readable is not None:
+            page["filtered"] = True
         return json_body(request, 200, page)
 
     @app.route("/_watch", methods=["GET"])
@@ -164,7 +200,8 @@ class Service:
         """Stream the changes under a prefix, or wait for the next (long poll)."""
         if self.hub is None:
             raise ApiError(404, "not_found", "this server keeps no history to watch")
-        return await serve_watch(self.hub, self.storage, request)
+        grant = self.grant_of(request)
+        return await serve_watch(self.hub, self.storage, request, grant)
 
     @app.route("/", methods=["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"])
     def root(self, request: IRequest) -> NoReturn:

@@ -13,7 +13,7 @@ from zope.interface import implementer
 
 from ersid.watch.history import Batch, Change, HistoryGone, event
 from ersid.watch.hub import Hub, IWatcher
-from ersid.web.watch_query import WatchQuery, admit
+from ersid.web.watch_query import Readable, WatchQuery, admit
 
 __all__ = ["RETRY_MILLISECONDS", "EventStream"]
 
@@ -31,8 +31,11 @@ class EventStream:
     than the hub's C{lag_bytes} or the history lost what it owes.
     """
 
-    def __init__(self, hub: Hub, request: IRequest, asked: WatchQuery) -> None:
+    def __init__(
+        self, hub: Hub, request: IRequest, asked: WatchQuery, readable: Readable
+    ) -> None:
         self.prefix = asked.prefix
+        self._readable = readable
         self._hub = hub
         self._request = request
         self._values = asked.values
@@ -74,6 +77,10 @@ class EventStream:
         self._hub.remove(self)
 
     def deliver(self, batch: Batch) -> None:
+        readable = self._readable.batch(batch)
+        if readable is None:
+            return
+        batch = readable
         events = batch.sse(self._values)
         if self._live and len(events) > self._hub.lag_bytes:
             # Too much to write at once: from the history, a change at a
@@ -107,7 +114,8 @@ class EventStream:
 
     def _catch_up(self) -> None:
         try:
-            for change in self._hub.history.after(self._after, self.prefix):
+            changes = self._hub.history.after(self._after, self.prefix)
+            for change in self._readable.changes(changes):
                 self._owed = max(0, self._owed - self._send(change))
                 if self._paused or self._ended:
                     return
@@ -130,8 +138,6 @@ class EventStream:
     def end(self, reason: str | None) -> None:
         if self._ended:
             return
-        self._ended = True
-        self._hub.remove(self)
         if reason is None and self._live and not self._paused:
             # The server is stopping, after its last write: the client,
             # told the revision it has seen everything up to, resumes from
@@ -146,6 +152,21 @@ class EventStream:
                 "revision": history.revision,
             }
             self._request.write(event("compacted", compacted))
+        self._close()
+
+    def revoke(self, reason: str) -> None:
+        """
+        The token the watch was made with was revoked: end with a
+        C{revoked} event; the client needs a token again to go on.
+        """
+        if not self._ended:
+            revoked = {"reason": reason, "last": self._after}
+            self._request.write(event("revoked", revoked))
+            self._close()
+
+    def _close(self) -> None:
+        self._ended = True
+        self._hub.remove(self)
         self._request.unregisterProducer()
         self._done.callback(b"")
 

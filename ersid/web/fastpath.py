@@ -65,7 +65,8 @@ class FastPath(Resource):
                 return self._not_allowed(request)
             return self._klein.render(request)
         try:
-            outcome = route.start(self._service, request)
+            grant = self._service.grant_of(request)
+            outcome = route.call(self._service, request, grant)
         except Exception:
             outcome = Failure()
         if isinstance(outcome, Deferred):

@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
+from ersid.auth import Grant
 from ersid.storage import PreconditionFailed, Record, WriteResult
 from ersid.web.conditions import etag, read_condition, write_precondition
 from ersid.web.errors import ApiError, empty
@@ -37,21 +38,33 @@ class KeyRoute:
     The route of C{/<key>} for some methods.
 
     @ivar name: the route's name in the Klein application.
-    @ivar start: checks a request and makes one storage call; returns its
-        outcome, or a Deferred of it.
+    @ivar writes: whether it writes the key, or only reads it.
+    @ivar start: checks a request for a key and makes one storage call;
+        returns its outcome, or a Deferred of it.
     @ivar render: makes the response of that outcome: sets the status and
         headers, returns the body.
     """
 
     name: str
     methods: tuple[bytes, ...]
-    start: Callable[[Service, IRequest], Any]
+    writes: bool
+    start: Callable[[Service, IRequest, str], Any]
     render: Callable[[Any, IRequest], bytes]
     doc: str
 
+    def call(self, service: Service, request: IRequest, grant: Grant) -> Any:
+        """
+        C{start}, if C{grant} allows it: the outcome.
+
+        @raise NotPermitted: if it does not.
+        """
+        key = key_of(request)
+        grant.require(key, self.writes)
+        return self.start(service, request, key)
+
     def respond(self, service: Service, request: IRequest) -> bytes | Deferred[bytes]:
         """The response: C{start}, then C{render} of its outcome."""
-        outcome = self.start(service, request)
+        outcome = self.call(service, request, service.grant_of(request))
         if isinstance(outcome, Deferred):
             return outcome.addCallback(self.render, request)
         return self.render(outcome, request)
@@ -74,9 +87,8 @@ def _not_found(request: IRequest) -> ApiError:
 
 
 def _get(
-    service: Service, request: IRequest
+    service: Service, request: IRequest, key: str
 ) -> Record | Deferred[Record | None] | None:
-    key = key_of(request)
     if service.read_now is not None:
         return service.read_now(key)
     return service.storage.get(key)
@@ -114,8 +126,7 @@ def _render_record(record: Record | None, request: IRequest) -> bytes:
     return record.value
 
 
-def _set(service: Service, request: IRequest) -> Deferred[WriteResult]:
-    key = key_of(request)
+def _set(service: Service, request: IRequest, key: str) -> Deferred[WriteResult]:
     precondition = write_precondition(request)
     content_type = content_type_of(request)
     ttl = ttl_of(request)
@@ -129,8 +140,9 @@ def _render_write(result: WriteResult, request: IRequest) -> bytes:
     return empty(request, 201 if result.created else 204)
 
 
-def _refresh(service: Service, request: IRequest) -> Deferred[WriteResult | None]:
-    key = key_of(request)
+def _refresh(
+    service: Service, request: IRequest, key: str
+) -> Deferred[WriteResult | None]:
     precondition = write_precondition(request)
     ttl = ttl_of(request)
     if ttl is None:
@@ -149,8 +161,7 @@ def _render_refresh(result: WriteResult | None, request: IRequest) -> bytes:
     return _render_write(result, request)
 
 
-def _delete(service: Service, request: IRequest) -> Deferred[bool]:
-    key = key_of(request)
+def _delete(service: Service, request: IRequest, key: str) -> Deferred[bool]:
     return service.storage.delete(key, write_precondition(request))
 
 
@@ -164,6 +175,7 @@ KEY_ROUTES = (
     KeyRoute(
         "get_key",
         (b"GET", b"HEAD"),
+        False,
         _get,
         _render_record,
         "Return a value byte for byte, with its content type and ETag.",
@@ -171,6 +183,7 @@ KEY_ROUTES = (
     KeyRoute(
         "set_key",
         (b"PUT", b"POST"),
+        True,
         _set,
         _render_write,
         "Store the body: 201 for a new key, 204 for a replaced one.",
@@ -178,6 +191,7 @@ KEY_ROUTES = (
     KeyRoute(
         "refresh_key",
         (b"PATCH",),
+        True,
         _refresh,
         _render_refresh,
         "Give a key a new time to live, keeping its value: 204, or 404.",
@@ -185,6 +199,7 @@ KEY_ROUTES = (
     KeyRoute(
         "delete_key",
         (b"DELETE",),
+        True,
         _delete,
         _render_delete,
         "Remove a key: 204, or 404 if there was none.",

@@ -17,8 +17,8 @@ from zope.interface import implementer
 
 from ersid.watch.history import Batch, Change, HistoryGone
 from ersid.watch.hub import Hub, IWatcher
-from ersid.web.errors import json_body
-from ersid.web.watch_query import WatchQuery, admit, check_since, gone
+from ersid.web.errors import ApiError, json_body
+from ersid.web.watch_query import Readable, WatchQuery, admit, check_since, gone
 
 __all__ = ["MOST_BYTES", "MOST_EVENTS", "LongPoll"]
 
@@ -36,8 +36,11 @@ class LongPoll:
     revision to poll from next.
     """
 
-    def __init__(self, hub: Hub, request: IRequest, asked: WatchQuery) -> None:
+    def __init__(
+        self, hub: Hub, request: IRequest, asked: WatchQuery, readable: Readable
+    ) -> None:
         self.prefix = asked.prefix
+        self._readable = readable
         self._hub = hub
         self._request = request
         self._values = asked.values
@@ -56,10 +59,9 @@ class LongPoll:
             admit(hub, self, self._after)  # raises: not ready
         try:
             check_since(hub, self._after)
+            changes = hub.history.after(self._after, self.prefix)
             found = list(
-                itertools.islice(
-                    hub.history.after(self._after, self.prefix), MOST_EVENTS + 1
-                )
+                itertools.islice(self._readable.changes(changes), MOST_EVENTS + 1)
             )
         except HistoryGone as e:
             raise gone(e) from None
@@ -111,12 +113,22 @@ class LongPoll:
         self._done.callback(self._body(changes))
 
     def deliver(self, batch: Batch) -> None:
-        changes = [change for change in batch.changes if change.revision > self._after]
+        changes = [
+            change
+            for change in self._readable.changes(batch.changes)
+            if change.revision > self._after
+        ]
         if changes:
             self._answer(changes)
 
     def tick(self, revision: int, progress: bytes) -> None:
         """A long poll ends at its timeout, not with progress events."""
+
+    def revoke(self, reason: str) -> None:
+        """The token the poll was made with was revoked: a 401."""
+        if not self._done.called:
+            self._stop()
+            self._done.errback(ApiError(401, "token_revoked", reason))
 
     def end(self, reason: str | None) -> None:
         if reason is None:

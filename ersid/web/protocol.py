@@ -13,6 +13,7 @@ answers than the client reads, and JSON for every error.
 from __future__ import annotations
 
 from collections import deque
+from hmac import compare_digest
 from typing import TYPE_CHECKING, Any
 
 from httptools import (
@@ -34,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from ersid.auth import ANYONE, Grant
 from ersid.web import slowpath
 from ersid.web.errors import ApiError, empty
 from ersid.web.exchange import Fields, Head, KeyRequest, refusal
@@ -120,6 +122,9 @@ class Connection(Protocol):
     _answering: object | None = None
     _timer: IDelayedCall | None = None
     _send_timer: IDelayedCall | None = None
+    # The Authorization line of the last request, and its grant: a
+    # kept-alive client sends the same token again and again.
+    _granted: tuple[bytes, Grant] | None = None
 
     def __init__(self, factory: ApiSite) -> None:
         self.factory = factory
@@ -396,7 +401,7 @@ class Connection(Protocol):
             return
         request = KeyRequest(head, path, self.peer)
         try:
-            outcome = route.start(service, request)
+            outcome = route.call(service, request, self._grant(head))
         except Exception:
             outcome = Failure()
         if isinstance(outcome, Deferred):
@@ -404,6 +409,26 @@ class Connection(Protocol):
             outcome.addBoth(self._respond, route, request, head.keep_alive)
         else:
             self._send(request, route.body(service, outcome, request), head.keep_alive)
+
+    def _grant(self, head: Head) -> Grant:
+        """What the request's token may do, known already if it is the last one's."""
+        access = self._service.access
+        if access.open:
+            return ANYONE
+        lines = head.fields.get(b"authorization")
+        granted = self._granted
+        if (
+            granted is not None
+            and lines is not None
+            and len(lines) == 1
+            and not granted[1].revoked
+            # A proxy may send other clients' requests on this connection.
+            and compare_digest(lines[0], granted[0])
+        ):
+            return granted[1]
+        grant = access.grant(lines)
+        self._granted = (lines[-1], grant)  # type: ignore[index]
+        return grant
 
     def _answer_target(self, head: Head) -> None:
         """

@@ -10,38 +10,51 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
+from ersid.auth import Grant, NotAuthenticated
 from ersid.snapshots.format import encode_value
 from ersid.storage import IStorage, Record
 from ersid.watch.history import event
 from ersid.watch.hub import Hub
 from ersid.web.event_stream import EventStream
 from ersid.web.long_poll import LongPoll
-from ersid.web.watch_query import MAX_WAIT, parse_watch
+from ersid.web.permitted import readable_records
+from ersid.web.watch_query import MAX_WAIT, Readable, parse_watch
 
 __all__ = ["MAX_WAIT", "serve_watch"]
 
 
-async def serve_watch(hub: Hub, storage: IStorage, request: IRequest) -> bytes:
+async def serve_watch(
+    hub: Hub, storage: IStorage, request: IRequest, grant: Grant
+) -> bytes:
     """
     Answer a watch request: a stream, a long poll, or a JSON error (raised
-    before anything is sent). The body, or C{b""} once a stream has ended.
+    before anything is sent), of changes to keys C{grant} may read. The
+    body, or C{b""} once a stream has ended.
     """
     asked = parse_watch(request)
+    readable_prefixes = grant.require_some(asked.prefix)
+    readable = Readable(None if readable_prefixes is None else grant.may_read)
     if request.method == b"HEAD":
         request.setHeader(b"Content-Type", b"text/event-stream")
         request.setHeader(b"Cache-Control", b"no-store")
         return b""
     if asked.wait is not None:
-        return await LongPoll(hub, request, asked).answer()
+        poll = LongPoll(hub, request, asked, readable)
+        grant.follow(poll)
+        return await poll.answer()
     first: list[bytes] = []
     since = hub.revision if asked.since is None else asked.since
     if asked.initial and not asked.resuming:
-        listing = await storage.records(asked.prefix)
+        listing = await readable_records(storage, asked.prefix, readable_prefixes)
         for key, record in listing.items:
             first.append(event("put", _put(key, record, asked.values)))
         since = listing.revision
         first.append(event("synced", {"revision": since}, since))
-    return await EventStream(hub, request, asked).stream(since, first)
+    if grant.revoked:  # while the initial state was read
+        raise NotAuthenticated("the token was revoked", "invalid_token")
+    stream = EventStream(hub, request, asked, readable)
+    grant.follow(stream)
+    return await stream.stream(since, first)
 
 
 def _put(key: str, record: Record, values: bool) -> dict[str, Any]:

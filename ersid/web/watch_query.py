@@ -7,16 +7,25 @@ that the stream and the long poll share.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 from twisted.web.iweb import IRequest
 
-from ersid.watch.history import HistoryGone
+from ersid.watch.history import Batch, Change, HistoryGone
 from ersid.watch.hub import Hub, IWatcher, TooManyWatchers
 from ersid.web.errors import ApiError
 from ersid.web.parsing import query_text
 
-__all__ = ["MAX_WAIT", "WatchQuery", "admit", "check_since", "gone", "parse_watch"]
+__all__ = [
+    "MAX_WAIT",
+    "Readable",
+    "WatchQuery",
+    "admit",
+    "check_since",
+    "gone",
+    "parse_watch",
+]
 
 # The longest long poll, under the 60 s after which proxies give up.
 MAX_WAIT = 55.0
@@ -35,6 +44,33 @@ class WatchQuery:
     values: bool
     initial: bool
     wait: float | None
+
+
+@attrs.frozen
+class Readable:
+    """
+    Which changes a watcher may tell its client of: those to keys its
+    token may read (C{visible}); all, if C{visible} is C{None}.
+    """
+
+    visible: Callable[[str], bool] | None = None
+
+    def batch(self, batch: Batch) -> Batch | None:
+        """C{batch}, or a batch of its readable changes; C{None} if none is."""
+        visible = self.visible
+        if visible is None:
+            return batch
+        changes = [change for change in batch.changes if visible(change.key)]
+        if not changes:
+            return None
+        return batch if len(changes) == len(batch.changes) else Batch(changes)
+
+    def changes(self, changes: Iterable[Change]) -> Iterator[Change]:
+        """The readable ones of C{changes}."""
+        visible = self.visible
+        if visible is None:
+            return iter(changes)
+        return (change for change in changes if visible(change.key))
 
 
 def parse_watch(request: IRequest) -> WatchQuery:

@@ -27,6 +27,7 @@ from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 
+from ersid.auth import ANYONE
 from ersid.embedded.journal import Journal
 from ersid.embedded.memory import DictStorage
 from ersid.embedded.recovery import recover
@@ -252,7 +253,7 @@ class _Model:
         watcher.request = request
         await self.backend.caught_up(watcher.since)
         stream = Deferred.fromCoroutine(
-            serve_watch(self.backend.hub, self.backend.storage, request)
+            serve_watch(self.backend.hub, self.backend.storage, request, ANYONE)
         )
         watcher.paused = False
         failure = []

@@ -15,6 +15,7 @@ import sys
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
+from ersid.auth import TokenAccess, add_token
 from ersid.embedded.memory import DictStorage
 from ersid.web.app import Service
 
@@ -43,7 +44,14 @@ class OpenAPIFuzzTests(TestCase):
         os.makedirs(workdir)
 
         async def check():
-            url = await serve(self, Service(DictStorage(), max_value_size=4096))
+            # With tokens, so that schemathesis also checks that requests
+            # without one, or with a wrong one, are refused.
+            tokens = os.path.join(workdir, "tokens.jsonl")
+            token = add_token(tokens, "fuzzer", admin=True)
+            service = Service(
+                DictStorage(), max_value_size=4096, access=TokenAccess(tokens)
+            )
+            url = await serve(self, service)
             fuzzer = Daemon(
                 [
                     sys.executable,
@@ -59,6 +67,8 @@ class OpenAPIFuzzTests(TestCase):
                     "--max-examples",
                     "100",
                     "--generation-deterministic",
+                    "--header",
+                    f"Authorization: Bearer {token}",
                     # A stream has no end; tests/web/test_watch.py has its own.
                     "--exclude-path",
                     "/_watch",
