@@ -11,7 +11,10 @@ each write), Ersid with MySQL when a MariaDB server can be started, etcd
 Redis (no persistence). They run side by side, each on core 0, and wrk on
 core 1 loads one at a time, in slices of a few seconds: PUT and GET of
 100-byte values over 1,000 keys with 50 keep-alive connections, then, for
-the limit, Ersid dict, etcd and webdis, with 10 and with 500. Before that,
+the limit, Ersid dict, etcd and webdis, with 10 and with 500. Ersid dict also
+runs with tokens (--tokens, every request bearing one with permissions on
+a few prefixes), whose ratio to Ersid dict without is the cost of access
+control. Before that,
 what an idle keep-alive connection costs Ersid dict, etcd and webdis in
 memory; after it, the cost of snapshots with 1,000,000 keys, then what
 watchers cost Ersid dict (watchers.py), then how its keys expire
@@ -65,10 +68,12 @@ OTHER_CONNECTIONS = (10, 500)
 
 LIMIT = "bare httptools (limit)"
 ERSID = "ersid dict"
+ERSID_TOKENS = "ersid dict tokens"
 ETCD = "etcd"
 WEBDIS = "webdis + redis"
-# Every figure has a ratio to each of these: "ratio_to_limit", "ratio_to_etcd".
-REFERENCES = {"limit": LIMIT, "etcd": ETCD}
+# Every figure has a ratio to each of these: "ratio_to_limit", "ratio_to_etcd",
+# and "ratio_to_dict" (for the cost of tokens).
+REFERENCES = {"limit": LIMIT, "etcd": ETCD, "dict": ERSID}
 # Also measured with OTHER_CONNECTIONS.
 PEERS = (LIMIT, ERSID, ETCD, WEBDIS)
 # Measured for the memory an idle connection costs.
@@ -109,6 +114,7 @@ class Target:
     get_prefix: str = "/bench/"
     put_prefix: str = "/bench/"
     put_form: bool = False
+    authorization: str | None = None
 
     def prefix(self, method: str) -> str:
         """What comes before a key's number in the path of a C{method}."""
@@ -129,6 +135,7 @@ class Target:
             connections,
             prefix=self.prefix(method),
             put_form=self.put_form,
+            authorization=self.authorization,
         )
 
     def create_keys(self) -> None:
@@ -140,7 +147,10 @@ class Target:
         """
         figures = self.load("PUT", 1)
         url = f"http://127.0.0.1:{self.port}{self.path('GET', 1)}"
-        with urllib.request.urlopen(url, timeout=10) as response:
+        request = urllib.request.Request(url)
+        if self.authorization is not None:
+            request.add_header("Authorization", self.authorization)
+        with urllib.request.urlopen(request, timeout=10) as response:
             body = response.read()
         if figures["non_2xx"] or b"v" * VALUE_SIZE not in body:
             raise RuntimeError(
@@ -215,6 +225,7 @@ def _wrk(
     keys: int = KEYS,
     prefix: str = "/bench/",
     put_form: bool = False,
+    authorization: str | None = None,
 ) -> dict[str, float]:
     result = subprocess.run(
         _pinned(
@@ -237,6 +248,7 @@ def _wrk(
             "WRK_VALUE_SIZE": str(VALUE_SIZE),
             "WRK_PREFIX": prefix,
             "WRK_PUT_FORM": "1" if put_form else "0",
+            "WRK_AUTHORIZATION": authorization or "",
         },
         capture_output=True,
         text=True,
@@ -311,6 +323,25 @@ def _ersid(name: str, data_dir: str, *options: str) -> Target:
     port = free_port()
     command = _twistd(port, data_dir, *options)
     return Target(name, port, [Process(command, b"REST API listening")])
+
+
+def _ersid_with_tokens(name: str, data_dir: str) -> Target:
+    """
+    Ersid dict with a token file of a few entries, loaded with a token that
+    may write bench/ and read two other prefixes: a request is checked
+    against its longest matching prefix, as a deployment's would be.
+    """
+    from ersid.auth import add_token
+
+    os.makedirs(data_dir)
+    tokens = os.path.join(data_dir, "tokens.jsonl")
+    add_token(tokens, "admin", admin=True)
+    add_token(tokens, "reader", read=("config/",))
+    token = add_token(tokens, "bench", read=("config/", "other/"), write=("bench/",))
+    target = _ersid(name, data_dir, "--tokens", tokens)
+    return Target(
+        target.name, target.port, target.processes, authorization=f"Bearer {token}"
+    )
 
 
 def _etcd(data_dir: str) -> Target:
@@ -409,6 +440,7 @@ def _targets(work: str, mysql_socket: str | None) -> list[Target]:
     targets = [
         _bare(LIMIT, "bare_httptools.py"),
         _ersid(ERSID, os.path.join(work, "dict")),
+        _ersid_with_tokens(ERSID_TOKENS, os.path.join(work, "dict-tokens")),
         _etcd(os.path.join(work, "etcd")),
         _webdis(os.path.join(work, "webdis")),
         _bare("twisted.web (bare)", "bare_server.py"),

@@ -8,10 +8,15 @@ local method = os.getenv("WRK_METHOD") or "GET"
 local keys = tonumber(os.getenv("WRK_KEYS") or "1000")
 local prefix = os.getenv("WRK_PREFIX") or "/bench/"
 local body = string.rep("v", tonumber(os.getenv("WRK_VALUE_SIZE") or "100"))
-local headers = nil
+local headers = {}
 if os.getenv("WRK_PUT_FORM") == "1" then
   body = "value=" .. body
-  headers = {["Content-Type"] = "application/x-www-form-urlencoded"}
+  headers["Content-Type"] = "application/x-www-form-urlencoded"
+end
+-- WRK_AUTHORIZATION: sent with every request ("Bearer <token>").
+local authorization = os.getenv("WRK_AUTHORIZATION") or ""
+if authorization ~= "" then
+  headers["Authorization"] = authorization
 end
 local counter = 0
 
@@ -21,5 +26,5 @@ request = function()
   if method == "PUT" then
     return wrk.format("PUT", path, headers, body)
   end
-  return wrk.format("GET", path)
+  return wrk.format("GET", path, headers)
 end

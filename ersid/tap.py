@@ -247,6 +247,7 @@ class Options(usage.Options):
             raise SystemExit(f"ersid: {e} (the options: twistd ersid --help)") from None
 
     def postOptions(self) -> None:
+        self._check_access()
         self["rest-port"] = endpoint_description(self["rest-port"])
         self["manhole-port"] = optional_endpoint_description(self["manhole-port"])
         if self["storage"] not in _BACKENDS:
@@ -258,6 +259,13 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"--fsync must be one of {', '.join(FSYNC_POLICIES)}, not {self['fsync']!r}"
             )
+        if self["storage"] == "mysql" and not self["mysql-url"]:
+            raise usage.UsageError("--storage mysql needs --mysql-url")
+        if self["dump-file"] is None:
+            self["dump-file"] = os.path.join(self["data-dir"], "snapshot.json")
+
+    def _check_access(self) -> None:
+        """Refuse tokens and TLS options that do not go together."""
         if bool(self["tls-cert"]) != bool(self["tls-key"]):
             raise usage.UsageError("--tls-cert and --tls-key go together")
         if self["tls-client-ca"] and not self["tls-cert"]:
@@ -269,10 +277,6 @@ class Options(usage.Options):
             )
         if self["tokens"] and self["insecure-no-auth"]:
             raise usage.UsageError("--insecure-no-auth makes no sense with --tokens")
-        if self["storage"] == "mysql" and not self["mysql-url"]:
-            raise usage.UsageError("--storage mysql needs --mysql-url")
-        if self["dump-file"] is None:
-            self["dump-file"] = os.path.join(self["data-dir"], "snapshot.json")
 
 
 @one_line_exit

@@ -117,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ca",
         metavar="FILE",
+        dest="ca_file",
         default=os.environ.get("ERSID_CA"),
         help="PEM file of the CA to trust for https (default: $ERSID_CA, else "
         "the system's CAs)",
@@ -124,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cert",
         metavar="FILE",
+        dest="certificate_file",
         default=os.environ.get("ERSID_CERT"),
         help="PEM file of a client certificate, for servers that require one "
         "(default: $ERSID_CERT)",
@@ -131,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--key",
         metavar="FILE",
+        dest="key_file",
         default=os.environ.get("ERSID_KEY"),
         help="PEM file of its key, unless in --cert's file (default: $ERSID_KEY)",
     )
@@ -314,8 +317,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(run_token_command(arguments))
     token = _token(parser, arguments.token_file)
     tls = None
-    if arguments.ca or arguments.cert:
-        tls = ClientTLS(arguments.ca, arguments.cert, arguments.key)
+    if arguments.ca_file or arguments.certificate_file:
+        tls = ClientTLS(
+            arguments.ca_file, arguments.certificate_file, arguments.key_file
+        )
 
     async def run(reactor: Any) -> None:
         try:
