@@ -62,8 +62,26 @@ _EXIT_CODES = {
     LockTimeout: EXIT_LOCK_TIMEOUT,
     NotAllowed: EXIT_NOT_ALLOWED,
 }
+# The options naming a file: each its destination, environment variable
+# and meaning.
+_FILE_OPTIONS = [
+    (
+        "--token-file",
+        "token_file",
+        "ERSID_TOKEN_FILE",
+        "file holding the token to send; else $ERSID_TOKEN is, if set",
+    ),
+    ("--ca", "ca_file", "ERSID_CA", "PEM file of the CAs to trust, not the system's"),
+    (
+        "--cert",
+        "certificate_file",
+        "ERSID_CERT",
+        "PEM file of a client certificate, for servers that require one",
+    ),
+    ("--key", "key_file", "ERSID_KEY", "PEM file of its key, unless in --cert's file"),
+]
 # The options before the command that take a value.
-_VALUED = {"--url", "--token-file", "--ca", "--cert", "--key"}
+_VALUED = {"--url", *(option for option, *_ in _FILE_OPTIONS)}
 
 
 def _seconds(least: float) -> Any:
@@ -107,36 +125,14 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("ERSID_URL", "http://localhost:8080"),
         help="server URL (default: $ERSID_URL, else http://localhost:8080)",
     )
-    parser.add_argument(
-        "--token-file",
-        metavar="FILE",
-        default=os.environ.get("ERSID_TOKEN_FILE"),
-        help="file holding the token to send (default: $ERSID_TOKEN_FILE; "
-        "else the token in $ERSID_TOKEN, if set)",
-    )
-    parser.add_argument(
-        "--ca",
-        metavar="FILE",
-        dest="ca_file",
-        default=os.environ.get("ERSID_CA"),
-        help="PEM file of the CA to trust for https (default: $ERSID_CA, else "
-        "the system's CAs)",
-    )
-    parser.add_argument(
-        "--cert",
-        metavar="FILE",
-        dest="certificate_file",
-        default=os.environ.get("ERSID_CERT"),
-        help="PEM file of a client certificate, for servers that require one "
-        "(default: $ERSID_CERT)",
-    )
-    parser.add_argument(
-        "--key",
-        metavar="FILE",
-        dest="key_file",
-        default=os.environ.get("ERSID_KEY"),
-        help="PEM file of its key, unless in --cert's file (default: $ERSID_KEY)",
-    )
+    for option, dest, variable, meaning in _FILE_OPTIONS:
+        parser.add_argument(
+            option,
+            metavar="FILE",
+            dest=dest,
+            default=os.environ.get(variable),
+            help=f"{meaning} (default: ${variable})",
+        )
     commands = parser.add_subparsers(dest="command", required=True)
     get = commands.add_parser("get", help="write a value's bytes to stdout")
     get.add_argument("key")

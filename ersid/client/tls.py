@@ -6,6 +6,8 @@ one, and the token it sends with every request.
 
 from __future__ import annotations
 
+import re
+
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.ssl import (
@@ -20,6 +22,10 @@ from twisted.web.iweb import IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 __all__ = ["ClientTLS", "bearing", "check_token"]
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
+)
 
 
 @attrs.frozen
@@ -44,7 +50,10 @@ class ClientTLS:
         trust = platformTrust()
         if self.ca is not None:
             with open(self.ca, "rb") as f:
-                trust = trustRootFromCertificates([Certificate.loadPEM(f.read())])
+                found = _PEM_CERTIFICATE.findall(f.read())
+            if not found:
+                raise ValueError(f"no PEM certificate in {self.ca}")
+            trust = trustRootFromCertificates([Certificate.loadPEM(c) for c in found])
         client = None
         if self.certificate is not None:
             with open(self.certificate, "rb") as f:

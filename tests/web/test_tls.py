@@ -145,9 +145,8 @@ class ClientCertificateTests(TestCase):
         self.ca = Authority(self.directory, "ersid")
         self.server = self.ca.issue("server")
         self.robot = self.ca.issue("robot", client=True)
-        self.intruder = Authority(self.directory, "other").issue(
-            "intruder", client=True
-        )
+        self.other = Authority(self.directory, "other")
+        self.intruder = self.other.issue("intruder", client=True)
         self.old = self.ca.issue("old", client=True, expired=True)
         self.tokens = os.path.join(self.directory, "tokens.jsonl")
         self.token = add_token(self.tokens, "robot", write=("app/",))
@@ -239,6 +238,15 @@ class ClientCertificateTests(TestCase):
             self.assertEqual((await client.get("app/k")).data, b"over https")
             with self.assertRaises(NotAllowed):
                 await client.set("other/k", b"v")
+            # A file of several CAs: each is trusted.
+            bundle = os.path.join(self.directory, "bundle.pem")
+            with open(bundle, "wb") as f:
+                for path in (self.other.certificate, self.ca.certificate):
+                    with open(path, "rb") as ca:
+                        f.write(ca.read())
+            tls = ClientTLS(bundle, *self.robot)
+            bundled = Client(url, reactor, persistent=False, token=self.token, tls=tls)
+            self.assertEqual((await bundled.get("app/k")).data, b"over https")
             for refused in (
                 ClientTLS(self.ca.certificate),  # no client certificate
                 ClientTLS(self.ca.certificate, *self.intruder),
