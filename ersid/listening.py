@@ -140,10 +140,14 @@ class Listener(Service):
         address = port.getHost()
         if self.public_refusal is not None and reachable(address):
             port.stopListening()
-            self._refusal = (
+            refusal = (
                 f"the {self.what} would listen on {address.host}, "  # type: ignore[attr-defined]
                 f"which other machines can reach, {self.public_refusal}"
             )
+            if self._starting:
+                self._refusal = refusal
+            else:  # an endpoint that listens later: none of Ersid's own
+                _log.error("{why}", why=refusal)
             return None
         if self._budget is not None:
             self._budget.add_port(port)

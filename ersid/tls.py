@@ -7,8 +7,6 @@ express. L{TLSFactory} wraps the API's factory on any endpoint.
 
 from __future__ import annotations
 
-import re
-
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IAddress, IProtocolFactory
 from twisted.internet.ssl import (
@@ -19,20 +17,17 @@ from twisted.internet.ssl import (
 )
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
+from ersid.client.tls import pem_certificates
 from ersid.files import refuse_if_exposed
 from ersid.startup import StartupError
 
 __all__ = ["TLSFactory", "server_tls"]
 
-_PEM_CERTIFICATE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
-)
-
 
 def _certificates(path: str, what: str) -> list[crypto.X509]:
     try:
         with open(path, "rb") as f:
-            found = _PEM_CERTIFICATE.findall(f.read())
+            found = pem_certificates(f.read())
         certificates = [Certificate.loadPEM(pem).original for pem in found]
     except OSError as e:
         raise StartupError(f"{what} {path}: {e.strerror}") from None

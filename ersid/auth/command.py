@@ -1,7 +1,8 @@
 """
 C{ersid token} (its arguments are in L{ersid.client.cli}): make, list and
-remove the tokens of a token file, so that nobody writes hashes by hand. A new token is printed once, on standard
-output, and kept nowhere; the daemon takes changes on C{SIGHUP}.
+remove the tokens of a token file, so that nobody writes hashes by hand.
+A new token is printed once, on standard output, and kept nowhere; the
+daemon takes changes on C{SIGHUP}.
 """
 
 from __future__ import annotations

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import Protocol
 
-__all__ = ["ANYONE", "Grant", "NotAuthenticated", "NotPermitted"]
+from twisted.logger import Logger
+
+__all__ = ["ANYONE", "Grant", "NotAuthenticated", "NotPermitted", "Revocable"]
+
+_log = Logger()
 
 
 class NotAuthenticated(Exception):
@@ -28,12 +32,20 @@ class NotPermitted(Exception):
     """The request's token may not do what it asks (403)."""
 
 
+class Revocable(Protocol):
+    """What a grant ends when it is revoked: a watch made with it."""
+
+    def revoke(self, reason: str) -> None:
+        """End, telling the client C{reason}."""
+
+
 class Grant:
     """
     The permissions of one token: keys under each of C{read} it may read,
     keys under each of C{write} it may read and write; all of them if
-    C{admin}; C{digest} is the SHA-256 of its token. For a key under several prefixes, the longest decides: with
-    C{write=[""]} and C{read=["config/"]}, C{config/x} is read-only.
+    C{admin}; C{digest} is the SHA-256 of its token. For a key under
+    several prefixes, the longest decides: with C{write=[""]} and
+    C{read=["config/"]}, C{config/x} is read-only.
 
     A grant taken away by a reload of the token file is L{revoked}: requests
     no longer pass with it, and the watches made with it end.
@@ -54,8 +66,9 @@ class Grant:
         rules.update(dict.fromkeys(write, True))
         # Longest first: the first that matches decides.
         self._rules = sorted(rules.items(), key=lambda rule: -len(rule[0]))
+        self._prefixes = tuple(rules)
         self.revoked = False
-        self._watchers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._watchers: weakref.WeakSet[Revocable] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return f"<Grant {self.name!r}>"
@@ -67,9 +80,7 @@ class Grant:
 
     def may_read(self, key: str) -> bool:
         """Whether the token may read C{key}: every rule grants reading."""
-        if self.admin:
-            return True
-        return any(key.startswith(prefix) for prefix, _ in self._rules)
+        return self.admin or key.startswith(self._prefixes)
 
     def may_write(self, key: str) -> bool:
         """Whether the token may write C{key}: as its longest matching prefix says."""
@@ -94,7 +105,7 @@ class Grant:
         The prefixes, in order and none within another, of the keys under
         C{prefix} the token may read; C{None} if it may read them all.
         """
-        if self.admin or any(prefix.startswith(p) for p, _ in self._rules):
+        if self.admin or prefix.startswith(self._prefixes):
             return None
         found: list[str] = []
         for rule in sorted(p for p, _ in self._rules if p.startswith(prefix)):
@@ -115,16 +126,26 @@ class Grant:
             )
         return readable
 
-    def follow(self, watcher: Any) -> None:
-        """End C{watcher} with L{revoke}, should the grant be revoked."""
-        self._watchers.add(watcher)
+    def follow(self, watcher: Revocable) -> None:
+        """
+        End C{watcher} should the grant be revoked (at once, if it is): a
+        watch, once admitted.
+        """
+        if self.revoked:
+            watcher.revoke("the token was revoked")
+        else:
+            self._watchers.add(watcher)
 
     def revoke(self, reason: str) -> None:
         """Take the grant away: the watches made with it end, saying C{reason}."""
         self.revoked = True
-        for watcher in list(self._watchers):
-            watcher.revoke(reason)
-        self._watchers.clear()
+        watchers, self._watchers = list(self._watchers), weakref.WeakSet()
+        for watcher in watchers:
+            # One watch failing to end must not keep the others going.
+            try:
+                watcher.revoke(reason)
+            except Exception:
+                _log.failure("Watch {watcher} failed to end", watcher=watcher)
 
 
 # Everyone, when the daemon has no tokens: it serves loopback only.

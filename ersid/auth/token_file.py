@@ -19,13 +19,14 @@ import json
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import attrs
 
-from ersid.files import open_private, refuse_if_exposed, sync_directory
+from ersid.files import refuse_if_exposed, sync_directory
 
 __all__ = [
     "TokenEntry",
@@ -70,7 +71,10 @@ class TokenEntry:
 
 
 def new_token() -> str:
-    """A new token: 256 random bits, URL-safe, with a prefix that secret scanners can spot."""
+    """
+    A new token: 256 random bits, URL-safe, with a prefix that secret
+    scanners can spot.
+    """
     return "ersid_" + secrets.token_urlsafe(32)
 
 
@@ -86,17 +90,26 @@ def read_token_file(path: str) -> list[TokenEntry]:
     @raise TokenFileError: if it cannot be read, others may read or write
         it, or a line is not an entry; naming the line.
     """
+    return [entry for _, entry in _read(path) if entry is not None]
+
+
+def _read(path: str) -> list[tuple[bytes, TokenEntry | None]]:
+    """
+    Every line of the token file at C{path} (ends included), each with its
+    entry, or C{None} for a comment or a blank line.
+    """
     try:
-        refuse_if_exposed(path, "token file", TokenFileError)
+        _refuse_if_others_may_change(path)
         with open(path, "rb") as f:
-            lines = f.read().splitlines()
+            lines = f.read().splitlines(keepends=True)
     except OSError as e:
         raise TokenFileError(f"token file {path}: {e.strerror}") from None
-    entries: list[TokenEntry] = []
+    read: list[tuple[bytes, TokenEntry | None]] = []
     names: set[str] = set()
     digests: set[str] = set()
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith(b"#"):
+            read.append((line, None))
             continue
         try:
             entry = _entry(line)
@@ -113,8 +126,19 @@ def read_token_file(path: str) -> list[TokenEntry]:
             )
         names.add(entry.name)
         digests.add(entry.sha256)
-        entries.append(entry)
-    return entries
+        read.append((line, entry))
+    return read
+
+
+def _refuse_if_others_may_change(path: str) -> None:
+    """Whoever may write the file may add a token: its owner, or root, only."""
+    refuse_if_exposed(path, "token file", TokenFileError)
+    owner = os.stat(path).st_uid
+    if owner not in (0, os.geteuid()):
+        raise TokenFileError(
+            f"token file {path} belongs to another user (uid {owner}), who "
+            "could add tokens; it must be this user's or root's"
+        )
 
 
 def _entry(line: bytes) -> TokenEntry:
@@ -148,25 +172,56 @@ def _prefixes(fields: dict[str, Any], name: str) -> tuple[str, ...]:
 
 
 @contextmanager
-def _locked(path: str) -> Iterator[list[TokenEntry]]:
+def _changing(
+    path: str, create: bool
+) -> Iterator[list[tuple[bytes, TokenEntry | None]]]:
     """
-    The entries of C{path} (none if it is new, made mode 0600), with the
-    file locked against another C{ersid token} changing it meanwhile.
+    The lines of the token file at C{path} (none if it is new and
+    C{create}), for a change, which L{_replace} makes; meanwhile the
+    file's directory is locked against another C{ersid token}.
     """
+    target = os.path.realpath(path)  # a link stays a link
+    directory = os.path.dirname(target)
     try:
-        if os.path.exists(path):
-            # As found: an exposed file is refused, not quietly made private.
-            refuse_if_exposed(path, "token file", TokenFileError)
-            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        else:
-            descriptor = open_private(path, os.O_RDONLY, follow=True)
+        lock = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
         raise TokenFileError(f"token file {path}: {e.strerror}") from None
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield read_token_file(path)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield [] if create and not os.path.exists(target) else _read(path)
     finally:
-        os.close(descriptor)
+        os.close(lock)
+
+
+def _replace(path: str, lines: list[bytes]) -> None:
+    """
+    Make C{lines} the token file C{path}, whole or not at all: written to
+    a new file (mode 0600) beside it, flushed, renamed over it.
+    """
+    target = os.path.realpath(path)
+    directory = os.path.dirname(target)
+    try:
+        descriptor, temporary = tempfile.mkstemp(
+            prefix=os.path.basename(target) + ".", dir=directory
+        )
+        try:
+            if os.path.exists(target):
+                # Root changing the daemon user's file leaves it the user's.
+                status = os.stat(target)
+                with suppress(PermissionError):
+                    os.fchown(descriptor, status.st_uid, status.st_gid)
+            with open(descriptor, "wb") as f:
+                f.write(b"".join(lines))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(temporary)
+            raise
+        sync_directory(directory)
+    except OSError as e:
+        raise TokenFileError(f"token file {path}: {e.strerror}") from None
 
 
 def add_token(
@@ -177,7 +232,7 @@ def add_token(
     admin: bool = False,
 ) -> str:
     """
-    Make a token named C{name} with these permissions, append its entry to
+    Make a token named C{name} with these permissions, add its entry to
     the token file C{path} (made mode 0600 if new); the token, which is
     kept nowhere.
 
@@ -186,32 +241,21 @@ def add_token(
     """
     token = new_token()
     digest = digest_of(token.encode("ascii")).hex()
-    entry = TokenEntry(name, digest, read, write, admin)
+    line = TokenEntry(name, digest, read, write, admin).line().encode("utf-8")
     try:
-        _entry(entry.line().encode("utf-8"))
+        _entry(line)
     except ValueError as e:
         raise TokenFileError(str(e)) from None
-    with _locked(path) as entries:
-        if any(found.name == name for found in entries):
+    with _changing(path, create=True) as lines:
+        if any(entry is not None and entry.name == name for _, entry in lines):
             raise TokenFileError(
                 f"{name!r} has a token already in {path}; remove it first"
             )
-        descriptor = open_private(path, os.O_WRONLY | os.O_APPEND, follow=True)
-        try:
-            with open(descriptor, "a", encoding="utf-8", closefd=False) as f:
-                if f.tell() and not _ends_in_newline(path):
-                    f.write("\n")
-                f.write(entry.line())
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        kept = [text for text, _ in lines]
+        if kept and not kept[-1].endswith(b"\n"):
+            kept[-1] += b"\n"
+        _replace(path, [*kept, line])
     return token
-
-
-def _ends_in_newline(path: str) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
 
 
 def remove_token(path: str, name: str) -> bool:
@@ -219,26 +263,9 @@ def remove_token(path: str, name: str) -> bool:
     Remove the entry named C{name} from the token file C{path}, keeping the
     other lines as they are; whether there was one.
     """
-    with _locked(path) as entries:
-        if not any(entry.name == name for entry in entries):
+    with _changing(path, create=False) as lines:
+        kept = [text for text, entry in lines if entry is None or entry.name != name]
+        if len(kept) == len(lines):
             return False
-        with open(path, "rb") as f:
-            lines = f.read().splitlines(keepends=True)
-        kept = [line for line in lines if not _names(line, name)]
-        target = os.path.realpath(path)  # a link stays a link
-        temporary = target + ".new"
-        descriptor = open_private(temporary, os.O_WRONLY | os.O_TRUNC)
-        try:
-            os.write(descriptor, b"".join(kept))
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(temporary, target)
-        sync_directory(os.path.dirname(target))
+        _replace(path, kept)
     return True
-
-
-def _names(line: bytes, name: str) -> bool:
-    if not line.strip() or line.lstrip().startswith(b"#"):
-        return False
-    return _entry(line).name == name

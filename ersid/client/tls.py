@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import attrs
+from OpenSSL import crypto
 from twisted.internet.defer import Deferred
 from twisted.internet.ssl import (
     Certificate,
@@ -21,11 +22,16 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
-__all__ = ["ClientTLS", "bearing", "check_token"]
+__all__ = ["ClientTLS", "bearing", "check_token", "pem_certificates"]
 
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL
 )
+
+
+def pem_certificates(data: bytes) -> list[bytes]:
+    """The PEM certificates in C{data}, in order (a chain, or several CAs)."""
+    return _PEM_CERTIFICATE.findall(data)
 
 
 @attrs.frozen
@@ -47,10 +53,18 @@ class ClientTLS:
         @raise OSError: if a file cannot be read.
         @raise ValueError: if it is not PEM of what it should be.
         """
+        try:
+            return self._policy()
+        except crypto.Error as e:
+            raise ValueError(
+                f"not a PEM certificate or key, or not a pair: {e}"
+            ) from None
+
+    def _policy(self) -> IPolicyForHTTPS:
         trust = platformTrust()
         if self.ca is not None:
             with open(self.ca, "rb") as f:
-                found = _PEM_CERTIFICATE.findall(f.read())
+                found = pem_certificates(f.read())
             if not found:
                 raise ValueError(f"no PEM certificate in {self.ca}")
             trust = trustRootFromCertificates([Certificate.loadPEM(c) for c in found])

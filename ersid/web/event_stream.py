@@ -42,6 +42,9 @@ class EventStream:
         # The newest revision the client knows of.
         self._after = 0
         self._live = False
+        # Whether the client had every readable change up to _after when
+        # the connection backed up.
+        self._caught_up = False
         self._paused = False
         self._owed = 0
         self._sent = False
@@ -79,6 +82,10 @@ class EventStream:
     def deliver(self, batch: Batch) -> None:
         readable = self._readable.batch(batch)
         if readable is None:
+            if self._live or (self._caught_up and not self._owed):
+                # The client has all it may read up to here: a history
+                # trimmed past these changes owes it nothing.
+                self._after = max(self._after, batch.last)
             return
         batch = readable
         events = batch.sse(self._values)
@@ -172,6 +179,7 @@ class EventStream:
 
     def pauseProducing(self) -> None:
         self._paused = True
+        self._caught_up = self._live
         self._live = False
 
     def resumeProducing(self) -> None:

@@ -128,7 +128,10 @@ class LongPoll:
         """The token the poll was made with was revoked: a 401."""
         if not self._done.called:
             self._stop()
-            self._done.errback(ApiError(401, "token_revoked", reason))
+            challenge = b'Bearer realm="ersid", error="invalid_token"'
+            self._done.errback(
+                ApiError(401, "token_revoked", reason, {b"WWW-Authenticate": challenge})
+            )
 
     def end(self, reason: str | None) -> None:
         if reason is None:

@@ -6,6 +6,7 @@ not read whole, the prefixes it may read within it
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ersid.storage import IStorage, Listing, Record
@@ -28,17 +29,17 @@ async def readable_keys(
     if readable is None:
         listing: Listing[str] = await storage.keys(prefix, after, limit)
         return listing
-    keys: list[str] = []
-    revisions: list[int] = []
-    for part in readable:
-        if after is not None and after > part and not after.startswith(part):
-            continue  # every key under it comes before the cursor
-        found = await storage.keys(part, after, limit - len(keys))
-        keys += found.items
-        revisions.append(found.revision)
-        if len(keys) >= limit:
-            break
-    return Listing(keys, min(revisions) if revisions else await _revision(storage))
+    # Those with a key after the cursor: every key under the others is before it.
+    parts = [
+        part
+        for part in readable
+        if after is None or after < part or after.startswith(part)
+    ]
+
+    def keys(part: str, found: int) -> Awaitable[Listing[str]]:
+        return storage.keys(part, after, limit - found)
+
+    return await _joined(storage, parts, keys, limit)
 
 
 async def readable_records(
@@ -48,15 +49,24 @@ async def readable_records(
     if readable is None:
         listing: Listing[tuple[str, Record]] = await storage.records(prefix)
         return listing
-    records: list[tuple[str, Record]] = []
-    revisions: list[int] = []
-    for part in readable:
-        found = await storage.records(part)
-        records += found.items
+    return await _joined(storage, readable, lambda part, _: storage.records(part))
+
+
+async def _joined(
+    storage: IStorage,
+    parts: Sequence[str],
+    read: Callable[[str, int], Awaitable[Listing[Any]]],
+    limit: int | None = None,
+) -> Listing[Any]:
+    """The listings of C{parts} one after another, up to C{limit} items."""
+    items: list[Any] = []
+    revisions = []
+    for part in parts:
+        found = await read(part, len(items))
+        items += found.items
         revisions.append(found.revision)
-    return Listing(records, min(revisions))
-
-
-async def _revision(storage: IStorage) -> Any:
-    _, revision = await storage.stats()
-    return revision
+        if limit is not None and len(items) >= limit:
+            break
+    if not revisions:
+        revisions.append((await storage.stats())[1])
+    return Listing(items, min(revisions))

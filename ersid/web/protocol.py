@@ -270,9 +270,15 @@ class Connection(Protocol):
         fields = self._fields
         self._version = version = self._parser.get_http_version()
         hosts = fields.get(b"host")
-        # Most requests of a keep-alive connection have just the Host header
-        # of the one before, which passed: nothing to check again.
-        if hosts != [self._host] or len(fields) != 1 or version != "1.1":
+        # Most requests of a keep-alive connection have the Host header of
+        # the one before, which passed, and none of the other headers that
+        # ambiguity() checks: nothing to check again.
+        if (
+            hosts != [self._host]
+            or version != "1.1"
+            or b"transfer-encoding" in fields
+            or b"content-type" in fields
+        ):
             error = ambiguity(version, fields)
             if error is not None:
                 self._stop(error)

@@ -40,8 +40,10 @@ async def serve_watch(
         return b""
     if asked.wait is not None:
         poll = LongPoll(hub, request, asked, readable)
-        grant.follow(poll)
-        return await poll.answer()
+        answered = poll.answer()
+        if not answered.called:  # it waits, a watcher of the hub
+            grant.follow(poll)
+        return await answered
     first: list[bytes] = []
     since = hub.revision if asked.since is None else asked.since
     if asked.initial and not asked.resuming:
@@ -53,8 +55,9 @@ async def serve_watch(
     if grant.revoked:  # while the initial state was read
         raise NotAuthenticated("the token was revoked", "invalid_token")
     stream = EventStream(hub, request, asked, readable)
-    grant.follow(stream)
-    return await stream.stream(since, first)
+    ended = stream.stream(since, first)
+    grant.follow(stream)  # admitted: it streams until it ends
+    return await ended
 
 
 def _put(key: str, record: Record, values: bool) -> dict[str, Any]:

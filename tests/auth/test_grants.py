@@ -32,7 +32,10 @@ def _grant(rules: list[tuple[str, bool]]) -> Grant:
 
 
 def _may_write(rules: list[tuple[str, bool]], key: str) -> bool:
-    """The definition: of the prefixes of C{key}, the longest decides; write wins a tie."""
+    """
+    The definition: of the prefixes of C{key}, the longest decides; write
+    wins a tie.
+    """
     matching = [
         (len(prefix), writes) for prefix, writes in rules if key.startswith(prefix)
     ]

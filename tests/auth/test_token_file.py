@@ -110,6 +110,54 @@ class TokenCommandTests(TestCase):
         self.assertEqual(lines[0], "# the deploy robot")
         self.assertEqual(json.loads(lines[1])["name"], "b")
 
+    def test_changes_at_once_lose_nothing(self):
+        """Several C{ersid token} at once: each add kept, each remove done."""
+        for name in ("old1", "old2", "old3"):
+            add_token(self.path, name, read=("",))
+        commands = [
+            ["token", "add", f"new{n}", "--tokens", self.path, "--read", ""]
+            for n in range(6)
+        ] + [
+            ["token", "remove", name, "--tokens", self.path]
+            for name in ("old1", "old2", "old3")
+        ]
+        running = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "from ersid.client.cli import main; main()",
+                    *args,
+                ],
+                cwd=CHECKOUT,
+                env={**os.environ, "PYTHONPATH": CHECKOUT},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for args in commands
+        ]
+        for process in running:
+            _, errors = process.communicate()
+            self.assertEqual(process.returncode, 0, errors)
+        self.assertEqual(
+            sorted(entry.name for entry in read_token_file(self.path)),
+            [f"new{n}" for n in range(6)],
+        )
+        self.assertEqual(os.listdir(os.path.dirname(self.path)), ["tokens.jsonl"])
+
+    def test_a_file_of_another_user_is_refused(self):
+        add_token(self.path, "a", read=("",))
+        os.chown(self.path, 12345, 12345)
+        with self.assertRaises(TokenFileError) as caught:
+            read_token_file(self.path)
+        self.assertIn("another user", str(caught.exception))
+
+    def test_a_missing_file_is_not_made_by_remove(self):
+        done = ersid("token", "remove", "a", "--tokens", self.path)
+        self.assertEqual(done.returncode, 4)
+        self.assertIn("No such file", done.stderr)
+        self.assertFalse(os.path.exists(self.path))
+
     def test_an_exposed_file_is_refused(self):
         add_token(self.path, "a", read=("",))
         os.chmod(self.path, 0o644)

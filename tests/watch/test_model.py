@@ -4,7 +4,8 @@ conditional writes, with watchers on random prefixes that start at random
 revisions, fall behind, drop and resume from the last id they saw (as a
 browser does). Every watcher must see exactly the model's changes after its
 revision, in order, or be told it cannot (410, C{compacted}): never a gap,
-never a duplicate. Run on the dict backend, on the journaled one across
+never a duplicate; one whose token may read only some keys sees exactly
+the changes of those. Run on the dict backend, on the journaled one across
 restarts, and on MySQL with two nodes (watched through one, written
 through both).
 
@@ -27,7 +28,7 @@ from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 
-from ersid.auth import ANYONE
+from ersid.auth import ANYONE, Grant, NotPermitted
 from ersid.embedded.journal import Journal
 from ersid.embedded.memory import DictStorage
 from ersid.embedded.recovery import recover
@@ -42,11 +43,13 @@ from .._sse import EventReader
 
 KEYS = st.sampled_from(["a", "a/1", "a/2", "ab", "b", "b/1"])
 PREFIXES = st.sampled_from(["", "a", "a/", "b/", "c"])
+# What a watcher's token may read: everything, or keys under these.
+READABLE = st.sampled_from([None, ("a/",), ("a/2", "b"), ("ab", "b/1")])
 OPERATIONS = st.lists(
     st.one_of(
         st.tuples(st.just("set"), KEYS, st.sampled_from([None, "absent", "current"])),
         st.tuples(st.just("delete"), KEYS),
-        st.tuples(st.just("watch"), PREFIXES, st.integers(0, 40)),
+        st.tuples(st.just("watch"), PREFIXES, st.integers(0, 40), READABLE),
         st.tuples(st.just("drop"), st.integers(0, 9)),
         st.tuples(st.just("pause"), st.integers(0, 9)),
         st.tuples(st.just("resume"), st.integers(0, 9)),
@@ -93,8 +96,9 @@ class _Request:
 class _Watcher:
     """A client watching from C{since}, resuming by itself."""
 
-    def __init__(self, prefix: str, since: int) -> None:
+    def __init__(self, prefix: str, since: int, grant: Grant) -> None:
         self.prefix = prefix
+        self.grant = grant
         self.since = since
         self.seen: list[tuple[str, int, str]] = []
         self.last_id: str | None = None
@@ -238,8 +242,11 @@ class _Model:
         self.revision = revision
         self.changes.append((kind, revision, key))
 
-    async def watch(self, prefix: str, since: int) -> None:
-        watcher = _Watcher(prefix, min(since, self.revision))
+    async def watch(
+        self, prefix: str, since: int, readable: tuple[str, ...] | None
+    ) -> None:
+        grant = ANYONE if readable is None else Grant("w", read=readable)
+        watcher = _Watcher(prefix, min(since, self.revision), grant)
         self.watchers.append(watcher)
         await self._connect(watcher)
 
@@ -253,11 +260,16 @@ class _Model:
         watcher.request = request
         await self.backend.caught_up(watcher.since)
         stream = Deferred.fromCoroutine(
-            serve_watch(self.backend.hub, self.backend.storage, request, ANYONE)
+            serve_watch(self.backend.hub, self.backend.storage, request, watcher.grant)
         )
         watcher.paused = False
         failure = []
         stream.addErrback(failure.append)
+        if failure and failure[0].check(NotPermitted):
+            self.test.assertEqual(watcher.grant.readable_under(watcher.prefix), ())
+            watcher.told_gone = True  # refused: it may read nothing there
+            watcher.request = None
+            return
         if failure:
             error = failure[0].value
             self.test.assertIsInstance(error, ApiError)
@@ -315,7 +327,9 @@ class _Model:
             expected = [
                 change
                 for change in self.changes
-                if change[1] > watcher.since and change[2].startswith(watcher.prefix)
+                if change[1] > watcher.since
+                and change[2].startswith(watcher.prefix)
+                and watcher.grant.may_read(change[2])
             ]
             if watcher.told_gone:
                 self.test.assertEqual(watcher.seen, expected[: len(watcher.seen)])

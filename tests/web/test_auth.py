@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 from urllib.parse import urlsplit
 
 from hypothesis import given
@@ -23,6 +24,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.http_headers import Headers
 
 from ersid.auth import TokenAccess, add_token, remove_token
 from ersid.embedded.memory import DictStorage
@@ -30,6 +32,7 @@ from ersid.watch.history import History
 from ersid.watch.hub import Hub
 from ersid.web.app import Service
 from ersid.web.site import makeSite
+from ersid.web.watch import serve_watch
 
 from .._helpers import (
     captured_log,
@@ -530,3 +533,90 @@ class LogTests(_Tokens):
 
 async def _turn() -> None:
     await deferLater(reactor, 0)
+
+
+class _MemoryRequest:
+    """What a watch writes to, in memory, its connection paused at will."""
+
+    def __init__(self, query: dict[bytes, list[bytes]]) -> None:
+        self.args = query
+        self.method = b"GET"
+        self.requestHeaders = Headers()
+        self.producer: Any = None
+        self.reader = EventReader()
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        return None
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        pass
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        self.reader.dataReceived(data)
+
+
+class RevocationTests(_Tokens):
+    def test_refused_watches_do_not_stop_a_revocation(self):
+        """
+        Watches refused (410, history gone) leave nothing behind that a
+        revocation trips on: the token's live watch ends, its kept-alive
+        connection is refused, and the reload is logged.
+        """
+
+        async def check():
+            log = captured_log(self)
+            base = await serve(self, self.service)
+            for _ in range(3):
+                response = await http().get(
+                    base + "/_watch?since=1000000", headers=self.headers("read")
+                )
+                self.assertEqual(response.code, 410)
+                await response.content()
+            response = await http().get(
+                base + "/_watch?prefix=app/",
+                headers=self.headers("read"),
+                unbuffered=True,
+            )
+            live = EventReader()
+            response.deliverBody(live)
+            self.addCleanup(_close, live)
+            remove_token(self.path, "read")
+            self.access.reload()
+            await live.ended
+            self.assertEqual(live.events[-1][0], "revoked")
+            self.assertTrue(any("Tokens reloaded" in line for line in log))
+
+        return self.run_async(check())
+
+    def test_hidden_changes_past_the_history_owe_nothing(self):
+        """
+        A watch whose token reads only C{a/}, its connection backed up
+        while more changes than the history keeps go to other keys, owes
+        its client nothing: it goes on, without C{compacted}.
+        """
+
+        async def check():
+            hub = Hub(History(0, 10), self.clock)
+            storage = DictStorage(publish=hub.publish)
+            request = _MemoryRequest({b"prefix": [b""]})
+            grant = self.access.grant([f"Bearer {self.tokens['read']}".encode()])
+            stream = Deferred.fromCoroutine(serve_watch(hub, storage, request, grant))
+            await storage.set("app/1", b"v", "text/plain")
+            request.producer.pauseProducing()
+            for n in range(30):
+                await storage.set(f"other/{n}", b"v", "text/plain")
+            request.producer.resumeProducing()
+            await storage.set("app/2", b"v", "text/plain")
+            names = [(name, data.get("key")) for name, _, data in request.reader.events]
+            self.assertEqual(names, [("put", "app/1"), ("put", "app/2")])
+            self.assertFalse(stream.called)
+            stream.cancel()
+            stream.addErrback(lambda _: None)
+
+        return self.run_async(check())
