@@ -108,12 +108,19 @@ def sync_directory(path: str) -> None:
         os.close(descriptor)
 
 
-def refuse_if_exposed(path: str, what: str, error: type[Exception]) -> None:
+def refuse_if_exposed(
+    path: str,
+    what: str,
+    error: type[Exception],
+    status: os.stat_result | None = None,
+) -> None:
     """
     Raise C{error} naming C{what} at C{path} and the fix, if anyone but its
-    owner may read or write it.
+    owner may read or write it (as C{status} says, if given).
     """
-    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if status is None:
+        status = os.stat(path)
+    mode = stat.S_IMODE(status.st_mode)
     if mode & 0o077:
         raise error(
             f"{what} {path} is readable or writable by others (mode {mode:04o}); "

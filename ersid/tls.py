@@ -12,7 +12,6 @@ from twisted.internet.interfaces import IAddress, IProtocolFactory
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
-    KeyPair,
     trustRootFromCertificates,
 )
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
@@ -53,11 +52,15 @@ def server_tls(
     try:
         refuse_if_exposed(key, "TLS key", StartupError)
         with open(key, "rb") as f:
-            private_key = KeyPair.load(f.read(), crypto.FILETYPE_PEM).original
+            # No passphrase: OpenSSL would ask for one on the terminal.
+            private_key = crypto.load_privatekey(crypto.FILETYPE_PEM, f.read(), b"")
     except OSError as e:
         raise StartupError(f"TLS key {key}: {e.strerror}") from None
     except crypto.Error:
-        raise StartupError(f"TLS key {key}: not a PEM private key") from None
+        raise StartupError(
+            f"TLS key {key}: not a PEM private key without a passphrase "
+            "(Ersid asks for none: openssl pkey -in KEY -out NEW decrypts it)"
+        ) from None
     trust = None
     if client_ca is not None:
         authorities = _certificates(client_ca, "TLS client CA")

@@ -70,6 +70,12 @@ class TokenAccess:
             self._take(read_token_file(path))
         except TokenFileError as e:
             raise StartupError(str(e)) from None
+        _log.info("{count} tokens from {path}", count=len(self._grants), path=path)
+        if not self._grants:
+            _log.warn(
+                "The token file {path} has no tokens: every request is refused",
+                path=path,
+            )
 
     def __len__(self) -> int:
         return len(self._grants)

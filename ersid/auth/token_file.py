@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -93,15 +94,21 @@ def read_token_file(path: str) -> list[TokenEntry]:
     return [entry for _, entry in _read(path) if entry is not None]
 
 
-def _read(path: str) -> list[tuple[bytes, TokenEntry | None]]:
+def _read(path: str, any_owner: bool = False) -> list[tuple[bytes, TokenEntry | None]]:
     """
     Every line of the token file at C{path} (ends included), each with its
-    entry, or C{None} for a comment or a blank line.
+    entry, or C{None} for a comment or a blank line; a file of another
+    user than this one or root only if C{any_owner}.
     """
     try:
-        _refuse_if_others_may_change(path)
-        with open(path, "rb") as f:
-            lines = f.read().splitlines(keepends=True)
+        # Not blocking: a named pipe must not stop the daemon.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            _refuse_if_others_may_change(path, os.fstat(descriptor), any_owner)
+            with open(descriptor, "rb", closefd=False) as f:
+                lines = f.read().splitlines(keepends=True)
+        finally:
+            os.close(descriptor)
     except OSError as e:
         raise TokenFileError(f"token file {path}: {e.strerror}") from None
     read: list[tuple[bytes, TokenEntry | None]] = []
@@ -130,11 +137,18 @@ def _read(path: str) -> list[tuple[bytes, TokenEntry | None]]:
     return read
 
 
-def _refuse_if_others_may_change(path: str) -> None:
-    """Whoever may write the file may add a token: its owner, or root, only."""
-    refuse_if_exposed(path, "token file", TokenFileError)
-    owner = os.stat(path).st_uid
-    if owner not in (0, os.geteuid()):
+def _refuse_if_others_may_change(
+    path: str, status: os.stat_result, any_owner: bool
+) -> None:
+    """
+    Whoever may write the file may add a token: it must be a file that
+    only its owner may change, and its owner this user or root.
+    """
+    if not stat.S_ISREG(status.st_mode):
+        raise TokenFileError(f"token file {path} is not a file")
+    refuse_if_exposed(path, "token file", TokenFileError, status)
+    owner = status.st_uid
+    if not any_owner and owner not in (0, os.geteuid()):
         raise TokenFileError(
             f"token file {path} belongs to another user (uid {owner}), who "
             "could add tokens; it must be this user's or root's"
@@ -188,7 +202,11 @@ def _changing(
         raise TokenFileError(f"token file {path}: {e.strerror}") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        yield [] if create and not os.path.exists(target) else _read(path)
+        if create and not os.path.exists(target):
+            yield []
+        else:
+            # Root may change the file of the user the daemon runs as.
+            yield _read(path, any_owner=os.geteuid() == 0)
     finally:
         os.close(lock)
 

@@ -11,6 +11,7 @@ import re
 import attrs
 from OpenSSL import crypto
 from twisted.internet.defer import Deferred
+from twisted.internet.error import VerifyError
 from twisted.internet.ssl import (
     Certificate,
     PrivateCertificate,
@@ -55,7 +56,7 @@ class ClientTLS:
         """
         try:
             return self._policy()
-        except crypto.Error as e:
+        except (crypto.Error, VerifyError) as e:
             raise ValueError(
                 f"not a PEM certificate or key, or not a pair: {e}"
             ) from None

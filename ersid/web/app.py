@@ -31,7 +31,7 @@ from ersid.storage import (
 )
 from ersid.watch.hub import Hub
 from ersid.web.conditions import etag
-from ersid.web.errors import ApiError, json_body
+from ersid.web.errors import ApiError, access_refused, json_body
 from ersid.web.fastpath import FastPath
 from ersid.web.keys import KEY_ROUTES, KeyRoute
 from ersid.web.parsing import list_limit, query_text
@@ -108,14 +108,8 @@ class Service:
         error = failure.value
         if isinstance(error, ApiError):
             return error.render(request)
-        if isinstance(error, NotAuthenticated):
-            challenge = b'Bearer realm="ersid"'
-            if error.error is not None:
-                challenge += b', error="%s"' % (error.error.encode("ascii"),)
-            request.setHeader(b"WWW-Authenticate", challenge)
-            return ApiError(401, "unauthorized", str(error)).render(request)
-        if isinstance(error, NotPermitted):
-            return ApiError(403, "forbidden", str(error)).render(request)
+        if isinstance(error, (NotAuthenticated, NotPermitted)):
+            return access_refused(error).render(request)
         if isinstance(error, PreconditionFailed):
             if error.current is None and request.method in (b"DELETE", b"PATCH"):
                 # Without its conditions the delete or refresh would be a

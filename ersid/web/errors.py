@@ -10,7 +10,16 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
-__all__ = ["NO_BODY_CODES", "ApiError", "empty", "json_body", "json_bytes"]
+from ersid.auth.grants import NotAuthenticated, NotPermitted
+
+__all__ = [
+    "NO_BODY_CODES",
+    "ApiError",
+    "access_refused",
+    "empty",
+    "json_body",
+    "json_bytes",
+]
 
 NO_BODY_CODES = (204, 304)
 
@@ -51,6 +60,19 @@ class ApiError(Exception):
         for name, value in self.headers.items():
             request.setHeader(name, value)
         return json_body(request, self.status, self.document)
+
+
+def access_refused(error: NotAuthenticated | NotPermitted) -> ApiError:
+    """
+    The 401 of a request without a token the server knows, with the
+    challenge RFC 6750 asks for; the 403 of one whose token may not.
+    """
+    if isinstance(error, NotPermitted):
+        return ApiError(403, "forbidden", str(error))
+    challenge = b'Bearer realm="ersid"'
+    if error.error is not None:
+        challenge += b', error="%s"' % (error.error.encode("ascii"),)
+    return ApiError(401, "unauthorized", str(error), {b"WWW-Authenticate": challenge})
 
 
 def json_bytes(document: dict[str, Any]) -> bytes:

@@ -15,9 +15,10 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from ersid.auth import NotAuthenticated
 from ersid.watch.history import Batch, Change, HistoryGone
 from ersid.watch.hub import Hub, IWatcher
-from ersid.web.errors import ApiError, json_body
+from ersid.web.errors import access_refused, json_body
 from ersid.web.watch_query import Readable, WatchQuery, admit, check_since, gone
 
 __all__ = ["MOST_BYTES", "MOST_EVENTS", "LongPoll"]
@@ -128,10 +129,9 @@ class LongPoll:
         """The token the poll was made with was revoked: a 401."""
         if not self._done.called:
             self._stop()
-            challenge = b'Bearer realm="ersid", error="invalid_token"'
-            self._done.errback(
-                ApiError(401, "token_revoked", reason, {b"WWW-Authenticate": challenge})
-            )
+            refused = access_refused(NotAuthenticated(reason, "invalid_token"))
+            refused.code = "token_revoked"
+            self._done.errback(refused)
 
     def end(self, reason: str | None) -> None:
         if reason is None:

@@ -35,9 +35,9 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ersid.auth import ANYONE, Grant
+from ersid.auth import ANYONE, Grant, NotAuthenticated
 from ersid.web import slowpath
-from ersid.web.errors import ApiError, empty
+from ersid.web.errors import ApiError, access_refused, empty
 from ersid.web.exchange import Fields, Head, KeyRequest, refusal
 from ersid.web.keys import KeyRoute
 from ersid.web.reading import (
@@ -291,6 +291,15 @@ class Connection(Protocol):
             digits = length[0].lstrip(b"0")
             if len(digits) > 19 or int(digits or b"0") > self._max_body:
                 self._stop(ApiError.value_too_large(self._max_body))
+        if (length is not None or b"transfer-encoding" in fields) and not (
+            self._service.access.open
+        ):
+            # A body is read only for a client the server knows: strangers
+            # would have it hold up to a value's worth a connection.
+            try:
+                self._grant(fields.get(b"authorization"))
+            except NotAuthenticated as e:
+                self._stop(access_refused(e))
         expect = fields.get(b"expect")
         if expect is not None and expect[-1].lower() == b"100-continue":
             self._continue_owed = version == "1.1"
@@ -407,7 +416,9 @@ class Connection(Protocol):
             return
         request = KeyRequest(head, path, self.peer)
         try:
-            outcome = route.call(service, request, self._grant(head))
+            outcome = route.call(
+                service, request, self._grant(head.fields.get(b"authorization"))
+            )
         except Exception:
             outcome = Failure()
         if isinstance(outcome, Deferred):
@@ -416,12 +427,14 @@ class Connection(Protocol):
         else:
             self._send(request, route.body(service, outcome, request), head.keep_alive)
 
-    def _grant(self, head: Head) -> Grant:
-        """What the request's token may do, known already if it is the last one's."""
+    def _grant(self, lines: list[bytes] | None) -> Grant:
+        """
+        What the token of a request with these C{Authorization} lines may
+        do, known already if it is the last one's.
+        """
         access = self._service.access
         if access.open:
             return ANYONE
-        lines = head.fields.get(b"authorization")
         granted = self._granted
         if (
             granted is not None

@@ -223,3 +223,29 @@ class TokenFileTests(TestCase):
         with self.assertRaises(TokenFileError) as caught:
             read_token_file(self.path)
         self.assertIn("No such file", str(caught.exception))
+
+
+class OddFileTests(TestCase):
+    def setUp(self):
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.path = os.path.join(self.directory, "tokens.jsonl")
+
+    def test_a_pipe_or_a_directory_is_not_a_token_file(self):
+        """Refused at once: a named pipe nobody writes to must not block the daemon."""
+        os.mkfifo(self.path, 0o600)
+        for path in (self.path, self.directory):
+            with self.assertRaises(TokenFileError) as caught:
+                read_token_file(path)
+            self.assertIn("is not a file", str(caught.exception))
+
+    def test_root_changes_the_daemon_users_file_and_leaves_it_theirs(self):
+        add_token(self.path, "a", read=("",))
+        os.chown(self.path, 12345, 12345)
+        done = ersid("token", "add", "b", "--tokens", self.path, "--read", "")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        status = os.stat(self.path)
+        self.assertEqual((status.st_uid, status.st_gid), (12345, 12345))
+        self.assertEqual(stat.S_IMODE(status.st_mode), 0o600)
+        os.chown(self.path, 0, 0)
+        self.assertEqual([e.name for e in read_token_file(self.path)], ["a", "b"])

@@ -40,6 +40,7 @@ from .._helpers import (
     http_with_pool,
     model_settings,
     raw_exchange,
+    refusal,
     serve,
 )
 from .._sse import EventReader
@@ -618,5 +619,28 @@ class RevocationTests(_Tokens):
             self.assertFalse(stream.called)
             stream.cancel()
             stream.addErrback(lambda _: None)
+
+        return self.run_async(check())
+
+
+class StrangerTests(_Tokens):
+    def test_no_body_is_read_for_a_stranger(self):
+        """
+        A request with a body and no known token is refused once its head
+        is in: no C{100 Continue}, no value's worth of it buffered.
+        """
+
+        async def check():
+            port = int(urlsplit(await serve(self, self.service)).port)
+            for authorization in (b"", b"Authorization: Bearer ersid_nope\r\n"):
+                sent = await raw_exchange(
+                    port,
+                    b"PUT /app/x HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n"
+                    b"Expect: 100-continue\r\n" + authorization + b"\r\n",
+                )
+                self.assertNotIn(b"100 Continue", sent)
+                self.assertEqual(refusal(self, sent, 401)["error"], "unauthorized")
+                self.assertIn(b"WWW-Authenticate: Bearer", sent)
+            self.assertIsNone(await self.storage.get("app/x"))
 
         return self.run_async(check())

@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
+import subprocess
+import sys
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,7 +30,7 @@ from ersid.tls import TLSFactory, server_tls
 from ersid.web.app import Service
 from ersid.web.site import makeSite
 
-from .._helpers import require
+from .._helpers import CHECKOUT, require
 from .._pki import Authority
 
 
@@ -278,3 +280,34 @@ class ClientCertificateTests(TestCase):
         with self.assertRaises(StartupError) as caught:
             server_tls(*self.server, client_ca=self.server[1])
         self.assertIn("no PEM certificate", str(caught.exception))
+
+    def test_a_key_with_a_passphrase_is_refused_without_asking_for_it(self):
+        with open(self.server[1], "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+        with open(self.server[1], "wb") as f:
+            f.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.BestAvailableEncryption(b"secret"),
+                )
+            )
+        with self.assertRaises(StartupError) as caught:
+            server_tls(*self.server)
+        self.assertIn("without a passphrase", str(caught.exception))
+
+    def test_the_ersid_command_with_tls_files_it_cannot_use(self):
+        for files in (
+            ["--cert", self.robot[0], "--key", self.intruder[1]],  # not a pair
+            ["--cert", self.robot[0]],  # no key
+            ["--ca", self.tokens],  # no certificate
+        ):
+            done = subprocess.run(
+                [sys.executable, "-c", "from ersid.client.cli import main; main()", "--url", "https://localhost:1", *files, "get", "k"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": CHECKOUT},
+            )
+            self.assertEqual(done.returncode, 2, done.stderr)
+            self.assertIn("cannot use the TLS files", done.stderr)
+            self.assertNotIn("Traceback", done.stderr)
