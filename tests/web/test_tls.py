@@ -303,7 +303,16 @@ class ClientCertificateTests(TestCase):
             ["--ca", self.tokens],  # no certificate
         ):
             done = subprocess.run(
-                [sys.executable, "-c", "from ersid.client.cli import main; main()", "--url", "https://localhost:1", *files, "get", "k"],
+                [
+                    sys.executable,
+                    "-c",
+                    "from ersid.client.cli import main; main()",
+                    "--url",
+                    "https://localhost:1",
+                    *files,
+                    "get",
+                    "k",
+                ],
                 capture_output=True,
                 text=True,
                 env={**os.environ, "PYTHONPATH": CHECKOUT},
