@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import VerifyError
 from twisted.internet.ssl import (
     Certificate,
+    KeyPair,
     PrivateCertificate,
     optionsForClientTLS,
     platformTrust,
@@ -58,7 +59,8 @@ class ClientTLS:
             return self._policy()
         except (crypto.Error, VerifyError) as e:
             raise ValueError(
-                f"not a PEM certificate or key, or not a pair: {e}"
+                "not a PEM certificate and its key (without a passphrase), "
+                f"or not a pair: {e}"
             ) from None
 
     def _policy(self) -> IPolicyForHTTPS:
@@ -76,7 +78,11 @@ class ClientTLS:
             if self.key is not None:
                 with open(self.key, "rb") as f:
                     pem += b"\n" + f.read()
-            client = PrivateCertificate.loadPEM(pem)
+            # No passphrase: OpenSSL would ask for one on the terminal.
+            key = KeyPair(crypto.load_privatekey(crypto.FILETYPE_PEM, pem, b""))
+            client = PrivateCertificate.fromCertificateAndKeyPair(
+                Certificate.loadPEM(pem), key
+            )
         return _Policy(trust, client)
 
 

@@ -291,9 +291,10 @@ class Connection(Protocol):
             digits = length[0].lstrip(b"0")
             if len(digits) > 19 or int(digits or b"0") > self._max_body:
                 self._stop(ApiError.value_too_large(self._max_body))
-        if (length is not None or b"transfer-encoding" in fields) and not (
-            self._service.access.open
-        ):
+        coming = b"transfer-encoding" in fields or (
+            length is not None and length[0].strip(b"0") != b""
+        )
+        if coming and not self._service.access.open:
             # A body is read only for a client the server knows: strangers
             # would have it hold up to a value's worth a connection.
             try:

@@ -642,5 +642,14 @@ class StrangerTests(_Tokens):
                 self.assertEqual(refusal(self, sent, 401)["error"], "unauthorized")
                 self.assertIn(b"WWW-Authenticate: Bearer", sent)
             self.assertIsNone(await self.storage.get("app/x"))
+            # An empty body is no body: the health check of a client that
+            # sends Content-Length: 0 is answered, the connection kept.
+            sent = await raw_exchange(
+                port,
+                b"GET /_health HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"
+                b"GET /_health HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            )
+            self.assertEqual(sent.count(b"HTTP/1.1 200 OK"), 2, sent)
+            self.assertEqual(sent.count(b'{"status": "ok"}'), 2, sent)
 
         return self.run_async(check())

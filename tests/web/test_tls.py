@@ -297,7 +297,19 @@ class ClientCertificateTests(TestCase):
         self.assertIn("without a passphrase", str(caught.exception))
 
     def test_the_ersid_command_with_tls_files_it_cannot_use(self):
+        encrypted = os.path.join(self.directory, "encrypted-key.pem")
+        with open(self.robot[1], "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+        with open(encrypted, "wb") as f:
+            f.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.BestAvailableEncryption(b"secret"),
+                )
+            )
         for files in (
+            ["--cert", self.robot[0], "--key", encrypted],  # asks for nothing
             ["--cert", self.robot[0], "--key", self.intruder[1]],  # not a pair
             ["--cert", self.robot[0]],  # no key
             ["--ca", self.tokens],  # no certificate
@@ -314,6 +326,7 @@ class ClientCertificateTests(TestCase):
                     "k",
                 ],
                 capture_output=True,
+                stdin=subprocess.DEVNULL,
                 text=True,
                 env={**os.environ, "PYTHONPATH": CHECKOUT},
             )
