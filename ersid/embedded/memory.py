@@ -20,12 +20,8 @@ from zope.interface import implementer
 
 from ersid.embedded.journal import Journal
 from ersid.embedded.journal_format import encode_delete, encode_set
-from ersid.embedded.records import (
-    PackedRecords,
-    pack_record,
-    packed_expired,
-    unpack_record,
-)
+from ersid.embedded.packing import pack_record, packed_expired, unpack_record
+from ersid.embedded.records import PackedRecords
 from ersid.embedded.undo import ChangeUndo, ExpiriesUndo
 from ersid.expiry import DEFAULT_REAP_INTERVAL, ExpiryIndex
 from ersid.storage import (

@@ -26,7 +26,8 @@ from ersid.embedded.journal_format import (
     segment_start,
     segments,
 )
-from ersid.embedded.records import PackedRecords, pack_record
+from ersid.embedded.packing import pack_record
+from ersid.embedded.records import PackedRecords
 from ersid.embedded.repair import cut_torn_tail
 from ersid.expiry import ExpiryIndex
 from ersid.snapshots import SnapshotError, read_snapshot

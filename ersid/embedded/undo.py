@@ -7,7 +7,8 @@ through them, which changes no longer wait.
 
 from __future__ import annotations
 
-from ersid.embedded.records import PackedRecords, packed_expiry
+from ersid.embedded.packing import packed_expiry
+from ersid.embedded.records import PackedRecords
 from ersid.expiry import ExpiryIndex
 from ersid.watch.history import Change
 

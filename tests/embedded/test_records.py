@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
-from ersid.embedded.records import PackedRecords, pack_record
+from ersid.embedded.packing import pack_record
+from ersid.embedded.records import PackedRecords
 from ersid.storage import DEFAULT_CONTENT_TYPE, Record
 
 

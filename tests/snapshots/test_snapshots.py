@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from ersid.embedded.memory import DictStorage
-from ersid.embedded.records import pack_record, unpack_record
+from ersid.embedded.packing import pack_record, unpack_record
 from ersid.snapshots import (
     SnapshotError,
     SnapshotService,
