@@ -4,7 +4,13 @@ read or write permissions per key prefix (L{ersid.auth.grants}), checked
 for every request by the API's L{IAccess} (L{ersid.auth.access}).
 """
 
-from ersid.auth.access import IAccess, OpenAccess, TokenAccess, TokenReloading
+from ersid.auth.access import (
+    IAccess,
+    OpenAccess,
+    RememberedGrant,
+    TokenAccess,
+    TokenReloading,
+)
 from ersid.auth.grants import ANYONE, Grant, NotAuthenticated, NotPermitted
 from ersid.auth.token_file import (
     TokenEntry,
@@ -21,6 +27,7 @@ __all__ = [
     "NotAuthenticated",
     "NotPermitted",
     "OpenAccess",
+    "RememberedGrant",
     "TokenAccess",
     "TokenEntry",
     "TokenFileError",

@@ -23,7 +23,7 @@ from ersid.auth.token_file import (
 )
 from ersid.startup import StartupError
 
-__all__ = ["IAccess", "OpenAccess", "TokenAccess", "TokenReloading"]
+__all__ = ["IAccess", "OpenAccess", "RememberedGrant", "TokenAccess", "TokenReloading"]
 
 _log = Logger()
 
@@ -138,6 +138,40 @@ class TokenAccess:
                 grant = kept  # unchanged: its connections and watches go on
             grants[digest] = grant
         self._grants = grants
+
+
+class RememberedGrant:
+    """
+    The grants of a connection's requests, through C{access}: the last
+    C{Authorization} line and its grant are remembered, for a kept-alive
+    client sends the same token again and again.
+    """
+
+    __slots__ = ("_access", "_line", "_remembered")
+
+    def __init__(self, access: IAccess) -> None:
+        self._access = access
+        self._line = b""
+        self._remembered: Grant | None = None
+
+    def grant(self, authorization: list[bytes] | None) -> Grant:
+        """L{IAccess.grant}, without hashing the token again if it is the last one."""
+        access = self._access
+        if access.open:
+            return ANYONE
+        remembered = self._remembered
+        if (
+            remembered is not None
+            and authorization is not None
+            and len(authorization) == 1
+            and not remembered.revoked
+            # A proxy may send other clients' requests on this connection.
+            and hmac.compare_digest(authorization[0], self._line)
+        ):
+            return remembered
+        grant = access.grant(authorization)
+        self._line, self._remembered = authorization[-1], grant  # type: ignore[index]
+        return grant
 
 
 class TokenReloading(Service):

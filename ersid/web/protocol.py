@@ -13,7 +13,6 @@ answers than the client reads, and JSON for every error.
 from __future__ import annotations
 
 from collections import deque
-from hmac import compare_digest
 from typing import TYPE_CHECKING, Any
 
 from httptools import (
@@ -35,7 +34,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ersid.auth import ANYONE, Grant, NotAuthenticated
+from ersid.auth import NotAuthenticated, RememberedGrant
 from ersid.web import slowpath
 from ersid.web.errors import ApiError, access_refused, empty
 from ersid.web.exchange import Fields, Head, KeyRequest, refusal
@@ -122,9 +121,6 @@ class Connection(Protocol):
     _answering: object | None = None
     _timer: IDelayedCall | None = None
     _send_timer: IDelayedCall | None = None
-    # The Authorization line of the last request, and its grant: a
-    # kept-alive client sends the same token again and again.
-    _granted: tuple[bytes, Grant] | None = None
 
     def __init__(self, factory: ApiSite) -> None:
         self.factory = factory
@@ -134,6 +130,7 @@ class Connection(Protocol):
         self._date = factory.date_header
         self._logging = factory.logging
         self._parser = HttpRequestParser(self)
+        self._grant = RememberedGrant(factory.service.access).grant
         self._waiting: deque[Head | ApiError] = deque()
         self._target = b""
         self._fields = Fields()
@@ -427,28 +424,6 @@ class Connection(Protocol):
             outcome.addBoth(self._respond, route, request, head.keep_alive)
         else:
             self._send(request, route.body(service, outcome, request), head.keep_alive)
-
-    def _grant(self, lines: list[bytes] | None) -> Grant:
-        """
-        What the token of a request with these C{Authorization} lines may
-        do, known already if it is the last one's.
-        """
-        access = self._service.access
-        if access.open:
-            return ANYONE
-        granted = self._granted
-        if (
-            granted is not None
-            and lines is not None
-            and len(lines) == 1
-            and not granted[1].revoked
-            # A proxy may send other clients' requests on this connection.
-            and compare_digest(lines[0], granted[0])
-        ):
-            return granted[1]
-        grant = access.grant(lines)
-        self._granted = (lines[-1], grant)  # type: ignore[index]
-        return grant
 
     def _answer_target(self, head: Head) -> None:
         """
