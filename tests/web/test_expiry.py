@@ -438,44 +438,25 @@ class ExpiryWatchTests(_Watching, _Store):
             self.assertEqual(await self.send("PUT", "app/d", b"x", ttl), 201)
             self.assertEqual(await self.send("DELETE", "app/d"), 204)
             await reader.count(5)
-            put = {"type": "put", "content_type": "text/plain"}
+
+            def put(revision: int, key: str, expires: str, value: str) -> tuple:
+                document = {
+                    "type": "put",
+                    "content_type": "text/plain",
+                    "key": key,
+                    "revision": revision,
+                    "expires": float(_at(self.start, expires)),
+                    "value": value,
+                }
+                return ("put", str(revision), document)
+
             self.assertEqual(
                 reader.events,
                 [
-                    (
-                        "put",
-                        "1",
-                        {
-                            **put,
-                            "key": "app/k",
-                            "revision": 1,
-                            "expires": float(_at(self.start, "10")),
-                            "value": "v",
-                        },
-                    ),
-                    (
-                        "put",
-                        "2",
-                        {
-                            **put,
-                            "key": "app/k",
-                            "revision": 2,
-                            "expires": float(_at(self.start, "24")),
-                            "value": "v",
-                        },
-                    ),
+                    put(1, "app/k", "10", "v"),
+                    put(2, "app/k", "24", "v"),
                     ("expire", "3", {"type": "expire", "key": "app/k", "revision": 3}),
-                    (
-                        "put",
-                        "4",
-                        {
-                            **put,
-                            "key": "app/d",
-                            "revision": 4,
-                            "expires": float(_at(self.start, "34")),
-                            "value": "x",
-                        },
-                    ),
+                    put(4, "app/d", "34", "x"),
                     ("delete", "5", {"type": "delete", "key": "app/d", "revision": 5}),
                 ],
             )
