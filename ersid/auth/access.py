@@ -77,9 +77,6 @@ class TokenAccess:
                 path=path,
             )
 
-    def __len__(self) -> int:
-        return len(self._grants)
-
     def grant(self, authorization: list[bytes] | None) -> Grant:
         if authorization is None:
             raise NotAuthenticated("this server needs a token: Authorization: Bearer")

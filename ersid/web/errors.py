@@ -62,17 +62,19 @@ class ApiError(Exception):
         return json_body(request, self.status, self.document)
 
 
-def access_refused(error: NotAuthenticated | NotPermitted) -> ApiError:
+def access_refused(
+    error: NotAuthenticated | NotPermitted, code: str = "unauthorized"
+) -> ApiError:
     """
-    The 401 of a request without a token the server knows, with the
-    challenge RFC 6750 asks for; the 403 of one whose token may not.
+    The 401 of a request without a token the server knows (C{code}, with
+    the challenge RFC 6750 asks for); the 403 of one whose token may not.
     """
     if isinstance(error, NotPermitted):
         return ApiError(403, "forbidden", str(error))
     challenge = b'Bearer realm="ersid"'
     if error.error is not None:
         challenge += b', error="%s"' % (error.error.encode("ascii"),)
-    return ApiError(401, "unauthorized", str(error), {b"WWW-Authenticate": challenge})
+    return ApiError(401, code, str(error), {b"WWW-Authenticate": challenge})
 
 
 def json_bytes(document: dict[str, Any]) -> bytes:

@@ -129,9 +129,8 @@ class LongPoll:
         """The token the poll was made with was revoked: a 401."""
         if not self._done.called:
             self._stop()
-            refused = access_refused(NotAuthenticated(reason, "invalid_token"))
-            refused.code = "token_revoked"
-            self._done.errback(refused)
+            revoked = NotAuthenticated(reason, "invalid_token")
+            self._done.errback(access_refused(revoked, "token_revoked"))
 
     def end(self, reason: str | None) -> None:
         if reason is None:

@@ -282,16 +282,15 @@ class Connection(Protocol):
             if hosts is not None:
                 self._host = hosts[0]
         length = fields.get(b"content-length")
+        has_body = b"transfer-encoding" in fields
         if length is not None:
             # llhttp checked it is digits; Python reads no number of over
             # 4,300 of them, and one of over 19 is larger than any body.
             digits = length[0].lstrip(b"0")
             if len(digits) > 19 or int(digits or b"0") > self._max_body:
                 self._stop(ApiError.value_too_large(self._max_body))
-        coming = b"transfer-encoding" in fields or (
-            length is not None and length[0].strip(b"0") != b""
-        )
-        if coming and not self._service.access.open:
+            has_body = has_body or digits != b""
+        if has_body:
             # A body is read only for a client the server knows: strangers
             # would have it hold up to a value's worth a connection.
             try:

@@ -159,6 +159,24 @@ class MatrixTests(_Tokens):
 
         return self.run_async(check())
 
+    def test_the_description_names_the_permissions_of_the_table(self):
+        """/_openapi.json says, per operation, what the table checks."""
+
+        async def check():
+            response = await StubTreq(self.service.resource()).get(
+                BASE + "/_openapi.json"
+            )
+            paths = json.loads(await response.content())["paths"]
+            for method, path, _, _, needs in _ENDPOINTS.values():
+                route = "/{key}" if path.startswith("/app/") else path.split("?")[0]
+                operation = paths[route][method.lower()]
+                self.assertEqual(operation["x-ersid-permission"], needs or "none")
+                self.assertIn("401", operation["responses"])
+                self.assertEqual("403" in operation["responses"], needs is not None)
+            self.assertEqual(paths["/_openapi.json"]["get"]["security"], [])
+
+        return self.run_async(check())
+
     def test_challenges(self):
         async def check():
             http = StubTreq(self.service.resource())
