@@ -141,10 +141,10 @@ class DictStorage:
 
     def _expire(self, key: str, packed: bytes) -> None:
         """Remove C{key}, whose record C{packed} has expired: an expiry."""
-        self._records.pop_packed(key)
-        self._revision += 1
-        changes = [Change(self._revision, key, None, expired=True)]
-        written = self._journal_expiries(changes, [packed])
+        changes: list[Change] = []
+        removed: list[bytes] = []
+        self._remove_expired(key, packed, changes, removed)
+        written = self._journal_expiries(changes, removed)
         if written is not None:
             # Refused, the removal is undone; the failure is the journal's to report.
             written.addErrback(lambda _: None)
@@ -162,7 +162,6 @@ class DictStorage:
         deadline = time.perf_counter() + _REAP_SLICE
         next_due = self._expiry.next_due
         get_packed = self._records.get_packed
-        pop = self._records.pop_packed
         changes: list[Change] = []
         removed: list[bytes] = []
         more = False
@@ -171,10 +170,7 @@ class DictStorage:
             # Records rewritten since their entry was made are skipped:
             # without an expiry now, or a later one with an entry of its own.
             if packed is not None and packed_expired(packed, now):
-                pop(key)
-                self._revision += 1
-                changes.append(Change(self._revision, key, None, expired=True))
-                removed.append(packed)
+                self._remove_expired(key, packed, changes, removed)
             if not len(changes) % 8 and time.perf_counter() > deadline:
                 more = True
                 break
@@ -185,6 +181,18 @@ class DictStorage:
                 # rather than the same keys coming round again at once.
                 return written.addCallbacks(lambda _: more, lambda _: False)
         return more
+
+    def _remove_expired(
+        self, key: str, packed: bytes, changes: list[Change], removed: list[bytes]
+    ) -> None:
+        """
+        Remove C{key}, whose record C{packed} has expired, adding its
+        change to C{changes} and the record to C{removed}, for the journal.
+        """
+        self._records.pop_packed(key)
+        self._revision += 1
+        changes.append(Change(self._revision, key, None, expired=True))
+        removed.append(packed)
 
     def _journal_expiries(
         self, changes: list[Change], removed: list[bytes]
