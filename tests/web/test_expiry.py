@@ -322,25 +322,22 @@ class ExpiryTests(_Store):
     def test_create_only_with_a_ttl_is_a_lock(self):
         async def check():
             acquire = {"If-None-Match": ["*"], "Ersid-TTL": ["10"]}
+
+            async def refused(value: bytes) -> None:
+                await self.error(
+                    "PUT",
+                    "/lock",
+                    412,
+                    "precondition_failed",
+                    body=value,
+                    headers=acquire,
+                )
+
             response, _ = await self.request("PUT", "/lock", b"first", acquire)
             self.assertEqual(response.code, 201)
-            await self.error(
-                "PUT",
-                "/lock",
-                412,
-                "precondition_failed",
-                body=b"second",
-                headers=acquire,
-            )
+            await refused(b"second")
             self.at(_at(self.start, "9.999999"))
-            await self.error(
-                "PUT",
-                "/lock",
-                412,
-                "precondition_failed",
-                body=b"second",
-                headers=acquire,
-            )
+            await refused(b"second")
             response, content = await self.request("GET", "/lock")
             self.assertEqual(content, b"first")
             # The instant it expires, it may be taken: the reaper has not run.
@@ -350,14 +347,7 @@ class ExpiryTests(_Store):
             self.assertEqual(self.expiry_of(response), _at(self.start, "20"))
             response, content = await self.request("GET", "/lock")
             self.assertEqual((response.code, content), (200, b"second"))
-            await self.error(
-                "PUT",
-                "/lock",
-                412,
-                "precondition_failed",
-                body=b"third",
-                headers=acquire,
-            )
+            await refused(b"third")
 
         return self.run_async(check())
 
