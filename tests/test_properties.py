@@ -320,10 +320,13 @@ class MySQLStorageProperties(_PropertyMixin, TestCase):
 
         self.server = shared_server()
 
+    def fresh_settings(self):
+        return self.server.fresh_database()
+
     def make_storage(self, clock):
         from ersid.mysql.storage import MySQLStorage
 
-        settings = self.server.fresh_database()
+        settings = self.fresh_settings()
         return blockingCallFromThread(
             reactor,
             lambda: MySQLStorage(
@@ -333,3 +336,18 @@ class MySQLStorageProperties(_PropertyMixin, TestCase):
 
     def release(self, storage) -> None:
         storage.disconnect()
+
+
+class GaleraStorageProperties(MySQLStorageProperties):
+    """The same model, through the second node of a Galera cluster."""
+
+    examples = 15
+
+    def setUp(self):
+        from ._mariadb import shared_cluster
+
+        self.cluster = shared_cluster()
+
+    def fresh_settings(self):
+        self.cluster.fresh_database()
+        return self.cluster.settings(1, 0, 2)

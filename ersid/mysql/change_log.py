@@ -15,7 +15,6 @@ from ersid.watch.history import Change
 
 __all__ = [
     "ChangeLog",
-    "log_change",
     "log_expiries",
     "select_changes",
     "store_revision",
@@ -39,23 +38,6 @@ def store_revision(cursor: Any) -> int:
     """The store's revision, from the counter row."""
     cursor.execute("SELECT revision FROM ersid_revision WHERE id = 1")
     return int(cursor.fetchone()[0])
-
-
-def log_change(
-    cursor: Any,
-    revision: int,
-    key: bytes,
-    value: bytes | None,
-    content_type: str | None,
-    expires: Any = None,
-) -> None:
-    """Log a put (with its Unix expiry, if any) or a delete (C{value} C{None})."""
-    cursor.execute(
-        "INSERT INTO ersid_changes "
-        "(revision, ersid_key, ersid_value, content_type, expires_at) "
-        "VALUES (%s, %s, %s, %s, FROM_UNIXTIME(%s))",
-        (revision, key, value, content_type, expires),
-    )
 
 
 def log_expiries(cursor: Any, first: int, keys: list[bytes]) -> None:

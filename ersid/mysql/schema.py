@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-import MySQLdb
-
+from ersid.mysql.connecting import connect
 from ersid.mysql.settings import MySQLSettings
 
 __all__ = ["SCHEMA_FILE", "SchemaError", "check_schema"]
@@ -41,7 +40,7 @@ def check_schema(settings: MySQLSettings) -> None:
     @raise SchemaError: naming what is missing and the command to create it.
     @raise MySQLdb.OperationalError: if the server cannot be reached.
     """
-    connection = MySQLdb.connect(**settings.connect_arguments())
+    connection = connect(**settings.connect_arguments())
     try:
         cursor = connection.cursor()
         cursor.execute(

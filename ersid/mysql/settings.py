@@ -20,25 +20,40 @@ class MySQLSettings:
     """
     Where and how to connect, from a C{mysql://USER@HOST:PORT/DB} URL (with
     C{?unix_socket=/path} for a local socket) and a password kept out of it.
+    The URL may name several servers of one cluster,
+    C{mysql://USER@HOST1:PORT1,HOST2:PORT2/DB}: each connection goes to the
+    first of them that is up and ready.
     """
 
     database: str
     user: str
-    host: str = "localhost"
-    port: int = 3306
+    hosts: tuple[tuple[str, int], ...] = (("localhost", 3306),)
     unix_socket: str | None = None
     password: str = attrs.field(default="", repr=False)
+
+    @property
+    def host(self) -> str:
+        return self.hosts[0][0]
+
+    @property
+    def port(self) -> int:
+        return self.hosts[0][1]
 
     @classmethod
     def from_url(cls, url: str, password: str = "") -> MySQLSettings:
         parts = urlsplit(url)
-        if parts.scheme != "mysql" or not parts.username or not parts.path[1:]:
-            raise ValueError(f"expected mysql://USER@HOST[:PORT]/DATABASE, not {url!r}")
-        if parts.password is not None:
+        userinfo, _, servers = parts.netloc.rpartition("@")
+        if parts.scheme != "mysql" or not userinfo or not parts.path[1:]:
+            raise ValueError(
+                f"expected mysql://USER@HOST[:PORT][,HOST[:PORT]...]/DATABASE, "
+                f"not {url!r}"
+            )
+        if ":" in userinfo:
             raise ValueError(
                 "do not put the password in the URL, where the process list "
                 "shows it: use --mysql-password-file or $ERSID_MYSQL_PASSWORD"
             )
+        hosts = tuple(_host(server, url) for server in servers.split(","))
         query = parse_qs(parts.query, keep_blank_values=True)
         unknown = sorted(set(query) - {"unix_socket"})
         if unknown:
@@ -48,29 +63,28 @@ class MySQLSettings:
         sockets = query.get("unix_socket", [None])
         if len(sockets) != 1 or sockets[0] == "":
             raise ValueError(f"give unix_socket once, as a path, in {url!r}")
-        if sockets[0] is not None and (parts.hostname or "localhost") != "localhost":
+        if sockets[0] is not None and [name for name, _ in hosts] != ["localhost"]:
             # The client library would quietly use TCP to that host instead.
             raise ValueError(
-                f"with unix_socket the host is localhost, not {parts.hostname!r}, "
-                f"in {url!r}"
+                f"with unix_socket the host is localhost, not {servers!r}, in {url!r}"
             )
         return cls(
             database=unquote(parts.path[1:]),
-            user=unquote(parts.username),
-            host=parts.hostname or "localhost",
-            port=parts.port or 3306,
+            user=unquote(userinfo),
+            hosts=hosts,
             unix_socket=sockets[0],
             password=password,
         )
 
     def connect_arguments(self) -> dict[str, Any]:
-        """The keyword arguments of C{MySQLdb.connect}."""
+        """
+        The keyword arguments of L{ersid.mysql.connecting.connect}.
+        """
         arguments: dict[str, Any] = {
             "db": self.database,
             "user": self.user,
             "passwd": self.password,
-            "host": self.host,
-            "port": self.port,
+            "hosts": self.hosts,
             "charset": "utf8mb4",
             "connect_timeout": 3,
             "read_timeout": 5,
@@ -87,17 +101,29 @@ class MySQLSettings:
 
     def describe(self) -> str:
         """The database for messages: C{user@host:port/database}, no password."""
-        where = self.unix_socket or f"{self.host}:{self.port}"
+        where = self.unix_socket or ",".join(f"{h}:{p}" for h, p in self.hosts)
         return f"{self.user}@{where}/{self.database}"
 
     def client_arguments(self) -> str:
-        """How the C{mysql} command reaches the same server, as this user."""
+        """How the C{mysql} command reaches the (first) server, as this user."""
         target = (
             f"--socket={self.unix_socket}"
             if self.unix_socket
             else f"-h {self.host} -P {self.port}"
         )
         return f"{target} -u {self.user} -p"
+
+
+def _host(server: str, url: str) -> tuple[str, int]:
+    """C{HOST}, C{HOST:PORT} or C{[V6]:PORT}, from a URL's list of servers."""
+    try:
+        parts = urlsplit(f"//{server}")
+        port = parts.port or 3306
+    except ValueError:
+        parts = None
+    if parts is None or not parts.hostname:
+        raise ValueError(f"bad server {server!r} in {url!r}")
+    return parts.hostname, port
 
 
 def read_password_file(path: str) -> str:

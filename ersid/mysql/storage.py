@@ -1,11 +1,12 @@
 """
 L{MySQLStorage}: records in a MySQL or MariaDB table through
 C{twisted.enterprise.adbapi} and C{mysqlclient}, so that any number of Ersid
-nodes can share one database as stateless peers.
+nodes can share one database, or one Galera cluster, as stateless peers.
 
-Every write is one transaction that first takes the next store revision
-from a one-row counter table, which orders all writes of all nodes; a
-conditional write reads the key's row under that lock before deciding.
+Writes go in batches (L{ersid.mysql.writes}): each batch is one
+transaction that first locks the one-row revision counter, which orders
+all writes of all nodes, and holds it to its commit. A read of one row is
+one statement, one round trip.
 
 Expiry goes by the database's clock, C{NOW(6)} in UTC, the one clock all
 nodes share: reads leave out rows past their C{expires_at}; a write first
@@ -16,18 +17,22 @@ the same row and none waits for another.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import MySQLdb
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
 from ersid.mysql import transactions
 from ersid.mysql.change_log import ChangeLog, select_changes, trim_changes
 from ersid.mysql.errors import DEAD_CONNECTION, RETRY_TRANSACTION, error_code
 from ersid.mysql.settings import MySQLSettings
+from ersid.mysql.writes import Outcome, Write, apply_writes, batch_size
 from ersid.storage import (
     DEFAULT_CONTENT_TYPE,
     MAX_TTL,
@@ -45,22 +50,15 @@ __all__ = ["MySQLStorage"]
 _T = TypeVar("_T")
 # Rows removed by one reaping transaction, at most.
 _REAP_BATCH = 500
-
-
-class _Connection(adbapi.Connection):
-    """
-    A pooled connection whose failed rollback quietly drops the connection
-    (adbapi would log a traceback for each); the original error still
-    reaches the caller, who decides whether to retry.
-    """
-
-    def rollback(self) -> None:
-        # adbapi's private _connection and _pool: the only way to reach the
-        # raw connection and drop it from its pool (tests/test_twisted.py).
-        try:
-            self._connection.rollback()
-        except MySQLdb.Error:
-            self._pool.disconnect(self._connection)
+# Most writes, and most bytes of them, in one batch.
+_BATCH_WRITES = 500
+_BATCH_BYTES = 4 << 20
+# How often a transaction that lost a conflict (Galera's certification, a
+# deadlock, a lock wait) runs again before the write is refused, and the
+# longest pause, in seconds, before each run (random, so that the losers
+# of one conflict do not meet again).
+_CONFLICT_RETRIES = 100
+_CONFLICT_PAUSE = 0.01
 
 
 class _Attempt:
@@ -83,85 +81,175 @@ class MySQLStorage:
         min_connections: int = 3,
         max_connections: int = 10,
         clock: Any = None,
+        reactor: Any = None,
     ) -> None:
         """
         @param clock: for tests only: every transaction then sets the
             database's clock (C{SET timestamp}) to C{clock.seconds()}.
         """
+        if reactor is None:
+            from twisted.internet import reactor
         self.settings = settings
         self._clock = clock
+        self._reactor = reactor
         # Called after each write committed: the change log has news.
         self.committed: Callable[[], None] = lambda: None
         self._max_connections = max_connections
         self._closed = False
+        self._waiting: list[tuple[Write, Deferred[Outcome]]] = []
+        self._writing = False
         self._pool = adbapi.ConnectionPool(
-            "MySQLdb",
+            "ersid.mysql.connecting",
             cp_min=min_connections,
             cp_max=max_connections,
             cp_noisy=False,
-            cp_openfun=None,
+            cp_reactor=reactor,
             **settings.connect_arguments(),
         )
-        self._pool.connectionFactory = _Connection
 
     def __repr__(self) -> str:
         return f"<MySQLStorage {self.settings.describe()}>"
 
-    async def _run(self, work: Callable[..., _T], *args: Any, idempotent: bool) -> _T:
+    def _in_thread(
+        self,
+        work: Callable[..., _T],
+        args: tuple[Any, ...],
+        transaction: bool,
+        attempt: _Attempt,
+        now: float | None,
+    ) -> _T:
         """
-        Run C{work(cursor, *args)} in a pooled connection, as one
-        transaction. A connection that turns out dead (the server restarted)
-        is dropped and the work tried again on another, as long as it had not
-        reached its commit; a write that may or may not have committed is
-        reported as unavailable, never retried.
+        In a pool thread: C{work(cursor, *args)}, as a transaction or, for a
+        read of one statement, alone (the connections autocommit, so that
+        such a read is one round trip).
         """
-
-        now = None if self._clock is None else self._clock.seconds()
-
-        def transaction(connection: Any) -> _T:
+        connection = self._pool.connect()
+        try:
             cursor = connection.cursor()
             if now is not None:
                 cursor.execute("SET timestamp = %s", (now,))
+            if transaction:
+                cursor.execute("START TRANSACTION")
             result = work(cursor, *args)
-            attempt.committing = True
-            connection.commit()
+            if transaction:
+                attempt.committing = True
+                connection.commit()
             return result
+        except BaseException as e:
+            if error_code(e) in DEAD_CONNECTION or not _rolled_back(connection):
+                self._pool.disconnect(connection)
+            raise
 
+    async def _run(
+        self,
+        work: Callable[..., _T],
+        *args: Any,
+        transaction: bool = True,
+        idempotent: bool,
+    ) -> _T:
+        """
+        Run C{work(cursor, *args)} on a pooled connection. A connection that
+        turns out dead (the server restarted) is dropped and the work tried
+        again on another, as long as it had not reached its commit; a
+        transaction that lost a conflict, rolled back, runs again; a write
+        that may or may not have committed is reported as unavailable,
+        never retried.
+        """
+        now = None if self._clock is None else self._clock.seconds()
         if not self._pool.running:
             # adbapi starts its threads when the reactor starts; a storage
             # made while the reactor is already running starts them here.
             self._pool.start()
-        retries = self._max_connections
+        reconnects = self._max_connections
+        conflicts = _CONFLICT_RETRIES
         while True:
             attempt = _Attempt()
             try:
-                return await self._pool.runWithConnection(transaction)
+                return await deferToThreadPool(
+                    self._reactor,
+                    self._pool.threadpool,
+                    self._in_thread,
+                    work,
+                    args,
+                    transaction,
+                    attempt,
+                    now,
+                )
             except (MySQLdb.OperationalError, MySQLdb.InterfaceError) as e:
                 code = error_code(e)
-                retryable = code in RETRY_TRANSACTION or (
-                    code in DEAD_CONNECTION and (idempotent or not attempt.committing)
-                )
-                if not (retryable and retries):
-                    raise StorageUnavailable(
-                        f"database {self.settings.describe()}: {e.args[-1]}"
-                    ) from None
-                retries -= 1
-
-    def _write(self, work: Callable[..., _T], *args: Any) -> Deferred[_T]:
-        if self._closed:
-            return fail(StorageUnavailable("the server is shutting down"))
-        written = Deferred.fromCoroutine(self._run(work, *args, idempotent=False))
-        return written.addCallback(self._committed)
+                if code in RETRY_TRANSACTION and conflicts:
+                    conflicts -= 1
+                    await deferLater(self._reactor, random.uniform(0, _CONFLICT_PAUSE))
+                    continue
+                if code in DEAD_CONNECTION and reconnects:
+                    if idempotent or not attempt.committing:
+                        reconnects -= 1
+                        continue
+                raise StorageUnavailable(
+                    f"database {self.settings.describe()}: {e.args[-1]}"
+                ) from None
 
     def _committed(self, result: _T) -> _T:
         self.committed()
         return result
 
     def _read(self, work: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        """A read of several statements, in one transaction: one snapshot."""
         return Deferred.fromCoroutine(self._run(work, *args, idempotent=True))
 
+    def _write(self, write: Write) -> Deferred[Outcome]:
+        """
+        Queue C{write} for the next batch, begun at once if none is
+        committing; its outcome once its batch has committed.
+        """
+        if self._closed:
+            return fail(StorageUnavailable("the server is shutting down"))
+        done: Deferred[Outcome] = Deferred()
+        self._waiting.append((write, done))
+        if not self._writing:
+            self._next_batch()
+        return done
+
+    def _next_batch(self) -> None:
+        size = count = 0
+        for count, (write, _) in enumerate(self._waiting[:_BATCH_WRITES], 1):
+            size += batch_size(write)
+            if size > _BATCH_BYTES and count > 1:
+                count -= 1
+                break
+        batch, self._waiting = self._waiting[:count], self._waiting[count:]
+        self._writing = True
+        Deferred.fromCoroutine(self._apply(batch))
+
+    async def _apply(self, batch: list[tuple[Write, Deferred[Outcome]]]) -> None:
+        writes = [write for write, _ in batch]
+        try:
+            outcomes = await self._run(apply_writes, writes, idempotent=False)
+        except StorageUnavailable as e:
+            outcomes = [e] * len(batch)
+        except Exception as e:
+            # Not the database's: a defect, reported to each writer.
+            outcomes = [e] * len(batch)
+        else:
+            self.committed()
+        self._writing = False
+        if self._waiting:
+            self._next_batch()
+        for (_, done), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                done.errback(outcome)
+            else:
+                done.callback(outcome)
+
     def get(self, key: str) -> Deferred[Record | None]:
-        return self._read(transactions.select_record, key.encode("utf-8"))
+        return Deferred.fromCoroutine(
+            self._run(
+                transactions.select_record,
+                key.encode("utf-8"),
+                transaction=False,
+                idempotent=True,
+            )
+        )
 
     def set(
         self,
@@ -173,16 +261,14 @@ class MySQLStorage:
     ) -> Deferred[WriteResult]:
         if ttl is not None and not 0 < ttl <= MAX_TTL:
             return fail(ValueError(f"a time to live is from 0 to {MAX_TTL} seconds"))
-        return self._write(
-            transactions.upsert, key, value, content_type, precondition, ttl
-        )
+        return self._write(Write("put", key, value, content_type, precondition, ttl))
 
     def refresh(
         self, key: str, ttl: float, precondition: Precondition | None = None
     ) -> Deferred[WriteResult | None]:
         if not 0 < ttl <= MAX_TTL:
             return fail(ValueError(f"a time to live is from 0 to {MAX_TTL} seconds"))
-        return self._write(transactions.refresh, key, ttl, precondition)
+        return self._write(Write("refresh", key, precondition=precondition, ttl=ttl))
 
     def reap(self) -> Deferred[bool]:
         """
@@ -191,12 +277,15 @@ class MySQLStorage:
         """
         if self._closed:
             return succeed(False)
-        return self._write(transactions.reap, _REAP_BATCH)
+        reaped = Deferred.fromCoroutine(
+            self._run(transactions.reap, _REAP_BATCH, idempotent=False)
+        )
+        return reaped.addCallback(self._committed)
 
     def delete(
         self, key: str, precondition: Precondition | None = None
     ) -> Deferred[bool]:
-        return self._write(transactions.delete, key, precondition)
+        return self._write(Write("delete", key, precondition=precondition))
 
     def keys(
         self, prefix: str = "", after: str | None = None, limit: int = 100
@@ -226,7 +315,15 @@ class MySQLStorage:
         return self._read(transactions.select_stats)
 
     def scan(self, cursor: object | None = None, limit: int = 1000) -> Deferred[Page]:
-        return self._read(transactions.select_page, cursor, limit)
+        return Deferred.fromCoroutine(
+            self._run(
+                transactions.select_page,
+                cursor,
+                limit,
+                transaction=False,
+                idempotent=True,
+            )
+        )
 
     def close(self) -> Deferred[None]:
         """
@@ -240,3 +337,12 @@ class MySQLStorage:
         """Close the connection pool now."""
         self._closed = True
         self._pool.close()
+
+
+def _rolled_back(connection: Any) -> bool:
+    """Roll back; did the connection survive it?"""
+    try:
+        connection.rollback()
+    except MySQLdb.Error:
+        return False
+    return True

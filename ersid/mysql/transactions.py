@@ -1,12 +1,7 @@
 """
-The MySQL backend's transactions, one function each, run by
-L{ersid.mysql.storage.MySQLStorage} with a cursor of a pooled connection:
-what each read and write says in SQL.
-
-A write first takes the next revision from the counter row (which orders
-the writes of every node), removes the key's row if it has expired (an
-expiry, with a revision of its own), checks its condition on the row under
-lock, then writes and logs the change. Reads leave out expired rows, by the
+The MySQL backend's reads and its reaping, one function each, run by
+L{ersid.mysql.storage.MySQLStorage} with a cursor of a pooled connection
+(writes are L{ersid.mysql.writes}). Reads leave out expired rows, by the
 database's clock.
 """
 
@@ -14,37 +9,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from ersid.mysql.change_log import log_change, log_expiries, store_revision
+from ersid.mysql.change_log import log_expiries, store_revision
 from ersid.storage import (
     Listing,
     Page,
-    Precondition,
-    PreconditionFailed,
     Record,
-    WriteResult,
 )
 
 __all__ = [
-    "delete",
     "reap",
-    "refresh",
     "select_keys",
     "select_page",
     "select_record",
     "select_records",
     "select_stats",
-    "upsert",
 ]
 
 _LIVE = "(expires_at IS NULL OR expires_at > NOW(6))"
 _RECORD = "ersid_value, content_type, version, UNIX_TIMESTAMP(expires_at)"
 
 
-def select_record(cursor: Any, key: bytes, for_update: bool = False) -> Record | None:
+def select_record(cursor: Any, key: bytes) -> Record | None:
     cursor.execute(
-        f"SELECT {_RECORD} FROM ersid_data WHERE ersid_key = %s AND {_LIVE}"
-        + (" FOR UPDATE" if for_update else ""),
-        (key,),
+        f"SELECT {_RECORD} FROM ersid_data WHERE ersid_key = %s AND {_LIVE}", (key,)
     )
     row = cursor.fetchone()
     return None if row is None else _record(*row)
@@ -57,20 +44,6 @@ def _record(value: Any, content_type: str, version: Any, expires: Any) -> Record
         int(version),
         None if expires is None else float(expires),
     )
-
-
-def _expire_if_due(cursor: Any, revision: int, key: bytes) -> int:
-    """
-    Remove the key's row if it has expired, logged as an expiry at
-    C{revision}; the revision the write goes on with.
-    """
-    cursor.execute(
-        "DELETE FROM ersid_data WHERE ersid_key = %s AND expires_at <= NOW(6)", (key,)
-    )
-    if not cursor.rowcount:
-        return revision
-    log_expiries(cursor, revision, [key])
-    return _next_revision(cursor)
 
 
 def reap(cursor: Any, batch: int) -> bool:
@@ -92,91 +65,6 @@ def reap(cursor: Any, batch: int) -> bool:
     cursor.execute(f"DELETE FROM ersid_data WHERE ersid_key IN ({marks})", keys)
     log_expiries(cursor, first, keys)
     return len(keys) == batch
-
-
-def _next_revision(cursor: Any) -> int:
-    cursor.execute(
-        "UPDATE ersid_revision SET revision = LAST_INSERT_ID(revision + 1) WHERE id = 1"
-    )
-    return int(cursor.lastrowid)
-
-
-def _check(
-    cursor: Any, key: str, encoded: bytes, precondition: Precondition | None
-) -> None:
-    if precondition is None:
-        return
-    current = select_record(cursor, encoded, for_update=True)
-    if not precondition.holds(current):
-        raise PreconditionFailed(key, current)
-
-
-def upsert(
-    cursor: Any,
-    key: str,
-    value: bytes,
-    content_type: str,
-    precondition: Precondition | None,
-    ttl: float | None,
-) -> WriteResult:
-    encoded = key.encode("utf-8")
-    revision = _expire_if_due(cursor, _next_revision(cursor), encoded)
-    _check(cursor, key, encoded, precondition)
-    return _put(cursor, revision, encoded, value, content_type, ttl)
-
-
-def _put(
-    cursor: Any,
-    revision: int,
-    encoded: bytes,
-    value: bytes,
-    content_type: str,
-    ttl: float | None,
-) -> WriteResult:
-    expires = None
-    if ttl is not None:
-        cursor.execute(
-            "SELECT UNIX_TIMESTAMP(NOW(6) + INTERVAL %s MICROSECOND)",
-            (round(ttl * 1e6),),
-        )
-        (expires,) = cursor.fetchone()
-    cursor.execute(
-        "INSERT INTO ersid_data "
-        "(ersid_key, ersid_value, content_type, version, expires_at) "
-        "VALUES (%s, %s, %s, %s, FROM_UNIXTIME(%s)) ON DUPLICATE KEY UPDATE "
-        "ersid_value = VALUES(ersid_value), content_type = VALUES(content_type), "
-        "version = VALUES(version), expires_at = VALUES(expires_at)",
-        (encoded, value, content_type, revision, expires),
-    )
-    # MySQL counts 1 affected row for an insert, 2 for an update.
-    created = cursor.rowcount == 1
-    log_change(cursor, revision, encoded, value, content_type, expires)
-    return WriteResult(revision, created, None if expires is None else float(expires))
-
-
-def refresh(
-    cursor: Any, key: str, ttl: float, precondition: Precondition | None
-) -> WriteResult | None:
-    encoded = key.encode("utf-8")
-    revision = _expire_if_due(cursor, _next_revision(cursor), encoded)
-    _check(cursor, key, encoded, precondition)
-    current = select_record(cursor, encoded, for_update=True)
-    if current is None:
-        cursor.connection.rollback()
-        return None
-    return _put(cursor, revision, encoded, current.value, current.content_type, ttl)
-
-
-def delete(cursor: Any, key: str, precondition: Precondition | None) -> bool:
-    encoded = key.encode("utf-8")
-    revision = _expire_if_due(cursor, _next_revision(cursor), encoded)
-    _check(cursor, key, encoded, precondition)
-    cursor.execute("DELETE FROM ersid_data WHERE ersid_key = %s", (encoded,))
-    if cursor.rowcount == 0:
-        cursor.connection.rollback()
-        return False
-    log_change(cursor, revision, encoded, None, None)
-    return True
 
 
 def _like_prefix(prefix: bytes) -> bytes:

@@ -6,9 +6,12 @@ directory, socket and loopback port under a directory given to it.
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import socket
 import subprocess
+import time
+from collections.abc import Sequence
 
 import MySQLdb
 
@@ -24,32 +27,61 @@ PASSWORD = "ersid-test-password"
 class MariaDB:
     """One mariadbd process, with a database and an C{ersid} user."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(
+        self,
+        root: str,
+        options: Sequence[str] = (),
+        *,
+        user: str | None = None,
+        port: int | None = None,
+        install: bool = True,
+        first_start: Sequence[str] = (),
+    ) -> None:
+        """
+        Make the data directory (unless C{install} is false: a Galera node
+        that joins gets it by state transfer), start the server with the
+        extra C{options} (and C{first_start} this first time), and add the
+        C{ersid} user if installed here.
+
+        @param user: the system user mariadbd runs as, owning the data
+            directory; by default the current one.
+        """
         self.root = root
         self.data = os.path.join(root, "data")
         self.socket = os.path.join(root, "mysqld.sock")
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.process: subprocess.Popen[bytes] | None = None
-        arguments = ["--no-defaults", f"--datadir={self.data}"]
-        if os.geteuid() == 0:
-            arguments.append("--user=root")
-        subprocess.run(
-            [
-                "mariadb-install-db",
-                *arguments,
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self._arguments = arguments
-        self.start()
-        self.as_root("CREATE USER 'ersid'@'localhost' IDENTIFIED BY %s", PASSWORD)
-        self.as_root("CREATE USER 'ersid'@'127.0.0.1' IDENTIFIED BY %s", PASSWORD)
-        self.as_root("GRANT ALL ON ersid.* TO 'ersid'@'localhost'")
-        self.as_root("GRANT ALL ON ersid.* TO 'ersid'@'127.0.0.1'")
+        if user is None and os.geteuid() == 0:
+            user = "root"
+        self._arguments = [
+            "--no-defaults",
+            f"--datadir={self.data}",
+            *([f"--user={user}"] if user else []),
+        ]
+        self._options = list(options)
+        if user not in (None, "root"):
+            os.makedirs(self.data, exist_ok=True)
+            owner = pwd.getpwnam(user)
+            for path in (root, self.data):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        if install:
+            subprocess.run(
+                [
+                    "mariadb-install-db",
+                    *self._arguments,
+                    f"--tmpdir={root}",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        self.start(first_start)
+        if install:
+            for host in ("localhost", "127.0.0.1"):
+                self.as_root(f"CREATE USER 'ersid'@'{host}' IDENTIFIED BY %s", PASSWORD)
+                self.as_root(f"GRANT ALL ON ersid.* TO 'ersid'@'{host}'")
 
     def as_root(self, statement: str, *args: str) -> None:
         """Run one statement as the server's root user."""
@@ -59,41 +91,59 @@ class MariaDB:
         finally:
             connection.close()
 
-    def start(self) -> None:
-        """Start mariadbd and wait for its systemd-style READY notice."""
+    def start(self, extra: Sequence[str] = ()) -> None:
+        """
+        Start mariadbd, with C{extra} options this time, and wait for its
+        systemd-style READY notice (a Galera node sends it once synced).
+        """
         notify_path = os.path.join(self.root, "notify")
         if os.path.exists(notify_path):
             os.unlink(notify_path)
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
             notify.bind(notify_path)
+            # mariadbd may run as another user, who must be able to write.
+            os.chmod(notify_path, 0o666)
             notify.settimeout(1)
             self.process = subprocess.Popen(
-                [
-                    "mariadbd",
-                    *self._arguments,
-                    f"--socket={self.socket}",
-                    f"--port={self.port}",
-                    "--bind-address=127.0.0.1",
-                    f"--pid-file={os.path.join(self.root, 'mariadbd.pid')}",
-                    f"--log-error={os.path.join(self.root, 'error.log')}",
-                    "--innodb-buffer-pool-size=32M",
-                    "--skip-name-resolve",
-                ],
+                ["mariadbd", *self.arguments(), *extra],
                 env={**os.environ, "NOTIFY_SOCKET": notify_path},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            for _ in range(120):
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
                 try:
                     if b"READY=1" in notify.recv(4096):
                         return
                 except TimeoutError:
                     if self.process.poll() is not None:
                         break
-            with open(os.path.join(self.root, "error.log")) as log:
-                tail = log.read()[-2000:]
-            raise RuntimeError(f"mariadbd did not start:\n{tail}")
+            self.kill()
+            raise RuntimeError(f"mariadbd did not start:\n{self.log_tail()}")
+
+    def arguments(self) -> list[str]:
+        """The options of every start of mariadbd."""
+        return [
+            *self._arguments,
+            f"--socket={self.socket}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={os.path.join(self.root, 'mariadbd.pid')}",
+            f"--log-error={os.path.join(self.root, 'error.log')}",
+            "--innodb-buffer-pool-size=32M",
+            "--skip-name-resolve",
+            f"--tmpdir={self.root}",
+            *self._options,
+        ]
+
+    def log_tail(self) -> str:
+        """The end of the server's error log, for messages."""
+        try:
+            with open(os.path.join(self.root, "error.log"), errors="replace") as log:
+                return log.read()[-2000:]
+        except OSError as e:
+            return str(e)
 
     def stop(self) -> None:
         """Stop mariadbd cleanly and wait for it to exit. Blocking."""
@@ -129,7 +179,7 @@ class MariaDB:
     def settings(self, tcp: bool = False) -> MySQLSettings:
         if tcp:
             return MySQLSettings(
-                "ersid", "ersid", "127.0.0.1", self.port, None, PASSWORD
+                "ersid", "ersid", (("127.0.0.1", self.port),), password=PASSWORD
             )
         return MySQLSettings(
             "ersid", "ersid", unix_socket=self.socket, password=PASSWORD

@@ -7,7 +7,7 @@ revision, in order, or be told it cannot (410, C{compacted}): never a gap,
 never a duplicate; one whose token may read only some keys sees exactly
 the changes of those. Run on the dict backend, on the journaled one across
 restarts, and on MySQL with two nodes (watched through one, written
-through both).
+through both), on one server and on two nodes of a Galera cluster.
 
 Watchers are the real L{EventStream}s of C{GET /_watch}, on requests kept
 in memory; Hypothesis runs in a thread and calls into the reactor.
@@ -157,17 +157,20 @@ class _Journaled(_Backend):
 
 
 class _TwoMySQLNodes(_Backend):
-    def __init__(self, history_size: int, server: Any) -> None:
+    def __init__(self, history_size: int, fresh_database: Any) -> None:
+        """
+        @param fresh_database: makes a new database and returns the settings
+            of the two nodes (on one server, or on two of a cluster).
+        """
         super().__init__(history_size)
-        self.server = server
+        self.fresh_database = fresh_database
 
     async def start(self) -> None:
         from ersid.mysql.changes import ChangeFeed
         from ersid.mysql.storage import MySQLStorage
 
-        settings = self.server.fresh_database()
         self.nodes = []
-        for _ in range(2):
+        for settings in self.fresh_database():
             storage = MySQLStorage(settings, min_connections=1, max_connections=2)
             hub = Hub(History(0, self.history_size), self.clock)
             hub.ready = False
@@ -391,4 +394,22 @@ class MySQLWatchModel(_ModelMixin, TestCase):
         self.server = shared_server()
 
     def backend(self, history_size: int) -> _Backend:
-        return _TwoMySQLNodes(history_size, self.server)
+        return _TwoMySQLNodes(history_size, lambda: [self.server.fresh_database()] * 2)
+
+
+class GaleraWatchModel(_ModelMixin, TestCase):
+    """Watched through one node of a Galera cluster, written through two."""
+
+    examples = 15
+
+    def setUp(self):
+        from .._mariadb import shared_cluster
+
+        self.cluster = shared_cluster()
+
+    def fresh_database(self) -> list[Any]:
+        self.cluster.fresh_database()
+        return [self.cluster.settings(0, 1, 2), self.cluster.settings(1, 0, 2)]
+
+    def backend(self, history_size: int) -> _Backend:
+        return _TwoMySQLNodes(history_size, self.fresh_database)
