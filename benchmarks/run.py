@@ -51,12 +51,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
 sys.path.insert(0, CHECKOUT)
 
 from ersid.testing import free_port  # noqa: E402 (after the path is set)
+from ersid.testing.galera import PROVIDER, GaleraCluster  # noqa: E402
 
 WRK_SCRIPT = os.path.join(HERE, "wrk_mixed.lua")
 # Data directories on a disk, not a tmpfs: a flush must reach one.
@@ -71,9 +73,17 @@ ERSID = "ersid dict"
 ERSID_TOKENS = "ersid dict tokens"
 ETCD = "etcd"
 WEBDIS = "webdis + redis"
+GALERA = "ersid galera"
+TWISTED_WEB = "twisted.web (bare)"
 # Every figure has a ratio to each of these: "ratio_to_limit", "ratio_to_etcd",
-# and "ratio_to_dict" (for the cost of tokens).
-REFERENCES = {"limit": LIMIT, "etcd": ETCD, "dict": ERSID}
+# "ratio_to_dict" (for the cost of tokens) and "ratio_to_twisted_web" (the
+# ceiling the MySQL backend is held to).
+REFERENCES = {
+    "limit": LIMIT,
+    "etcd": ETCD,
+    "dict": ERSID,
+    "twisted_web": TWISTED_WEB,
+}
 # Also measured with OTHER_CONNECTIONS.
 PEERS = (LIMIT, ERSID, ETCD, WEBDIS)
 # Measured for the memory an idle connection costs.
@@ -217,7 +227,7 @@ def _wait_until(
         time.sleep(0.01)
 
 
-def _wrk(
+def wrk_invocation(
     url: str,
     method: str,
     seconds: float,
@@ -226,33 +236,38 @@ def _wrk(
     prefix: str = "/bench/",
     put_form: bool = False,
     authorization: str | None = None,
-) -> dict[str, float]:
+) -> tuple[list[str], dict[str, str]]:
+    """wrk's command (on core 1) and environment, for wrk_mixed.lua."""
+    command = _pinned(
+        1,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{round(seconds)}s",
+            "--latency",
+            "-s",
+            WRK_SCRIPT,
+            url,
+        ],
+    )
+    env = {
+        **os.environ,
+        "WRK_METHOD": method,
+        "WRK_KEYS": str(keys),
+        "WRK_VALUE_SIZE": str(VALUE_SIZE),
+        "WRK_PREFIX": prefix,
+        "WRK_PUT_FORM": "1" if put_form else "0",
+        "WRK_AUTHORIZATION": authorization or "",
+    }
+    return command, env
+
+
+def _wrk(*args: Any, **kwargs: Any) -> dict[str, float]:
+    """wrk's figures (see L{wrk_invocation} for the arguments)."""
+    command, env = wrk_invocation(*args, **kwargs)
     result = subprocess.run(
-        _pinned(
-            1,
-            [
-                "wrk",
-                "-t1",
-                f"-c{connections}",
-                f"-d{round(seconds)}s",
-                "--latency",
-                "-s",
-                WRK_SCRIPT,
-                url,
-            ],
-        ),
-        env={
-            **os.environ,
-            "WRK_METHOD": method,
-            "WRK_KEYS": str(keys),
-            "WRK_VALUE_SIZE": str(VALUE_SIZE),
-            "WRK_PREFIX": prefix,
-            "WRK_PUT_FORM": "1" if put_form else "0",
-            "WRK_AUTHORIZATION": authorization or "",
-        },
-        capture_output=True,
-        text=True,
-        check=True,
+        command, env=env, capture_output=True, text=True, check=True
     ).stdout
     return parse_wrk(result)
 
@@ -432,10 +447,12 @@ def _webdis(directory: str) -> Target:
     )
 
 
-def _targets(work: str, mysql_socket: str | None) -> list[Target]:
+def _targets(
+    work: str, mysql_socket: str | None, galera_url: str | None = None
+) -> list[Target]:
     """
     Every target, in the order of their slices (see L{slices}): the limit
-    and Ersid dict first, MySQL last.
+    and Ersid dict first, MySQL and Galera last.
     """
     targets = [
         _bare(LIMIT, "bare_httptools.py"),
@@ -443,7 +460,7 @@ def _targets(work: str, mysql_socket: str | None) -> list[Target]:
         _ersid_with_tokens(ERSID_TOKENS, os.path.join(work, "dict-tokens")),
         _etcd(os.path.join(work, "etcd")),
         _webdis(os.path.join(work, "webdis")),
-        _bare("twisted.web (bare)", "bare_server.py"),
+        _bare(TWISTED_WEB, "bare_server.py"),
         _ersid(
             "ersid dict fsync=always",
             os.path.join(work, "dict-always"),
@@ -462,6 +479,14 @@ def _targets(work: str, mysql_socket: str | None) -> list[Target]:
                 f"mysql://ersid@localhost/ersid?unix_socket={mysql_socket}",
                 "-i",
                 "3600",
+            )
+        )
+    if galera_url is not None:
+        targets.append(
+            _ersid(
+                GALERA,
+                os.path.join(work, "galera"),
+                *("--storage", "mysql", "--mysql-url", galera_url, "-i", "3600"),
             )
         )
     return targets
@@ -493,15 +518,18 @@ def benchmark(
     rounds_other: int,
     idle_connections: int,
     with_mysql: bool,
+    only: list[str] | None = None,
 ) -> dict:
     """
     The memory an idle connection costs (before any load: the memory
     freed by 500 busy connections would be reused by the idle ones), then
-    the throughput at 50 connections of every target, then that of the
-    peers at 10 and 500, all targets running from start to end.
+    the throughput at 50 connections of every target (or of those named
+    in C{only}), then that of the peers at 10 and 500, all targets running
+    from start to end. MySQL and a three-node Galera cluster (Ersid on
+    node 0, the others named after it) run when MariaDB can be started.
     """
     work = tempfile.mkdtemp(prefix="ersid-bench-", dir=WORK_ROOT)
-    mariadb = None
+    mariadb = cluster = None
     results: dict = {}
     try:
         if with_mysql and shutil.which("mariadbd"):
@@ -511,7 +539,17 @@ def benchmark(
             mariadb = MariaDB(os.path.join(work, "mariadb"))
             mariadb.fresh_database()
             os.environ["ERSID_MYSQL_PASSWORD"] = PASSWORD
-        targets = _targets(work, mariadb.socket if mariadb else None)
+            if os.path.exists(PROVIDER):
+                os.mkdir(os.path.join(work, "galera"))
+                cluster = GaleraCluster(os.path.join(work, "galera"))
+                cluster.fresh_database()
+        targets = _targets(
+            work,
+            mariadb.socket if mariadb else None,
+            cluster.url(0, 1, 2) if cluster else None,
+        )
+        if only:
+            targets = [target for target in targets if target.name in only]
         peers = [target for target in targets if target.name in PEERS]
         with _running(targets, work) as pids:
             if idle_connections:
@@ -535,6 +573,8 @@ def benchmark(
     finally:
         if mariadb is not None:
             mariadb.stop()
+        if cluster is not None:
+            cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
     return results
 
@@ -834,6 +874,11 @@ def main() -> None:
     )
     parser.add_argument("--no-mysql", action="store_true")
     parser.add_argument(
+        "--targets",
+        help="only these targets' throughput, by name, comma-separated "
+        "(with --output elsewhere: results/latest.json is the whole run's)",
+    )
+    parser.add_argument(
         "--idle-watchers", type=int, default=10_000, help="watchers.py: for memory"
     )
     parser.add_argument("--no-watch", action="store_true")
@@ -865,12 +910,7 @@ def main() -> None:
     _raise_open_files(arguments.idle_connections + max(OTHER_CONNECTIONS) + 100)
 
     results: dict = {
-        "machine": {
-            "python": f"{platform.python_implementation()} {platform.python_version()}",
-            "cpu": _cpu_model(),
-            "cores": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d"),
-        },
+        "machine": machine(),
         "settings": {
             "slice_seconds": arguments.duration,
             "rounds": arguments.rounds,
@@ -887,6 +927,7 @@ def main() -> None:
                 arguments.rounds_other,
                 arguments.idle_connections,
                 not arguments.no_mysql,
+                arguments.targets.split(",") if arguments.targets else None,
             )
         )
     if not arguments.no_scale:
@@ -913,6 +954,16 @@ def main() -> None:
     if "throughput" in results:
         _chart(results, os.path.join(arguments.output, "latest.png"))
     print(f"\nWrote {arguments.output}/latest.json and latest.png")
+
+
+def machine() -> dict[str, object]:
+    """What the figures were measured on."""
+    return {
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def _cpu_model() -> str:

@@ -5,8 +5,8 @@ nodes can share one database, or one Galera cluster, as stateless peers.
 
 Writes go in batches (L{ersid.mysql.writes}): each batch is one
 transaction that first locks the one-row revision counter, which orders
-all writes of all nodes, and holds it to its commit. A read of one row is
-one statement, one round trip.
+all writes of all nodes, and holds it to its commit. Reads of keys go in
+batches too, each one statement: one round trip.
 
 Expiry goes by the database's clock, C{NOW(6)} in UTC, the one clock all
 nodes share: reads leave out rows past their C{expires_at}; a write first
@@ -29,6 +29,7 @@ from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
 from ersid.mysql import transactions
+from ersid.mysql.batching import Batches
 from ersid.mysql.change_log import ChangeLog, select_changes, trim_changes
 from ersid.mysql.errors import DEAD_CONNECTION, RETRY_TRANSACTION, error_code
 from ersid.mysql.settings import MySQLSettings
@@ -50,9 +51,10 @@ __all__ = ["MySQLStorage"]
 _T = TypeVar("_T")
 # Rows removed by one reaping transaction, at most.
 _REAP_BATCH = 500
-# Most writes, and most bytes of them, in one batch.
+# Most writes, and most bytes of them, in one batch; most reads.
 _BATCH_WRITES = 500
 _BATCH_BYTES = 4 << 20
+_BATCH_READS = 500
 # How often a transaction that lost a conflict (Galera's certification, a
 # deadlock, a lock wait) runs again before the write is refused, and the
 # longest pause, in seconds, before each run (random, so that the losers
@@ -96,8 +98,22 @@ class MySQLStorage:
         self.committed: Callable[[], None] = lambda: None
         self._max_connections = max_connections
         self._closed = False
-        self._waiting: list[tuple[Write, Deferred[Outcome]]] = []
-        self._writing = False
+        # Writes one batch at a time (each holds the revision row to its
+        # commit anyway); reads in two at once.
+        self._writes = Batches(
+            self._apply_writes,
+            in_flight=1,
+            most=_BATCH_WRITES,
+            most_bytes=_BATCH_BYTES,
+            size=batch_size,
+        )
+        self._reads = Batches(
+            self._get_records,
+            in_flight=2,
+            most=_BATCH_READS,
+            most_bytes=_BATCH_READS,
+            size=lambda _: 1,
+        )
         self._pool = adbapi.ConnectionPool(
             "ersid.mysql.connecting",
             cp_min=min_connections,
@@ -197,59 +213,27 @@ class MySQLStorage:
         """A read of several statements, in one transaction: one snapshot."""
         return Deferred.fromCoroutine(self._run(work, *args, idempotent=True))
 
+    async def _apply_writes(self, writes: list[Write]) -> list[Outcome]:
+        outcomes = await self._run(apply_writes, writes, idempotent=False)
+        self.committed()
+        return outcomes
+
     def _write(self, write: Write) -> Deferred[Outcome]:
-        """
-        Queue C{write} for the next batch, begun at once if none is
-        committing; its outcome once its batch has committed.
-        """
         if self._closed:
             return fail(StorageUnavailable("the server is shutting down"))
-        done: Deferred[Outcome] = Deferred()
-        self._waiting.append((write, done))
-        if not self._writing:
-            self._next_batch()
-        return done
+        return self._writes.submit(write)
 
-    def _next_batch(self) -> None:
-        size = count = 0
-        for count, (write, _) in enumerate(self._waiting[:_BATCH_WRITES], 1):
-            size += batch_size(write)
-            if size > _BATCH_BYTES and count > 1:
-                count -= 1
-                break
-        batch, self._waiting = self._waiting[:count], self._waiting[count:]
-        self._writing = True
-        Deferred.fromCoroutine(self._apply(batch))
-
-    async def _apply(self, batch: list[tuple[Write, Deferred[Outcome]]]) -> None:
-        writes = [write for write, _ in batch]
-        try:
-            outcomes = await self._run(apply_writes, writes, idempotent=False)
-        except StorageUnavailable as e:
-            outcomes = [e] * len(batch)
-        except Exception as e:
-            # Not the database's: a defect, reported to each writer.
-            outcomes = [e] * len(batch)
-        else:
-            self.committed()
-        self._writing = False
-        if self._waiting:
-            self._next_batch()
-        for (_, done), outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                done.errback(outcome)
-            else:
-                done.callback(outcome)
+    async def _get_records(self, keys: list[str]) -> list[Record | None]:
+        found = await self._run(
+            transactions.select_live_records,
+            [key.encode("utf-8") for key in keys],
+            transaction=False,
+            idempotent=True,
+        )
+        return [found.get(key) for key in keys]
 
     def get(self, key: str) -> Deferred[Record | None]:
-        return Deferred.fromCoroutine(
-            self._run(
-                transactions.select_record,
-                key.encode("utf-8"),
-                transaction=False,
-                idempotent=True,
-            )
-        )
+        return self._reads.submit(key)
 
     def set(
         self,

@@ -19,8 +19,8 @@ from ersid.storage import (
 __all__ = [
     "reap",
     "select_keys",
+    "select_live_records",
     "select_page",
-    "select_record",
     "select_records",
     "select_stats",
 ]
@@ -29,12 +29,18 @@ _LIVE = "(expires_at IS NULL OR expires_at > NOW(6))"
 _RECORD = "ersid_value, content_type, version, UNIX_TIMESTAMP(expires_at)"
 
 
-def select_record(cursor: Any, key: bytes) -> Record | None:
+def select_live_records(cursor: Any, keys: list[bytes]) -> dict[str, Record]:
+    """The live records of C{keys}, by key, in one statement."""
+    unique = list(dict.fromkeys(keys))
+    marks = ", ".join(["%s"] * len(unique))
     cursor.execute(
-        f"SELECT {_RECORD} FROM ersid_data WHERE ersid_key = %s AND {_LIVE}", (key,)
+        f"SELECT ersid_key, {_RECORD} FROM ersid_data "
+        f"WHERE ersid_key IN ({marks}) AND {_LIVE}",
+        unique,
     )
-    row = cursor.fetchone()
-    return None if row is None else _record(*row)
+    return {
+        bytes(row[0]).decode("utf-8"): _record(*row[1:]) for row in cursor.fetchall()
+    }
 
 
 def _record(value: Any, content_type: str, version: Any, expires: Any) -> Record:

@@ -118,10 +118,11 @@ def apply_writes(cursor: Any, writes: list[Write]) -> list[Outcome]:
         changes.append((revision, encoded, value, content_type, expires, False))
     if changes:
         _write_rows(cursor, rows, {change[1] for change in changes})
-        cursor.executemany(
+        _insert(
+            cursor,
             "INSERT INTO ersid_changes (revision, ersid_key, ersid_value, "
-            "content_type, expires_at, expired) "
-            "VALUES (%s, %s, %s, %s, FROM_UNIXTIME(%s), %s)",
+            "content_type, expires_at, expired) VALUES ",
+            "(%s, %s, %s, %s, FROM_UNIXTIME(%s), %s)",
             changes,
         )
         cursor.execute(
@@ -195,11 +196,26 @@ def _write_rows(cursor: Any, rows: dict[str, _Row], changed: set[bytes]) -> None
         marks = ", ".join(["%s"] * len(deletes))
         cursor.execute(f"DELETE FROM ersid_data WHERE ersid_key IN ({marks})", deletes)
     if puts:
-        cursor.executemany(
+        _insert(
+            cursor,
             "INSERT INTO ersid_data "
-            "(ersid_key, ersid_value, content_type, version, expires_at) "
-            "VALUES (%s, %s, %s, %s, FROM_UNIXTIME(%s)) ON DUPLICATE KEY UPDATE "
-            "ersid_value = VALUES(ersid_value), content_type = VALUES(content_type), "
-            "version = VALUES(version), expires_at = VALUES(expires_at)",
+            "(ersid_key, ersid_value, content_type, version, expires_at) VALUES ",
+            "(%s, %s, %s, %s, FROM_UNIXTIME(%s))",
             puts,
+            " ON DUPLICATE KEY UPDATE ersid_value = VALUES(ersid_value), "
+            "content_type = VALUES(content_type), version = VALUES(version), "
+            "expires_at = VALUES(expires_at)",
         )
+
+
+def _insert(
+    cursor: Any, head: str, row: str, rows: list[tuple[Any, ...]], tail: str = ""
+) -> None:
+    """
+    One statement inserting every row (C{executemany} would send one per
+    row here: it only joins rows of plain placeholders).
+    """
+    cursor.execute(
+        head + ", ".join([row] * len(rows)) + tail,
+        [field for values in rows for field in values],
+    )

@@ -1,25 +1,28 @@
 """
-The MySQL backend's batched writes: writes that arrive together are one
+The MySQL backend's batches: writes that arrive together are one
 transaction, yet each is decided as if it ran alone, in arrival order. A
 random set of writes sent at once must do exactly what the dict backend
 does with them one after the other: the same outcomes, revisions,
-refusals, expiries and final store.
+refusals, expiries and final store. Reads that arrive together are one
+query. And L{Batches} alone.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import MySQLdb
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.task import Clock
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from ersid.embedded.memory import DictStorage
+from ersid.mysql.batching import Batches
 from ersid.mysql.storage import MySQLStorage
 from ersid.storage import Precondition, PreconditionFailed, WriteResult
 
@@ -126,3 +129,87 @@ class BatchedWritesTests(TestCase):
             )
         finally:
             mysql.disconnect()
+
+
+class BatchedReadsTests(TestCase):
+    def test_reads_sent_together_are_one_query_and_see_every_acknowledged_write(self):
+        server = shared_server()
+        storage = MySQLStorage(server.fresh_database(), min_connections=1)
+        self.addCleanup(storage.disconnect)
+
+        def selects() -> int:
+            connection = MySQLdb.connect(unix_socket=server.socket, user="root")
+            try:
+                cursor = connection.cursor()
+                cursor.execute("SHOW GLOBAL STATUS LIKE 'Com_select'")
+                return int(cursor.fetchone()[1])
+            finally:
+                connection.close()
+
+        async def check():
+            await gatherResults([storage.set(f"k{i}", b"%d" % i) for i in range(100)])
+            before = await deferToThread(selects)
+            records = await gatherResults(
+                [storage.get(f"k{i % 120}") for i in range(200)]
+            )
+            after = await deferToThread(selects)
+            self.assertEqual(
+                [None if r is None else r.value for r in records],
+                [b"%d" % (i % 120) if i % 120 < 100 else None for i in range(200)],
+            )
+            # The first read went alone, the next while it ran; the rest wait.
+            self.assertLessEqual(after - before, 3 + 1)
+            written = await storage.set("k0", b"new")
+            self.assertEqual((await storage.get("k0")).version, written.version)
+
+        return Deferred.fromCoroutine(check())
+
+
+class BatchesTests(TestCase):
+    """L{Batches} alone, with batches run by hand."""
+
+    def setUp(self):
+        self.runs: list[tuple[list[Any], Deferred]] = []
+
+        def run(items):
+            done = Deferred()
+            self.runs.append((items, done))
+            return done
+
+        self.batches = Batches(
+            run, in_flight=2, most=3, most_bytes=10, size=lambda item: item[1]
+        )
+
+    def test_items_wait_for_a_free_slot_then_go_together(self):
+        results = [self.batches.submit((n, 1)) for n in range(7)]
+        self.assertEqual([items for items, _ in self.runs], [[(0, 1)], [(1, 1)]])
+        self.runs[0][1].callback(["a"])
+        self.assertEqual(self.successResultOf(results[0]), "a")
+        # At most three at once.
+        self.assertEqual(self.runs[2][0], [(2, 1), (3, 1), (4, 1)])
+        self.runs[1][1].callback(["b"])
+        self.assertEqual(self.runs[3][0], [(5, 1), (6, 1)])
+
+    def test_batches_end_before_their_bytes_exceed_the_most_but_hold_one(self):
+        self.batches.submit((0, 1))
+        self.batches.submit((1, 1))
+        big = [self.batches.submit((n, 6)) for n in (2, 3)]
+        self.batches.submit((4, 20))
+        self.runs[0][1].callback([None])
+        self.assertEqual(self.runs[2][0], [(2, 6)])
+        self.runs[1][1].callback([None])
+        self.assertEqual(self.runs[3][0], [(3, 6)])
+        self.runs[2][1].callback([None])
+        self.assertEqual(self.runs[4][0], [(4, 20)])
+        self.assertEqual(self.successResultOf(big[0]), None)
+
+    def test_each_item_gets_its_own_failure_and_a_failed_run_fails_all(self):
+        first = self.batches.submit((0, 1))
+        second = self.batches.submit((1, 1))
+        third = self.batches.submit((2, 1))
+        self.runs[0][1].callback([ValueError("mine")])
+        self.assertEqual(str(self.failureResultOf(first, ValueError).value), "mine")
+        self.runs[1][1].errback(KeyError("all"))
+        self.failureResultOf(second, KeyError)
+        self.runs[2][1].callback(["ok"])
+        self.assertEqual(self.successResultOf(third), "ok")
