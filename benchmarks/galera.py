@@ -222,6 +222,7 @@ def death(cluster: GaleraCluster, work: str, seconds: float) -> dict:
 
 def benchmark_galera(seconds: float, rounds: int) -> dict:
     work = tempfile.mkdtemp(prefix="ersid-galera-bench-", dir=run.WORK_ROOT)
+    os.chmod(work, 0o755)  # for mariadbd, which runs as mysql
     os.environ["ERSID_MYSQL_PASSWORD"] = PASSWORD
     cluster = None
     try:

@@ -529,6 +529,7 @@ def benchmark(
     node 0, the others named after it) run when MariaDB can be started.
     """
     work = tempfile.mkdtemp(prefix="ersid-bench-", dir=WORK_ROOT)
+    os.chmod(work, 0o755)  # for Galera's mariadbd, which runs as mysql
     mariadb = cluster = None
     results: dict = {}
     try:

@@ -37,6 +37,10 @@ class GaleraCluster:
     """Three (or C{size}) Galera nodes; node 0 bootstrapped the cluster."""
 
     def __init__(self, root: str, size: int = 3) -> None:
+        """
+        @param root: an empty directory, which the C{mysql} user must be
+            able to reach (made readable to all here, not its parents).
+        """
         os.chmod(root, 0o755)
         user = "mysql" if os.geteuid() == 0 and _has_user("mysql") else None
         ports = [

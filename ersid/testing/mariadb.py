@@ -65,7 +65,7 @@ class MariaDB:
             for path in (root, self.data):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
         if install:
-            subprocess.run(
+            installed = subprocess.run(
                 [
                     "mariadb-install-db",
                     *self._arguments,
@@ -73,10 +73,13 @@ class MariaDB:
                     "--auth-root-authentication-method=normal",
                     "--skip-test-db",
                 ],
-                check=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )
+            if installed.returncode:
+                raise RuntimeError(
+                    f"mariadb-install-db failed:\n{installed.stdout[-2000:].decode()}"
+                )
         self.start(first_start)
         if install:
             for host in ("localhost", "127.0.0.1"):
