@@ -6,7 +6,8 @@ server on this interpreter, in one run and under the same load.
 The targets: a bare httptools protocol over a dict (bare_httptools.py, the
 limit), a bare twisted.web resource over a dict (bare_server.py), Ersid with
 the dict backend (journal flushed every second, its default, and before
-each write), Ersid with MySQL when a MariaDB server can be started, etcd
+each write), Ersid with MySQL when a MariaDB server can be started and on
+a three-node Galera cluster when galera-4 is installed, etcd
 (v2 keys API, one core, a flush before each write) and webdis in front of
 Redis (no persistence). They run side by side, each on core 0, and wrk on
 core 1 loads one at a time, in slices of a few seconds: PUT and GET of
@@ -18,12 +19,15 @@ control. Before that,
 what an idle keep-alive connection costs Ersid dict, etcd and webdis in
 memory; after it, the cost of snapshots with 1,000,000 keys, then what
 watchers cost Ersid dict (watchers.py), then how its keys expire
-(expiry.py). Prints tables and writes results/latest.json and
-results/latest.png.
+(expiry.py), then where writes should go in a Galera cluster and what a
+node's death costs (galera.py). Prints tables and writes
+results/latest.json and results/latest.png. Every figure has its ratio to
+the limit, to etcd, to Ersid dict and to the bare twisted.web.
 
 Usage: bin/dev bench [--duration S] [--rounds N] [--rounds-other N]
 [--idle-connections N] [--idle-watchers N] [--no-scale] [--no-watch]
-[--only-watch] [--no-expiry] [--only-expiry] [--no-mysql] [--output DIR]
+[--only-watch] [--no-expiry] [--only-expiry] [--no-galera] [--only-galera]
+[--galera-rounds N] [--no-mysql] [--targets A,B] [--output DIR]
 (--duration: seconds a slice; --rounds-other: rounds at 10 and 500
 connections, 0 for none)
 """
@@ -886,22 +890,32 @@ def main() -> None:
     parser.add_argument("--only-watch", action="store_true", help="only watchers.py")
     parser.add_argument("--no-expiry", action="store_true")
     parser.add_argument("--only-expiry", action="store_true", help="only expiry.py")
+    parser.add_argument("--no-galera", action="store_true")
+    parser.add_argument("--only-galera", action="store_true", help="only galera.py")
+    parser.add_argument(
+        "--galera-rounds", type=int, default=5, help="galera.py: rounds of layouts"
+    )
     parser.add_argument("--output", default=os.path.join(HERE, "results"))
     arguments = parser.parse_args()
     # Not at the top: they import this file as "run", from this folder,
     # on the path when this file runs as a script, not when tests load it.
     import expiry
+    import galera
     import watchers
 
-    if arguments.only_watch or arguments.only_expiry:
+    only = arguments.only_watch or arguments.only_expiry or arguments.only_galera
+    if only:
         arguments.no_throughput = arguments.no_scale = True
-        arguments.no_watch |= arguments.only_expiry
-        arguments.no_expiry |= arguments.only_watch
+        arguments.no_watch |= not arguments.only_watch
+        arguments.no_expiry |= not arguments.only_expiry
+        arguments.no_galera |= not arguments.only_galera
+    if arguments.no_mysql or not os.path.exists(PROVIDER):
+        arguments.no_galera = True
     programs = (
         ()
         if arguments.only_expiry
         else ("wrk",)
-        if arguments.only_watch
+        if arguments.only_watch or arguments.only_galera
         else ("wrk", "etcd", "webdis", "redis-server")
     )
     missing = [program for program in programs if not shutil.which(program)]
@@ -943,12 +957,19 @@ def main() -> None:
     if not arguments.no_expiry:
         print("Expiry:", flush=True)
         results["expiry"] = expiry.benchmark_expiry()
-    if not (arguments.only_watch or arguments.only_expiry):
+    if not arguments.no_galera:
+        print("Galera:", flush=True)
+        results["galera"] = galera.benchmark_galera(
+            arguments.duration, arguments.galera_rounds
+        )
+    if not only:
         _print_tables(results)
     if "watch" in results:
         watchers.print_watch(results["watch"])
     if "expiry" in results:
         expiry.print_expiry(results["expiry"])
+    if "galera" in results:
+        galera.print_galera(results["galera"])
     os.makedirs(arguments.output, exist_ok=True)
     with open(os.path.join(arguments.output, "latest.json"), "w") as f:
         json.dump(results, f, indent=2)

@@ -11,7 +11,6 @@ from twisted.conch.ssh.connection import SSHConnection
 from twisted.conch.ssh.factory import SSHFactory
 from twisted.conch.ssh.transport import SSHServerTransport
 from twisted.conch.ssh.userauth import SSHUserAuthServer
-from twisted.enterprise import adbapi
 from twisted.internet import reactor, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
@@ -22,16 +21,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.http import HTTPChannel, Request
-
-
-class _Pool:
-    """Enough of an adbapi pool to make a connection of it."""
-
-    def __init__(self) -> None:
-        self.connection = object()
-
-    def connect(self) -> object:
-        return self.connection
 
 
 class TwistedPrivatesTests(TestCase):
@@ -73,16 +62,6 @@ class TwistedPrivatesTests(TestCase):
             self.assertTrue(callable(tcp.Connection.writeSomeData))
 
         return Deferred.fromCoroutine(check())
-
-    def test_adbapi_connection_keeps_its_pool_and_connection(self):
-        """
-        ersid.mysql.storage's _Connection.rollback drops a dead connection
-        through adbapi.Connection's _pool and _connection.
-        """
-        pool = _Pool()
-        connection = adbapi.Connection(pool)
-        self.assertIs(connection._pool, pool)
-        self.assertIs(connection._connection, pool.connection)
 
     def test_conch_classes_log_through_a_class_attribute(self):
         """

@@ -13,8 +13,10 @@ __all__ = ["DEAD_CONNECTION", "RETRY_TRANSACTION", "UNREACHABLE", "error_code"]
 # The client could not reach the server at all (no socket, refused, unknown
 # host, gone away, lost): not fatal at startup; requests get 503 until it can.
 UNREACHABLE = frozenset({2002, 2003, 2005, 2006, 2013})
-# The connection is dead but the statement did not commit.
-DEAD_CONNECTION = frozenset({1053, 1927, 2006, 2013, 2055, 4031})
+# The connection is dead, or its server of a cluster no longer serves (a
+# Galera node cut off from the primary component answers 1047): drop it,
+# and run the work again elsewhere unless it had reached its commit.
+DEAD_CONNECTION = frozenset({1047, 1053, 1927, 2006, 2013, 2055, 4031})
 # The transaction was rolled back (lock wait timeout, deadlock, which is how
 # Galera reports a certification conflict) and may simply run again.
 RETRY_TRANSACTION = frozenset({1205, 1213})

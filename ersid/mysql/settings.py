@@ -101,7 +101,9 @@ class MySQLSettings:
 
     def describe(self) -> str:
         """The database for messages: C{user@host:port/database}, no password."""
-        where = self.unix_socket or ",".join(f"{h}:{p}" for h, p in self.hosts)
+        where = self.unix_socket or ",".join(
+            f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.hosts
+        )
         return f"{self.user}@{where}/{self.database}"
 
     def client_arguments(self) -> str:

@@ -93,6 +93,32 @@ class GaleraNodesTests(TestCase):
 
         return Deferred.fromCoroutine(check())
 
+    def test_a_node_cut_off_from_the_cluster_is_passed_over(self):
+        """
+        A node isolated from the others (as by a partition) still accepts
+        connections but is no longer ready: a storage that used it moves to
+        the next server of its list, and new connections skip it.
+        """
+        cluster = shared_cluster()
+        storage = _storage(self, cluster.settings(2, 0, 1))
+
+        def isolate(on: bool) -> None:
+            cluster.nodes[2].as_root(
+                "SET GLOBAL wsrep_provider_options = %s", f"gmcast.isolate={int(on)}"
+            )
+
+        async def check():
+            await storage.set("k", b"before")
+            self.addCleanup(deferToThread, cluster.wait_synced)
+            self.addCleanup(isolate, False)
+            await deferToThread(isolate, True)
+            await deferToThread(cluster.wait_for, 2, "wsrep_ready", "OFF")
+            written = await storage.set("k", b"after")
+            self.assertEqual((await storage.get("k")).version, written.version)
+            self.assertEqual((await self.nodes[0].get("k")).value, b"after")
+
+        return Deferred.fromCoroutine(check())
+
     def test_concurrent_writes_through_every_node_take_every_revision_once(self):
         """
         Writes through three nodes at once conflict on the revision row; every

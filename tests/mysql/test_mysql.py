@@ -27,6 +27,7 @@ from ersid.mysql.schema import SCHEMA_FILE, SchemaError, check_schema
 from ersid.mysql.settings import MySQLSettings
 from ersid.mysql.storage import MySQLStorage
 from ersid.storage import Precondition, PreconditionFailed, StorageUnavailable
+from ersid.testing import free_port
 from ersid.testing.mariadb import PASSWORD
 from ersid.watch import History, Hub, IWatcher
 from ersid.web.app import Service
@@ -55,6 +56,45 @@ class MySQLSettingsTests(TestCase):
             ("app", "db.example", 3307, "kv"),
         )
         self.assertNotIn("pw", repr(settings))
+
+    def test_several_servers_tried_in_order(self):
+        settings = MySQLSettings.from_url(
+            "mysql://app@db1:3307,db2,[::1]:3308,127.0.0.1/kv", "pw"
+        )
+        self.assertEqual(
+            settings.hosts,
+            (("db1", 3307), ("db2", 3306), ("::1", 3308), ("127.0.0.1", 3306)),
+        )
+        self.assertEqual(
+            settings.describe(), "app@db1:3307,db2:3306,[::1]:3308,127.0.0.1:3306/kv"
+        )
+        for url in [
+            "mysql://app@db1,,db2/kv",
+            "mysql://app@db1:x/kv",
+            "mysql://app@db1,/kv",
+        ]:
+            with self.assertRaises(ValueError) as raised:
+                MySQLSettings.from_url(url)
+            self.assertIn("bad server", str(raised.exception))
+
+    def test_a_server_that_refuses_is_passed_over(self):
+        server = shared_server()
+        settings = server.fresh_database()
+        closed = free_port()
+        storage = _storage(
+            self,
+            MySQLSettings.from_url(
+                f"mysql://ersid@127.0.0.1:{closed},127.0.0.1:{server.port}/ersid",
+                PASSWORD,
+            ),
+        )
+        reader = _storage(self, settings)
+
+        async def check():
+            await storage.set("k", b"v")
+            self.assertEqual((await reader.get("k")).value, b"v")
+
+        return Deferred.fromCoroutine(check())
 
     def test_unix_socket(self):
         settings = MySQLSettings.from_url(
