@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 __all__ = ["Batches"]
 
@@ -42,6 +42,15 @@ class Batches(Generic[_Item, _Result]):
         self._size = size
         self._running = 0
         self._waiting: list[tuple[_Item, Deferred[_Result]]] = []
+        self._idle: list[Deferred[None]] = []
+
+    def idle(self) -> Deferred[None]:
+        """Fires once every item submitted so far has its result."""
+        if not self._running and not self._waiting:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        self._idle.append(done)
+        return done
 
     def submit(self, item: _Item) -> Deferred[_Result]:
         """C{item}'s result, once the batch it joins has run."""
@@ -79,3 +88,7 @@ class Batches(Generic[_Item, _Result]):
                 done.errback(result)
             else:
                 done.callback(result)
+        if not self._running and not self._waiting:
+            idle, self._idle = self._idle, []
+            for done in idle:
+                done.callback(None)

@@ -26,34 +26,35 @@ from MySQLdb import (  # noqa: F401 (the DB-API's names, for adbapi)
     threadsafety,
 )
 
-__all__ = ["NOT_READY", "connect"]
+from ersid.mysql.errors import NOT_READY, UNREACHABLE, error_code
 
-# MySQL's ER_UNKNOWN_COM_ERROR, which Galera answers while not ready.
-NOT_READY = 1047
+__all__ = ["connect"]
 
 
 def connect(hosts: tuple[tuple[str, int], ...], **arguments: Any) -> Any:
     """
-    A connection to the first of C{hosts} that accepts one and is ready, in
-    autocommit mode (transactions are begun explicitly); the last error if
-    none is.
+    A connection to the first of C{hosts} that accepts one and is synced
+    with its cluster, in autocommit mode (transactions are begun
+    explicitly). If none is: the error of the first server that answered
+    with something other than "not ready" (a refused password, a missing
+    database: what to fix), else that of the first server.
     """
-    error: MySQLdb.Error | None = None
+    errors: list[MySQLdb.Error] = []
     for host, port in hosts:
         try:
             connection = MySQLdb.connect(host=host, port=port, **arguments)
         except MySQLdb.OperationalError as e:
-            error = e
+            errors.append(e)
             continue
         try:
             _prepare(connection)
         except MySQLdb.Error as e:
             connection.close()
-            error = e
+            errors.append(e)
             continue
         return connection
-    assert error is not None
-    raise error
+    answered = [e for e in errors if error_code(e) not in UNREACHABLE]
+    raise (answered or errors)[0]
 
 
 def _prepare(connection: Any) -> None:
@@ -63,10 +64,18 @@ def _prepare(connection: Any) -> None:
     row = cursor.fetchone()
     if row is None or row[1] != "ON":
         return
-    cursor.execute("SHOW STATUS LIKE 'wsrep_ready'")
-    row = cursor.fetchone()
-    if row is None or row[1] != "ON":
+    cursor.execute(
+        "SHOW STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state_comment')"
+    )
+    status = dict(cursor.fetchall())
+    if status.get("wsrep_ready") != "ON":
         raise MySQLdb.OperationalError(
             NOT_READY, "this Galera node is not ready (not in the primary component)"
+        )
+    if status.get("wsrep_local_state_comment") != "Synced":
+        # A donor may hold a global read lock for a state transfer.
+        raise MySQLdb.OperationalError(
+            NOT_READY,
+            f"this Galera node is {status.get('wsrep_local_state_comment')}, not synced",
         )
     cursor.execute("SET SESSION wsrep_sync_wait = 1")

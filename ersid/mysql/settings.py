@@ -43,7 +43,14 @@ class MySQLSettings:
     def from_url(cls, url: str, password: str = "") -> MySQLSettings:
         parts = urlsplit(url)
         userinfo, _, servers = parts.netloc.rpartition("@")
-        if parts.scheme != "mysql" or not userinfo or not parts.path[1:]:
+        database = unquote(parts.path[1:])
+        if (
+            parts.scheme != "mysql"
+            or not userinfo
+            or not database
+            or "/" in database
+            or parts.fragment
+        ):
             raise ValueError(
                 f"expected mysql://USER@HOST[:PORT][,HOST[:PORT]...]/DATABASE, "
                 f"not {url!r}"
@@ -53,7 +60,11 @@ class MySQLSettings:
                 "do not put the password in the URL, where the process list "
                 "shows it: use --mysql-password-file or $ERSID_MYSQL_PASSWORD"
             )
-        hosts = tuple(_host(server, url) for server in servers.split(","))
+        hosts = (
+            (("localhost", 3306),)
+            if servers == ""
+            else tuple(_host(server, url) for server in servers.split(","))
+        )
         query = parse_qs(parts.query, keep_blank_values=True)
         unknown = sorted(set(query) - {"unix_socket"})
         if unknown:
@@ -69,7 +80,7 @@ class MySQLSettings:
                 f"with unix_socket the host is localhost, not {servers!r}, in {url!r}"
             )
         return cls(
-            database=unquote(parts.path[1:]),
+            database=database,
             user=unquote(userinfo),
             hosts=hosts,
             unix_socket=sockets[0],
@@ -120,12 +131,12 @@ def _host(server: str, url: str) -> tuple[str, int]:
     """C{HOST}, C{HOST:PORT} or C{[V6]:PORT}, from a URL's list of servers."""
     try:
         parts = urlsplit(f"//{server}")
-        port = parts.port or 3306
+        port = 3306 if parts.port is None else parts.port
     except ValueError:
         parts = None
-    if parts is None or not parts.hostname:
+    if parts is None or not parts.hostname or port == 0 or server != server.strip():
         raise ValueError(f"bad server {server!r} in {url!r}")
-    return parts.hostname, port
+    return unquote(parts.hostname), port
 
 
 def read_password_file(path: str) -> str:

@@ -26,6 +26,7 @@ from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from ersid.mysql import transactions
@@ -49,6 +50,7 @@ from ersid.storage import (
 __all__ = ["MySQLStorage"]
 
 _T = TypeVar("_T")
+_log = Logger()
 # Rows removed by one reaping transaction, at most.
 _REAP_BATCH = 500
 # Most writes, and most bytes of them, in one batch; most reads.
@@ -56,11 +58,22 @@ _BATCH_WRITES = 500
 _BATCH_BYTES = 4 << 20
 _BATCH_READS = 500
 # How often a transaction that lost a conflict (Galera's certification, a
-# deadlock, a lock wait) runs again before the write is refused, and the
+# deadlock, a lock wait) runs again before the write is refused (as 503: it
+# did not take effect), and the
 # longest pause, in seconds, before each run (random, so that the losers
 # of one conflict do not meet again).
 _CONFLICT_RETRIES = 100
 _CONFLICT_PAUSE = 0.01
+# Nor after this many seconds (a lock wait alone takes three).
+_CONFLICT_SECONDS = 10.0
+
+
+class _NoServer(Exception):
+    """No server of the list could be connected to; C{error} is why."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class _Attempt:
@@ -98,6 +111,7 @@ class MySQLStorage:
         self.committed: Callable[[], None] = lambda: None
         self._max_connections = max_connections
         self._closed = False
+        self._disconnected = False
         # Writes one batch at a time (each holds the revision row to its
         # commit anyway); reads in two at once.
         self._writes = Batches(
@@ -139,7 +153,10 @@ class MySQLStorage:
         read of one statement, alone (the connections autocommit, so that
         such a read is one round trip).
         """
-        connection = self._pool.connect()
+        try:
+            connection = self._pool.connect()
+        except MySQLdb.Error as e:
+            raise _NoServer(e) from None
         try:
             cursor = connection.cursor()
             if now is not None:
@@ -172,12 +189,15 @@ class MySQLStorage:
         never retried.
         """
         now = None if self._clock is None else self._clock.seconds()
+        if self._disconnected:
+            raise StorageUnavailable("the server is shutting down")
         if not self._pool.running:
             # adbapi starts its threads when the reactor starts; a storage
             # made while the reactor is already running starts them here.
             self._pool.start()
         reconnects = self._max_connections
         conflicts = _CONFLICT_RETRIES
+        give_up = self._reactor.seconds() + _CONFLICT_SECONDS
         while True:
             attempt = _Attempt()
             try:
@@ -191,19 +211,31 @@ class MySQLStorage:
                     attempt,
                     now,
                 )
+            except _NoServer as e:
+                # Every server was tried already: no use trying again now.
+                raise self._unavailable(e.error) from None
             except (MySQLdb.OperationalError, MySQLdb.InterfaceError) as e:
                 code = error_code(e)
                 if code in RETRY_TRANSACTION and conflicts:
-                    conflicts -= 1
-                    await deferLater(self._reactor, random.uniform(0, _CONFLICT_PAUSE))
-                    continue
+                    if self._reactor.seconds() < give_up:
+                        conflicts -= 1
+                        pause = random.uniform(0, _CONFLICT_PAUSE)
+                        await deferLater(self._reactor, pause)
+                        continue
                 if code in DEAD_CONNECTION and reconnects:
                     if idempotent or not attempt.committing:
                         reconnects -= 1
                         continue
-                raise StorageUnavailable(
-                    f"database {self.settings.describe()}: {e.args[-1]}"
-                ) from None
+                if attempt.committing and not idempotent:
+                    raise self._unavailable(
+                        e, " (lost during its commit: it may have been made)"
+                    ) from None
+                raise self._unavailable(e) from None
+
+    def _unavailable(self, error: Exception, note: str = "") -> StorageUnavailable:
+        return StorageUnavailable(
+            f"database {self.settings.describe()}: {error.args[-1]}{note}"
+        )
 
     def _committed(self, result: _T) -> _T:
         self.committed()
@@ -215,7 +247,11 @@ class MySQLStorage:
 
     async def _apply_writes(self, writes: list[Write]) -> list[Outcome]:
         outcomes = await self._run(apply_writes, writes, idempotent=False)
-        self.committed()
+        try:
+            self.committed()
+        except Exception:
+            # The writes are made: their answers must not depend on it.
+            _log.failure("Telling of a commit failed")
         return outcomes
 
     def _write(self, write: Write) -> Deferred[Outcome]:
@@ -311,16 +347,18 @@ class MySQLStorage:
 
     def close(self) -> Deferred[None]:
         """
-        Refuse further writes; reads and scans go on until the reactor
-        stops, when adbapi closes the pool (or L{disconnect} does).
+        Refuse further writes; fire once those queued are answered. Reads
+        and scans go on until the reactor stops, when adbapi closes the
+        pool (or L{disconnect} does).
         """
         self._closed = True
-        return succeed(None)
+        return self._writes.idle()
 
     def disconnect(self) -> None:
-        """Close the connection pool now."""
-        self._closed = True
-        self._pool.close()
+        """Close the connection pool now; what is queued is refused."""
+        if not self._disconnected:
+            self._closed = self._disconnected = True
+            self._pool.close()
 
 
 def _rolled_back(connection: Any) -> bool:

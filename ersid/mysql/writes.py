@@ -25,6 +25,9 @@ from ersid.storage import Precondition, PreconditionFailed, Record, WriteResult
 
 __all__ = ["Outcome", "Write", "apply_writes", "batch_size"]
 
+# Bytes of data in one statement, at most (unless one row is larger).
+_STATEMENT_BYTES = 1 << 20
+
 #: What one write comes to: its result, or its refusal.
 Outcome = WriteResult | bool | None | PreconditionFailed
 
@@ -59,7 +62,10 @@ class Write:
 
 
 def batch_size(write: Write) -> int:
-    """Bytes a write adds to a batch's statements, roughly."""
+    """
+    Bytes a write adds to a batch, roughly (a refresh's value is not known
+    until it is read: statements are cut to size when written).
+    """
     return len(write.value) + len(write.key) + 100
 
 
@@ -78,12 +84,12 @@ class _Row:
 
 def apply_writes(cursor: Any, writes: list[Write]) -> list[Outcome]:
     """Apply C{writes} in one transaction (the caller commits); their outcomes."""
-    cursor.execute(
-        "SELECT revision, UNIX_TIMESTAMP(NOW(6)) FROM ersid_revision "
-        "WHERE id = 1 FOR UPDATE"
-    )
-    revision, now = cursor.fetchone()
-    revision, now = int(revision), Decimal(now)
+    cursor.execute("SELECT revision FROM ersid_revision WHERE id = 1 FOR UPDATE")
+    revision = int(cursor.fetchone()[0])
+    # Read once the lock is held: a statement's NOW() is when it began, and
+    # the lock may have been waited for.
+    cursor.execute("SELECT UNIX_TIMESTAMP(NOW(6))")
+    now = Decimal(cursor.fetchone()[0])
     rows = _read_rows(cursor, writes, now)
     changes: list[tuple[Any, ...]] = []
     outcomes: list[Outcome] = []
@@ -212,10 +218,19 @@ def _insert(
     cursor: Any, head: str, row: str, rows: list[tuple[Any, ...]], tail: str = ""
 ) -> None:
     """
-    One statement inserting every row (C{executemany} would send one per
-    row here: it only joins rows of plain placeholders).
+    Insert the rows, as few statements as can hold them (C{executemany}
+    would send one per row here: it only joins rows of plain placeholders),
+    each of at most L{_STATEMENT_BYTES} of data but at least one row: with
+    binary values escaped (up to twice as long), well within any server's
+    C{max_allowed_packet} that takes one value of the largest size.
     """
-    cursor.execute(
-        head + ", ".join([row] * len(rows)) + tail,
-        [field for values in rows for field in values],
-    )
+    start = size = 0
+    for end, values in enumerate(rows, 1):
+        size += sum(len(v) for v in values if isinstance(v, (bytes, str))) + 64
+        if size >= _STATEMENT_BYTES or end == len(rows):
+            chunk = rows[start:end]
+            cursor.execute(
+                head + ", ".join([row] * len(chunk)) + tail,
+                [field for values in chunk for field in values],
+            )
+            start, size = end, 0

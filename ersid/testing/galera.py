@@ -73,8 +73,8 @@ class GaleraCluster:
             ]
             directory = os.path.join(root, f"node{index}")
             os.mkdir(directory)
-            self.nodes.append(
-                MariaDB(
+            try:
+                node = MariaDB(
                     directory,
                     options,
                     user=user,
@@ -82,7 +82,10 @@ class GaleraCluster:
                     install=index == 0,
                     first_start=["--wsrep-new-cluster"] if index == 0 else [],
                 )
-            )
+            except BaseException:
+                self.stop()  # the nodes already started
+                raise
+            self.nodes.append(node)
         #: Seconds the cluster took to start, all nodes synced.
         self.startup_seconds = time.monotonic() - started
 

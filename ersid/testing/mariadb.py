@@ -81,10 +81,16 @@ class MariaDB:
                     f"mariadb-install-db failed:\n{installed.stdout[-2000:].decode()}"
                 )
         self.start(first_start)
-        if install:
-            for host in ("localhost", "127.0.0.1"):
-                self.as_root(f"CREATE USER 'ersid'@'{host}' IDENTIFIED BY %s", PASSWORD)
-                self.as_root(f"GRANT ALL ON ersid.* TO 'ersid'@'{host}'")
+        try:
+            if install:
+                for host in ("localhost", "127.0.0.1"):
+                    self.as_root(
+                        f"CREATE USER 'ersid'@'{host}' IDENTIFIED BY %s", PASSWORD
+                    )
+                    self.as_root(f"GRANT ALL ON ersid.* TO 'ersid'@'{host}'")
+        except BaseException:
+            self.kill()
+            raise
 
     def as_root(self, statement: str, *args: str) -> None:
         """Run one statement as the server's root user."""

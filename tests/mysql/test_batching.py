@@ -9,6 +9,7 @@ query. And L{Batches} alone.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import MySQLdb
@@ -24,7 +25,12 @@ from twisted.trial.unittest import TestCase
 from ersid.embedded.memory import DictStorage
 from ersid.mysql.batching import Batches
 from ersid.mysql.storage import MySQLStorage
-from ersid.storage import Precondition, PreconditionFailed, WriteResult
+from ersid.storage import (
+    Precondition,
+    PreconditionFailed,
+    StorageUnavailable,
+    WriteResult,
+)
 
 from .._helpers import model_settings
 from .._mariadb import shared_server
@@ -213,3 +219,95 @@ class BatchesTests(TestCase):
         self.failureResultOf(second, KeyError)
         self.runs[2][1].callback(["ok"])
         self.assertEqual(self.successResultOf(third), "ok")
+
+
+class BatchFaultTests(TestCase):
+    def setUp(self):
+        self.server = shared_server()
+        self.storage = MySQLStorage(self.server.fresh_database(), min_connections=1)
+        self.addCleanup(self.storage.disconnect)
+
+    def test_a_batch_that_waited_for_the_lock_decides_by_the_time_after(self):
+        """
+        A conditional write kept waiting for the revision row (another
+        node's batch holds it) while its key expires is refused: the key
+        is gone when the write is decided, though not when it was sent.
+        """
+        storage = self.storage
+        holder = MySQLdb.connect(unix_socket=self.server.socket, user="root")
+        self.addCleanup(holder.close)
+
+        async def check():
+            written = await storage.set("k", b"v", ttl=0.3)
+            cursor = holder.cursor()
+            await deferToThread(cursor.execute, "BEGIN")
+            await deferToThread(
+                cursor.execute,
+                "SELECT * FROM ersid.ersid_revision WHERE id = 1 FOR UPDATE",
+            )
+            write = storage.set(
+                "k", b"w", precondition=Precondition.if_version([written.version])
+            )
+            await deferToThread(_wait_for_lock_wait, self.server)
+            while await storage.get("k") is not None:
+                pass  # until it has expired, by the database's clock
+            await deferToThread(holder.rollback)
+            with self.assertRaises(PreconditionFailed) as raised:
+                await write
+            self.assertIsNone(raised.exception.current)
+
+        return Deferred.fromCoroutine(check())
+
+    def test_refreshes_of_large_values_together_fit_the_servers_packets(self):
+        """
+        Twenty refreshes of 1 MiB values (20 MiB to write twice, more than
+        the server's 16 MiB max_allowed_packet) go in one batch.
+        """
+        storage = self.storage
+        big = bytes(range(256)) * 4096
+
+        async def check():
+            for i in range(20):
+                await storage.set(f"big{i}", big, ttl=600)
+            results = await gatherResults(
+                [storage.refresh(f"big{i}", 900) for i in range(20)]
+                + [storage.set("small", b"s")]
+            )
+            self.assertEqual(len({r.version for r in results}), 21)
+            self.assertEqual((await storage.get("big19")).value, big)
+
+        return Deferred.fromCoroutine(check())
+
+    def test_closing_answers_the_queued_writes_then_refuses(self):
+        storage = self.storage
+
+        async def check():
+            writes = [storage.set(f"k{i}", b"v") for i in range(30)]
+            await storage.close()
+            self.assertTrue(all(write.called for write in writes))
+            self.assertEqual(len(await gatherResults(writes)), 30)
+            with self.assertRaises(StorageUnavailable):
+                await storage.set("late", b"v")
+            storage.disconnect()
+            with self.assertRaises(StorageUnavailable):
+                await storage.get("k0")
+
+        return Deferred.fromCoroutine(check())
+
+
+def _wait_for_lock_wait(server: Any) -> None:
+    """Block until a statement of the C{ersid} user waits for a lock."""
+    connection = MySQLdb.connect(unix_socket=server.socket, user="root")
+    try:
+        cursor = connection.cursor()
+        for _ in range(2000):
+            cursor.execute(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                "WHERE USER = 'ersid' AND INFO LIKE '%FOR UPDATE%'"
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.005)
+        raise AssertionError("no write waited for the revision row")
+    finally:
+        connection.close()

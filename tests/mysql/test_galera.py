@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import MySQLdb
 from twisted.internet import reactor
@@ -18,6 +19,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from ersid.mysql.changes import ChangeFeed
+from ersid.mysql.errors import UNREACHABLE, error_code
+from ersid.mysql.schema import check_schema
 from ersid.mysql.settings import MySQLSettings
 from ersid.mysql.storage import MySQLStorage
 from ersid.storage import Precondition, PreconditionFailed
@@ -77,15 +80,22 @@ class GaleraNodesTests(TestCase):
         rather than answering with the old value.
         """
         cluster = shared_cluster()
+        # One connection, made before the lock: a node that is not synced
+        # (the lock desyncs it) is not connected to.
+        reader = _storage(self, cluster.settings(1), max_connections=1)
 
         async def check():
             await self.nodes[0].set("k", b"old")
-            lock = _root(cluster, 1)
+            self.assertEqual((await reader.get("k")).value, b"old")
+            lock = _root(cluster, 1, synced=False)
             cursor = lock.__enter__()
             self.addCleanup(lock.__exit__)
             await deferToThread(cursor.execute, "FLUSH TABLES WITH READ LOCK")
             await self.nodes[0].set("k", b"new")
-            read = self.nodes[1].get("k")
+            # New connections pass over the desynced node.
+            passing = _storage(self, cluster.settings(1, 0))
+            self.assertEqual((await passing.get("k")).value, b"new")
+            read = reader.get("k")
             await deferToThread(_wait_for_query, cluster, 1, "ersid_data")
             self.assertFalse(read.called)
             await deferToThread(cursor.execute, "UNLOCK TABLES")
@@ -113,6 +123,11 @@ class GaleraNodesTests(TestCase):
             self.addCleanup(isolate, False)
             await deferToThread(isolate, True)
             await deferToThread(cluster.wait_for, 2, "wsrep_ready", "OFF")
+            # A daemon starting on it alone waits, serving 503, as for a
+            # server it cannot reach, rather than refusing to start.
+            with self.assertRaises(MySQLdb.OperationalError) as raised:
+                await deferToThread(check_schema, cluster.settings(2))
+            self.assertIn(error_code(raised.exception), UNREACHABLE)
             written = await storage.set("k", b"after")
             self.assertEqual((await storage.get("k")).version, written.version)
             self.assertEqual((await self.nodes[0].get("k")).value, b"after")
@@ -343,8 +358,8 @@ def _revisions_on(cluster: GaleraCluster, node: int) -> list[int]:
 
 def _wait_for_query(cluster: GaleraCluster, node: int, text: str) -> None:
     """Block until a query mentioning C{text} runs on C{node}."""
-    with _root(cluster, node) as cursor:
-        while True:
+    with _root(cluster, node, synced=False) as cursor:
+        for _ in range(2000):
             cursor.execute(
                 "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
                 "WHERE INFO LIKE %s AND ID != CONNECTION_ID()",
@@ -352,16 +367,26 @@ def _wait_for_query(cluster: GaleraCluster, node: int, text: str) -> None:
             )
             if cursor.fetchone()[0]:
                 return
+            time.sleep(0.005)
+    raise AssertionError(f"no query of {text} ran on node {node}")
 
 
 class _root:
-    def __init__(self, cluster: GaleraCluster, node: int) -> None:
+    """
+    A root session on a node; C{synced}: its reads wait for what the
+    cluster committed, even if this node lags.
+    """
+
+    def __init__(self, cluster: GaleraCluster, node: int, synced: bool = True) -> None:
         self.connection = MySQLdb.connect(
             unix_socket=cluster.nodes[node].socket, user="root"
         )
+        self.synced = synced
 
     def __enter__(self):
-        return self.connection.cursor()
+        cursor = self.connection.cursor()
+        cursor.execute("SET SESSION wsrep_sync_wait = %s", (int(self.synced),))
+        return cursor
 
     def __exit__(self, *exc):
         self.connection.close()

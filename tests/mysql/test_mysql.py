@@ -72,10 +72,32 @@ class MySQLSettingsTests(TestCase):
             "mysql://app@db1,,db2/kv",
             "mysql://app@db1:x/kv",
             "mysql://app@db1,/kv",
+            "mysql://app@db1:0/kv",
+            "mysql://app@db1 ,db2/kv",
         ]:
             with self.assertRaises(ValueError) as raised:
                 MySQLSettings.from_url(url)
             self.assertIn("bad server", str(raised.exception))
+
+    def test_the_error_to_fix_is_reported_not_the_last_servers(self):
+        """A refused password on the one server that answers is what to fix."""
+        server = shared_server()
+        server.fresh_database()
+        closed = free_port()
+        storage = _storage(
+            self,
+            MySQLSettings.from_url(
+                f"mysql://ersid@127.0.0.1:{server.port},127.0.0.1:{closed}/ersid",
+                "wrong",
+            ),
+        )
+
+        async def check():
+            with self.assertRaises(StorageUnavailable) as raised:
+                await storage.get("k")
+            self.assertIn("Access denied", str(raised.exception))
+
+        return Deferred.fromCoroutine(check())
 
     def test_a_server_that_refuses_is_passed_over(self):
         server = shared_server()
@@ -97,10 +119,12 @@ class MySQLSettingsTests(TestCase):
         return Deferred.fromCoroutine(check())
 
     def test_unix_socket(self):
-        settings = MySQLSettings.from_url(
-            "mysql://app@localhost/kv?unix_socket=/run/m.sock"
-        )
-        self.assertEqual(settings.unix_socket, "/run/m.sock")
+        for host in ["localhost", ""]:
+            settings = MySQLSettings.from_url(
+                f"mysql://app@{host}/kv?unix_socket=/run/m.sock"
+            )
+            self.assertEqual(settings.unix_socket, "/run/m.sock")
+            self.assertEqual(settings.host, "localhost")
 
     def test_password_in_url_refused(self):
         with self.assertRaises(ValueError) as raised:
@@ -108,7 +132,13 @@ class MySQLSettingsTests(TestCase):
         self.assertIn("--mysql-password-file", str(raised.exception))
 
     def test_bad_urls(self):
-        for url in ["postgres://a@b/c", "mysql://localhost/kv", "mysql://a@b/"]:
+        for url in [
+            "postgres://a@b/c",
+            "mysql://localhost/kv",
+            "mysql://a@b/",
+            "mysql://a@b/kv/more",
+            "mysql://a@b/kv#x",
+        ]:
             self.assertRaises(ValueError, MySQLSettings.from_url, url)
 
     def test_options_other_than_one_socket_refused(self):
