@@ -545,8 +545,8 @@ def benchmark(
             mariadb.fresh_database()
             os.environ["ERSID_MYSQL_PASSWORD"] = PASSWORD
             if os.path.exists(PROVIDER):
-                os.mkdir(os.path.join(work, "galera"))
-                cluster = GaleraCluster(os.path.join(work, "galera"))
+                os.mkdir(os.path.join(work, "galera-cluster"))
+                cluster = GaleraCluster(os.path.join(work, "galera-cluster"))
                 cluster.fresh_database()
         targets = _targets(
             work,

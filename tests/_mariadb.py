@@ -88,3 +88,12 @@ def private_cluster(test) -> GaleraCluster:
     cluster = GaleraCluster(root)
     test.addCleanup(cluster.stop)
     return cluster
+
+
+def storage_for(test, settings, **kw):
+    """A L{MySQLStorage} of C{settings}, disconnected after C{test}."""
+    from ersid.mysql.storage import MySQLStorage
+
+    storage = MySQLStorage(settings, min_connections=1, **kw)
+    test.addCleanup(storage.disconnect)
+    return storage

@@ -21,6 +21,8 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from ersid.storage import StorageUnavailable
+
 __all__ = ["DEFAULT_REAP_INTERVAL", "Reaper"]
 
 # The longest a key outlives its expiry, at most, when the reactor is free.
@@ -115,4 +117,13 @@ class Reaper(Service):
         if not self._failing:
             # Once, not every tick, until a slice succeeds again.
             self._failing = True
-            _log.failure("Reaping expired keys failed; trying at every tick", failure)
+            if failure.check(StorageUnavailable):
+                # Expected while the store is down: one line, no traceback.
+                _log.warn(
+                    "Reaping expired keys failed ({error}); trying at every tick",
+                    error=str(failure.value),
+                )
+            else:
+                _log.failure(
+                    "Reaping expired keys failed; trying at every tick", failure
+                )

@@ -64,7 +64,7 @@ def _check(settings: MySQLSettings) -> None:
         check_schema(settings)
     except SchemaError as e:
         raise StartupError(str(e)) from None
-    except MySQLdb.OperationalError as e:
+    except MySQLdb.Error as e:
         if error_code(e) not in UNREACHABLE:
             raise StartupError(
                 f"database {settings.describe()}: {e.args[-1]}"

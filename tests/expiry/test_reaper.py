@@ -14,6 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from ersid.embedded.memory import DictStorage
 from ersid.expiry import Reaper
+from ersid.storage import StorageUnavailable
 from ersid.watch import History, Hub
 
 from .._helpers import captured_log
@@ -118,6 +119,18 @@ class ReaperTests(TestCase):
         failing[0] = False
         self.clock.advance(0.1)
         self.assertIn("Reaping expired keys again", logged)
+
+    def test_a_store_down_is_one_line_without_a_traceback(self):
+        logged = captured_log(self)
+        self.reaper(lambda: fail(StorageUnavailable("database x: gone away")))
+        self.clock.pump([0.1] * 3)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(
+            [m for m in logged if "Reaping" in m],
+            [
+                "Reaping expired keys failed (database x: gone away); trying at every tick"
+            ],
+        )
 
     def test_the_monotonic_thread_wakes_the_reactor(self):
         """In the daemon, ticks come from a thread, through callFromThread."""

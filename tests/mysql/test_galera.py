@@ -21,7 +21,6 @@ from twisted.trial.unittest import TestCase
 from ersid.mysql.changes import ChangeFeed
 from ersid.mysql.errors import UNREACHABLE, error_code
 from ersid.mysql.schema import check_schema
-from ersid.mysql.settings import MySQLSettings
 from ersid.mysql.storage import MySQLStorage
 from ersid.storage import Precondition, PreconditionFailed
 from ersid.testing.galera import GaleraCluster
@@ -29,23 +28,17 @@ from ersid.testing.mariadb import PASSWORD
 from ersid.watch import History, Hub
 
 from .._helpers import Daemon, http
-from .._mariadb import private_cluster, shared_cluster
+from .._mariadb import private_cluster, shared_cluster, storage_for
 from ..storage_contract import ExpiryContractMixin, StorageContractMixin
-
-
-def _storage(test: TestCase, settings: MySQLSettings, **kw) -> MySQLStorage:
-    storage = MySQLStorage(settings, min_connections=1, **kw)
-    test.addCleanup(storage.disconnect)
-    return storage
 
 
 class GaleraContractTests(ExpiryContractMixin, StorageContractMixin, TestCase):
     """The storage contract, through the second node of the cluster."""
 
-    def make_storage(self):
+    def makestorage_for(self):
         cluster = shared_cluster()
         cluster.fresh_database()
-        return _storage(self, cluster.settings(1, 0, 2), clock=self.clock)
+        return storage_for(self, cluster.settings(1, 0, 2), clock=self.clock)
 
 
 class GaleraNodesTests(TestCase):
@@ -54,7 +47,7 @@ class GaleraNodesTests(TestCase):
     def setUp(self):
         cluster = shared_cluster()
         cluster.fresh_database()
-        self.nodes = [_storage(self, cluster.settings(i)) for i in range(3)]
+        self.nodes = [storage_for(self, cluster.settings(i)) for i in range(3)]
 
     def test_a_write_through_any_node_is_read_through_every_other_at_once(self):
         async def check():
@@ -82,7 +75,7 @@ class GaleraNodesTests(TestCase):
         cluster = shared_cluster()
         # One connection, made before the lock: a node that is not synced
         # (the lock desyncs it) is not connected to.
-        reader = _storage(self, cluster.settings(1), max_connections=1)
+        reader = storage_for(self, cluster.settings(1), max_connections=1)
 
         async def check():
             await self.nodes[0].set("k", b"old")
@@ -93,7 +86,7 @@ class GaleraNodesTests(TestCase):
             await deferToThread(cursor.execute, "FLUSH TABLES WITH READ LOCK")
             await self.nodes[0].set("k", b"new")
             # New connections pass over the desynced node.
-            passing = _storage(self, cluster.settings(1, 0))
+            passing = storage_for(self, cluster.settings(1, 0))
             self.assertEqual((await passing.get("k")).value, b"new")
             read = reader.get("k")
             await deferToThread(_wait_for_query, cluster, 1, "ersid_data")
@@ -110,7 +103,7 @@ class GaleraNodesTests(TestCase):
         the next server of its list, and new connections skip it.
         """
         cluster = shared_cluster()
-        storage = _storage(self, cluster.settings(2, 0, 1))
+        storage = storage_for(self, cluster.settings(2, 0, 1))
 
         def isolate(on: bool) -> None:
             cluster.nodes[2].as_root(

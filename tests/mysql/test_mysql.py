@@ -33,19 +33,13 @@ from ersid.watch import History, Hub, IWatcher
 from ersid.web.app import Service
 
 from .._helpers import Daemon, http, serve
-from .._mariadb import private_server, shared_server
+from .._mariadb import private_server, shared_server, storage_for
 from ..storage_contract import ExpiryContractMixin, StorageContractMixin
 
 
-def _storage(test: TestCase, settings: MySQLSettings, **kw) -> MySQLStorage:
-    storage = MySQLStorage(settings, min_connections=1, **kw)
-    test.addCleanup(storage.disconnect)
-    return storage
-
-
 class MySQLStorageContractTests(ExpiryContractMixin, StorageContractMixin, TestCase):
-    def make_storage(self):
-        return _storage(self, shared_server().fresh_database(), clock=self.clock)
+    def makestorage_for(self):
+        return storage_for(self, shared_server().fresh_database(), clock=self.clock)
 
 
 class MySQLSettingsTests(TestCase):
@@ -84,7 +78,7 @@ class MySQLSettingsTests(TestCase):
         server = shared_server()
         server.fresh_database()
         closed = free_port()
-        storage = _storage(
+        storage = storage_for(
             self,
             MySQLSettings.from_url(
                 f"mysql://ersid@127.0.0.1:{server.port},127.0.0.1:{closed}/ersid",
@@ -103,14 +97,14 @@ class MySQLSettingsTests(TestCase):
         server = shared_server()
         settings = server.fresh_database()
         closed = free_port()
-        storage = _storage(
+        storage = storage_for(
             self,
             MySQLSettings.from_url(
                 f"mysql://ersid@127.0.0.1:{closed},127.0.0.1:{server.port}/ersid",
                 PASSWORD,
             ),
         )
-        reader = _storage(self, settings)
+        reader = storage_for(self, settings)
 
         async def check():
             await storage.set("k", b"v")
@@ -184,7 +178,7 @@ class SchemaTests(TestCase):
 
     def test_schema_is_byte_exact(self):
         """Keys do not fold case or trailing spaces; values keep every byte."""
-        storage = _storage(self, shared_server().fresh_database())
+        storage = storage_for(self, shared_server().fresh_database())
 
         async def check():
             await storage.set("a", b"\x00" * 3 + bytes(range(256)))
@@ -199,7 +193,7 @@ class SchemaTests(TestCase):
 
     def test_wrong_password_is_unavailable(self):
         settings = shared_server().fresh_database()
-        storage = _storage(self, attrs.evolve(settings, password="wrong"))
+        storage = storage_for(self, attrs.evolve(settings, password="wrong"))
 
         async def check():
             with self.assertRaises(StorageUnavailable) as raised:
@@ -218,7 +212,7 @@ class RestartTests(TestCase):
 
     def test_kill_and_restart_under_load(self):
         server = private_server(self)
-        storage = _storage(self, server.fresh_database(), max_connections=4)
+        storage = storage_for(self, server.fresh_database(), max_connections=4)
         client = http()
         acknowledged: dict[str, bytes] = {}
         statuses: list[int] = []
@@ -258,7 +252,7 @@ class RestartTests(TestCase):
             await writes_until(restart, 20, next_key + 5)
             self.assertEqual(errors, {"unavailable"})
             self.assertTrue(set(statuses) <= {201, 503}, set(statuses))
-            reader = _storage(self, server.settings())
+            reader = storage_for(self, server.settings())
             for key, value in acknowledged.items():
                 self.assertEqual((await reader.get(key)).value, value, key)
             health = await (await client.get(f"{base}/_health")).json()
@@ -268,7 +262,7 @@ class RestartTests(TestCase):
 
     def test_health_reports_database_down(self):
         server = private_server(self)
-        storage = _storage(self, server.fresh_database())
+        storage = storage_for(self, server.fresh_database())
 
         async def check():
             base = await serve(self, Service(storage))
@@ -291,7 +285,8 @@ class TwoNodesTests(TestCase):
 
         async def start_nodes():
             self.nodes = [
-                await serve(self, Service(_storage(self, settings))) for _ in range(2)
+                await serve(self, Service(storage_for(self, settings)))
+                for _ in range(2)
             ]
 
         return Deferred.fromCoroutine(start_nodes())
@@ -345,7 +340,7 @@ class DirectStorageTests(TestCase):
     def test_conditional_write_checked_in_database(self):
         """A compare-and-set with a stale version changes nothing."""
         settings = shared_server().fresh_database()
-        first, second = _storage(self, settings), _storage(self, settings)
+        first, second = storage_for(self, settings), storage_for(self, settings)
 
         async def check():
             written = await first.set("k", b"1")
@@ -360,7 +355,7 @@ class DirectStorageTests(TestCase):
 
     def test_scan_pages_by_primary_key(self):
         settings = shared_server().fresh_database()
-        storage = _storage(self, settings)
+        storage = storage_for(self, settings)
 
         async def check():
             for i in range(7):
@@ -372,7 +367,7 @@ class DirectStorageTests(TestCase):
         return Deferred.fromCoroutine(check())
 
     def test_closed_storage_refuses_writes(self):
-        storage = _storage(self, shared_server().fresh_database())
+        storage = storage_for(self, shared_server().fresh_database())
 
         async def check():
             await storage.set("k", b"v")
@@ -542,7 +537,7 @@ class ChangeLogTests(TestCase):
         self.clock = Clock()
 
     def node(self, history: int = 1000) -> tuple[MySQLStorage, Hub, ChangeFeed]:
-        storage = _storage(self, self.settings)
+        storage = storage_for(self, self.settings)
         hub = Hub(History(0, history), self.clock)
         return storage, hub, ChangeFeed(storage, hub, 3600, self.clock)
 
@@ -596,7 +591,7 @@ class ChangeLogTests(TestCase):
         async def check():
             clock = Clock()
             clock.advance(1_800_000_000)
-            first = _storage(self, self.settings, clock=clock)
+            first = storage_for(self, self.settings, clock=clock)
             _, second_hub, second_feed = self.node()
             await second_feed.poll()
             await first.set("lock", b"me", ttl=5)
@@ -624,8 +619,8 @@ class ChangeLogTests(TestCase):
         async def check():
             clock = Clock()
             clock.advance(1_800_000_000)
-            first = _storage(self, self.settings, clock=clock, max_connections=4)
-            second = _storage(self, self.settings, clock=clock, max_connections=4)
+            first = storage_for(self, self.settings, clock=clock, max_connections=4)
+            second = storage_for(self, self.settings, clock=clock, max_connections=4)
             count = 1_500  # three batches of 500
             for i in range(count):
                 await first.set(f"k{i:04d}", b"v", ttl=1)
@@ -702,7 +697,7 @@ class ChangeLogTests(TestCase):
 
     def test_log_trimmed_to_the_history_size(self):
         async def check():
-            storage = _storage(self, self.settings)  # no feed, which would trim too
+            storage = storage_for(self, self.settings)  # no feed, which would trim too
             for n in range(10):
                 await storage.set(f"k{n}", b"v")
             self.assertEqual(await storage.trim_change_log(3), 7)
@@ -714,7 +709,7 @@ class ChangeLogTests(TestCase):
 
     def test_log_trimmed_by_age_by_the_database_clock(self):
         async def check():
-            storage = _storage(self, self.settings)
+            storage = storage_for(self, self.settings)
             for n in range(5):
                 await storage.set(f"k{n}", b"v")
             subprocess.run(
@@ -736,7 +731,7 @@ class ChangeLogTests(TestCase):
             await feed.poll()
             watcher = _Silent("")
             hub.add(watcher)
-            writer = _storage(self, self.settings)  # no feed: this node is not told
+            writer = storage_for(self, self.settings)  # no feed: this node is not told
             for n in range(5):
                 await writer.set(f"k{n}", b"v")
             await writer.trim_change_log(2)
