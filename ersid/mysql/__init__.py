@@ -5,11 +5,14 @@ it as stateless peers.
 
 | module | what it holds |
 | --- | --- |
-| C{settings} | L{MySQLSettings}: where the database is, and the password file |
+| C{settings} | L{MySQLSettings}: where the database is (one server or several), and the password file |
+| C{connecting} | a connection to the first server of the list that is ready |
 | C{schema} | the shipped C{mysql_schema.sql}, and the check that it was run |
 | C{errors} | what MySQL's error numbers mean to Ersid |
-| C{storage} | L{MySQLStorage}: the storage contract over a pool, with retries |
-| C{transactions} | each operation's transaction in SQL |
+| C{storage} | L{MySQLStorage}: the storage contract over a pool, with batches and retries |
+| C{batching} | L{Batches}: requests that arrive together, run together |
+| C{writes} | a batch of writes in one transaction, in SQL |
+| C{transactions} | reads and reaping in SQL |
 | C{change_log} | the change log in SQL: written with each change, read, trimmed |
 | C{changes} | L{ChangeFeed}: the change log read for this node's watchers |
 | C{opening} | opening it at startup |
