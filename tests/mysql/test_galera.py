@@ -35,7 +35,7 @@ from ..storage_contract import ExpiryContractMixin, StorageContractMixin
 class GaleraContractTests(ExpiryContractMixin, StorageContractMixin, TestCase):
     """The storage contract, through the second node of the cluster."""
 
-    def makestorage_for(self):
+    def make_storage(self):
         cluster = shared_cluster()
         cluster.fresh_database()
         return storage_for(self, cluster.settings(1, 0, 2), clock=self.clock)

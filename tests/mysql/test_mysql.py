@@ -38,7 +38,7 @@ from ..storage_contract import ExpiryContractMixin, StorageContractMixin
 
 
 class MySQLStorageContractTests(ExpiryContractMixin, StorageContractMixin, TestCase):
-    def makestorage_for(self):
+    def make_storage(self):
         return storage_for(self, shared_server().fresh_database(), clock=self.clock)
 
 
