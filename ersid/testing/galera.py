@@ -21,7 +21,7 @@ import time
 import MySQLdb
 
 from ersid.mysql.settings import MySQLSettings
-from ersid.testing import free_port
+from ersid.testing import port_for_a_server
 from ersid.testing.mariadb import PASSWORD, MariaDB
 
 __all__ = ["PROVIDER", "GaleraCluster"]
@@ -43,9 +43,9 @@ class GaleraCluster:
         """
         os.chmod(root, 0o755)
         user = "mysql" if os.geteuid() == 0 and _has_user("mysql") else None
-        ports = [
-            (free_port(), free_port(), free_port(), free_port()) for _ in range(size)
-        ]
+        # Not free_port()'s: an IST listener binds only when a node rejoins,
+        # by when an outgoing connection may have taken an ephemeral port.
+        ports = [tuple(port_for_a_server() for _ in range(4)) for _ in range(size)]
         members = ",".join(f"127.0.0.1:{galera}" for _, galera, _, _ in ports)
         self.nodes: list[MariaDB] = []
         started = time.monotonic()
