@@ -251,7 +251,7 @@ class DaemonFaultTests(TestCase):
             self.assertIn(
                 f"journal {segment} is damaged at offset {len(entries[0])}", output
             )
-            self.assertIn(f"truncate -s {len(entries[0])} {segment}", output)
+            self.assertIn(f"ersid-journal repair {segment} --backup", output)
             with open(segment, "rb") as f:
                 self.assertEqual(f.read(), damaged)
 

@@ -107,9 +107,9 @@ def _corruption_advice(damage: SegmentDamage) -> str:
     return (
         f"journal {path} is damaged at offset {offset}: {damage.problem}, with "
         f"{damage.remaining} bytes after it. Ersid will not start and silently "
-        "lose the entries after the damage. Inspect it with: python -m "
-        f"ersid.embedded.inspect_journal {path}; to keep only the entries before "
-        f"the damage, back the file up and run: truncate -s {offset} {path}"
+        f"lose the entries after the damage. Inspect it with: ersid-journal check "
+        f"{path}; to keep only the entries before the damage (the original kept "
+        f"as {path}.bak): ersid-journal repair {path} --backup"
     )
 
 
@@ -130,8 +130,10 @@ def _check_continuity(
             f"the snapshot {dump_file} holds revisions up to {snapshot_revision}, "
             f"but {data_dir} holds no journal: the changes after it are missing "
             "(was --data-dir changed?). Ersid will not start with part of your "
-            "data; to start from the snapshot alone (a backup restored, say), "
-            f"give it an empty journal: touch {segment_path(data_dir, snapshot_revision)}"
+            "data; to start from a backup, restore it into an empty data "
+            "directory with: ersid restore FILE --data-dir DIR; to start from this "
+            "snapshot alone, give it an empty journal: touch "
+            f"{segment_path(data_dir, snapshot_revision)}"
         )
     start = segment_start(paths[0])
     if start <= (snapshot_revision or 0):

@@ -1,28 +1,43 @@
 """
 The manhole's SSH server: a colored Python prompt inside the running
 daemon for each operator who logs in, every login and refusal logged.
+
+The log says one line per event: a login, a refusal, a session's end, a
+connection that never logged in, a request refused (a command, a
+subsystem, port forwarding). Conch's own account of each step, and its
+tracebacks for requests the manhole does not serve, stay out of it.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from twisted.conch import error as conch_error
 from twisted.conch.checkers import SSHPublicKeyChecker
 from twisted.conch.insults import insults
-from twisted.conch.interfaces import IConchUser
+from twisted.conch.interfaces import IConchUser, ISession
 from twisted.conch.manhole import ColoredManhole
-from twisted.conch.manhole_ssh import ConchFactory, TerminalRealm, TerminalSession
-from twisted.conch.ssh import keys
+from twisted.conch.manhole_ssh import (
+    ConchFactory,
+    TerminalRealm,
+    TerminalSession,
+    TerminalUser,
+)
+from twisted.conch.ssh import common, keys
 from twisted.conch.ssh.connection import SSHConnection
+from twisted.conch.ssh.session import (
+    SSHSession,
+    SSHSessionProcessProtocol,
+    parseRequest_pty_req,
+)
 from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, SSHServerTransport
 from twisted.conch.ssh.userauth import SSHUserAuthServer
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger, LogLevel, globalLogPublisher
+from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from ersid.manhole.credentials import AuthorizedKeys, HashedPasswordChecker
@@ -32,15 +47,41 @@ __all__ = ["makeFactory"]
 _log = Logger()
 
 
+def _conch_refusal(failure: Failure) -> str:
+    """Why Conch refused a request, from its C{ConchError(value, data)}."""
+    error = failure.value
+    # Some are raised (code, text), others (text, code): see Conch's #3657.
+    if isinstance(error.value, int) and error.data:
+        return str(error.data)
+    return str(error.value)
+
+
 def _warnings_and_worse(event: dict[str, Any]) -> None:
-    if event["log_level"] >= LogLevel.warn:
+    if event["log_level"] < LogLevel.warn:
+        return
+    failure = event.get("log_failure")
+    if failure is not None and failure.check(conch_error.ConchError):
+        # Conch refusing what a client asked (a channel the manhole does
+        # not serve, say) is no error, and needs no traceback.
+        _log.info(
+            "Manhole refused a client's request ({what}): {why}",
+            what=formatEvent(event),
+            why=_conch_refusal(failure),
+        )
+        return
+    globalLogPublisher(event)
+
+
+def _errors_and_worse(event: dict[str, Any]) -> None:
+    if event["log_level"] >= LogLevel.error:
         globalLogPublisher(event)
 
 
 # Conch tells of every step of every SSH session at debug and info level,
 # some twenty lines a login; the manhole logs logins and their end itself.
 # Its classes log through a class attribute, _log (tests/test_twisted.py
-# pins it), which these subclasses replace.
+# and tests/manhole/test_manhole_log.py pin it), which these subclasses
+# replace.
 _quiet = Logger(observer=_warnings_and_worse)
 
 
@@ -50,8 +91,15 @@ LOGIN_TIMEOUT = 60.0
 
 
 class _Transport(SSHServerTransport):
+    """
+    The SSH connection: closed if it has not logged in within
+    C{LOGIN_TIMEOUT}, and its end logged in one line, however it ends.
+    """
+
     _log = _quiet
     _login_timer: IDelayedCall | None = None
+    _in = False
+    _end_said = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -60,27 +108,46 @@ class _Transport(SSHServerTransport):
 
     def logged_in(self) -> None:
         """The client has logged in: it may stay."""
+        self._in = True
+        self._stop_timer()
+
+    def _stop_timer(self) -> None:
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._login_timer = None
 
     def _too_slow(self) -> None:
         self._login_timer = None
-        peer = self.transport.getPeer()
-        _log.info("Manhole connection from {peer} did not log in", peer=peer.host)
+        self._say_end("did not log in within {seconds:.0f} s", seconds=LOGIN_TIMEOUT)
         self.transport.loseConnection()
 
+    def _say_end(self, how: str, **fields: Any) -> None:
+        """Log, once, how the connection ended: a session, or an attempt."""
+        if self._end_said:
+            return
+        self._end_said = True
+        what = "session" if self._in else "connection"
+        peer = self.transport.getPeer().host
+        _log.info(f"Manhole {what} from {{peer}} {how}", peer=peer, **fields)
+
     def connectionLost(self, reason: Failure) -> None:
-        self.logged_in()
+        self._stop_timer()
+        if self._in:
+            self._say_end("ended: the connection closed")
+        else:
+            self._say_end("closed before logging in")
         super().connectionLost(reason)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         """The client disconnecting, as logging out does, is no error."""
-        if reasonCode == DISCONNECT_BY_APPLICATION:
-            peer = self.transport.getPeer()
-            _log.info("Manhole session from {peer} ended", peer=peer.host)
-            return
-        super().receiveError(reasonCode, description)
+        if reasonCode == DISCONNECT_BY_APPLICATION and self._in:
+            self._say_end("ended")
+        else:
+            self._say_end(
+                "ended by the client: {why} (SSH disconnect code {code})",
+                why=description.decode("utf-8", "replace"),
+                code=reasonCode,
+            )
 
 
 class _Connection(SSHConnection):
@@ -92,6 +159,15 @@ class _Factory(ConchFactory):
     protocol = _Transport
 
 
+class _Prompt(ColoredManhole):
+    """
+    The colored Python prompt. Keys it has no use for (a function key) are
+    ignored, as by a terminal, rather than logged one warning a keystroke.
+    """
+
+    _log = Logger(observer=_errors_and_worse)
+
+
 class _Session(TerminalSession):
     """
     A terminal session that survives what Conch's own leaves unimplemented
@@ -100,6 +176,7 @@ class _Session(TerminalSession):
     """
 
     _terminal: Any = None
+    _ended = False
 
     def openShell(self, proto: Any) -> None:
         self._terminal = self.transportFactory(
@@ -109,9 +186,17 @@ class _Session(TerminalSession):
             self.width,
             self.height,
         )
-        self._terminal.chainedProtocol.transport.loseConnection = lambda: (
-            proto.processEnded(Failure(ProcessDone(0)))
-        )
+
+        def leave() -> None:
+            # As SSHSessionProcessProtocol.processEnded would, once, and
+            # without logging "exitCode: 0" each time.
+            if not self._ended:
+                self._ended = True
+                channel = proto.session
+                channel.conn.sendRequest(channel, b"exit-status", struct.pack(">L", 0))
+                channel.loseConnection()
+
+        self._terminal.chainedProtocol.transport.loseConnection = leave
 
     def windowChanged(self, newWindowSize: tuple[int, ...]) -> None:
         if self._terminal is not None:
@@ -121,6 +206,55 @@ class _Session(TerminalSession):
     def eofReceived(self) -> None:
         if self._terminal is not None:
             self._terminal.chainedProtocol.loseConnection()
+
+
+class _SessionChannel(SSHSession):
+    """
+    A session channel that opens a terminal with the prompt and refuses,
+    in one line, to run a command or a subsystem: Conch would log its
+    every step, and a traceback for each refusal.
+    """
+
+    _log = _quiet
+
+    def request_pty_req(self, data: bytes) -> int:
+        term, window_size, modes = parseRequest_pty_req(data)
+        self.session = ISession(self.avatar)
+        self.session.getPty(term, window_size, modes)
+        return 1
+
+    def request_shell(self, data: bytes) -> int:
+        if self.client is not None:
+            return 0  # one shell per session
+        self.session = ISession(self.avatar)
+        client = SSHSessionProcessProtocol(self)
+        self.session.openShell(client)
+        self.client = client
+        return 1
+
+    def request_exec(self, data: bytes) -> int:
+        return self._refuse("to run {asked!r}", common.getNS(data)[0])
+
+    def request_subsystem(self, data: bytes) -> int:
+        return self._refuse("the subsystem {asked!r}", common.getNS(data)[0])
+
+    def _refuse(self, what: str, asked: bytes) -> int:
+        peer = self.conn.transport.transport.getPeer().host
+        _log.info(
+            f"Manhole session from {{peer}} asked {what}: refused (the manhole "
+            "offers a Python prompt only: ssh without a command)",
+            peer=peer,
+            asked=asked.decode("utf-8", "replace"),
+        )
+        return 0
+
+
+class _User(TerminalUser):
+    """An operator logged in: only sessions of the manhole's kind."""
+
+    def __init__(self, original: Any, avatar_id: bytes) -> None:
+        super().__init__(original, avatar_id)
+        self.channelLookup[b"session"] = _SessionChannel
 
 
 class _AuditedUserAuth(SSHUserAuthServer):
@@ -165,10 +299,9 @@ def makeFactory(
     in after C{LOGIN_TIMEOUT} seconds on C{clock} are closed.
     """
     realm = TerminalRealm()
+    realm.userFactory = _User
     realm.sessionFactory = _Session
-    realm.chainedProtocolFactory = lambda: insults.ServerProtocol(
-        ColoredManhole, namespace
-    )
+    realm.chainedProtocolFactory = lambda: insults.ServerProtocol(_Prompt, namespace)
     checkers: list[ICredentialsChecker] = []
     if authorized:
         checkers.append(SSHPublicKeyChecker(AuthorizedKeys(authorized)))

@@ -252,8 +252,8 @@ class JournalTests(_JournalTestCase):
                 _replayed(self.directory)
             message = str(raised.exception)
             self.assertIn(f"journal {path} is damaged at offset 0", message)
-            self.assertIn(f"python -m ersid.embedded.inspect_journal {path}", message)
-            self.assertIn(f"truncate -s 0 {path}", message)
+            self.assertIn(f"Inspect it with: ersid-journal check {path}", message)
+            self.assertIn(f"ersid-journal repair {path} --backup", message)
 
         return self.run_async(check())
 
