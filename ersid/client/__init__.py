@@ -18,16 +18,12 @@ import attrs
 import treq
 from hyperlink import EncodedURL
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectError, ConnectionClosed, DNSLookupError
-from twisted.web.client import (
-    Agent,
-    HTTPConnectionPool,
-    RequestTransmissionFailed,
-    ResponseFailed,
-)
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgent, IResponse
 
+from ersid.client.backup import Backup, save_snapshot
 from ersid.client.errors import (
+    UNREACHABLE,
     ClientError,
     ConditionFailed,
     HistoryGone,
@@ -38,6 +34,8 @@ from ersid.client.errors import (
     RequestRejected,
     ServerUnavailable,
     ValueTooLarge,
+    refusal,
+    why,
 )
 from ersid.client.locking import DEFAULT_LOCK_TTL, Lock, LockRequest
 from ersid.client.tls import ClientTLS, bearing
@@ -45,6 +43,7 @@ from ersid.client.watching import Event, watch
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
+    "Backup",
     "Client",
     "ClientError",
     "ClientTLS",
@@ -99,31 +98,6 @@ def _key_path(key: str) -> str:
     if encoded in (".", ".."):
         encoded = encoded.replace(".", "%2E")
     return encoded
-
-
-_ERRORS = {
-    401: NotAllowed,
-    403: NotAllowed,
-    404: KeyNotFound,
-    412: ConditionFailed,
-    413: ValueTooLarge,
-    503: ServerUnavailable,
-}
-
-
-_UNREACHABLE = (
-    ConnectError,
-    DNSLookupError,
-    ConnectionClosed,
-    ResponseFailed,
-    RequestTransmissionFailed,
-)
-
-
-def _why(error: Exception) -> str:
-    if isinstance(error, (ResponseFailed, RequestTransmissionFailed)):
-        return "; ".join(reason.getErrorMessage() for reason in error.reasons)
-    return str(error)
 
 
 def _seconds(ttl: float) -> str:
@@ -201,17 +175,10 @@ class Client:
         try:
             response = await self._http.request(method, self.url + path, **kw)
             body = await treq.content(response)
-        except _UNREACHABLE as e:
-            raise ServerUnavailable(f"cannot reach {self.url}: {_why(e)}") from None
+        except UNREACHABLE as e:
+            raise ServerUnavailable(f"cannot reach {self.url}: {why(e)}") from None
         if response.code not in expected:
-            try:
-                message = json.loads(body)["message"]
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {response.code}"
-            error = _ERRORS.get(response.code)
-            if error is None:
-                error = ServerUnavailable if response.code >= 500 else RequestRejected
-            raise error(message)
+            raise refusal(response.code, body)
         return response, body
 
     def get(self, key: str) -> Deferred[Value]:
@@ -357,6 +324,16 @@ class Client:
             listing's revision.
         """
         return watch(self._http, self.url, self._reactor, prefix, since, values)
+
+    def backup(self, path: str) -> Deferred[Backup]:
+        """
+        Save a snapshot of the whole store at one revision (C{/_snapshot},
+        for an admin token) to C{path}, atomically: C{path} is left as it
+        was unless the whole snapshot arrived. Fails with L{OSError} if the
+        file cannot be written.
+        """
+        url = self.url + "/_snapshot"
+        return Deferred.fromCoroutine(save_snapshot(self._http, url, path))
 
     def close(self) -> Deferred[None]:
         """Close the pool's idle connections."""

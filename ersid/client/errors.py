@@ -5,7 +5,13 @@ to handle, all L{ClientError}s.
 
 from __future__ import annotations
 
+import json
+
+from twisted.internet.error import ConnectError, ConnectionClosed, DNSLookupError
+from twisted.web.client import RequestTransmissionFailed, ResponseFailed
+
 __all__ = [
+    "UNREACHABLE",
     "ClientError",
     "ConditionFailed",
     "HistoryGone",
@@ -16,7 +22,18 @@ __all__ = [
     "RequestRejected",
     "ServerUnavailable",
     "ValueTooLarge",
+    "refusal",
+    "why",
 ]
+
+# What treq raises when the server cannot be reached, or hangs up midway.
+UNREACHABLE = (
+    ConnectError,
+    DNSLookupError,
+    ConnectionClosed,
+    ResponseFailed,
+    RequestTransmissionFailed,
+)
 
 
 class ClientError(Exception):
@@ -74,3 +91,33 @@ class LockLost(ClientError):
     A lock held was lost: its key expired before it could be refreshed (the
     server unreachable for its whole time to live), or someone removed it.
     """
+
+
+# The error each status means, when it is not the one a request expects.
+_STATUS_ERRORS = {
+    401: NotAllowed,
+    403: NotAllowed,
+    404: KeyNotFound,
+    412: ConditionFailed,
+    413: ValueTooLarge,
+    503: ServerUnavailable,
+}
+
+
+def refusal(status: int, body: bytes) -> ClientError:
+    """The error of a response of C{status}, with the message of its JSON C{body}."""
+    try:
+        message = json.loads(body)["message"]
+    except (ValueError, KeyError, TypeError):
+        message = f"HTTP {status}"
+    error = _STATUS_ERRORS.get(status)
+    if error is None:
+        error = ServerUnavailable if status >= 500 else RequestRejected
+    return error(message)
+
+
+def why(error: Exception) -> str:
+    """What an L{UNREACHABLE} error says, in words."""
+    if isinstance(error, (ResponseFailed, RequestTransmissionFailed)):
+        return "; ".join(reason.getErrorMessage() for reason in error.reasons)
+    return str(error)

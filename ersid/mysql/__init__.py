@@ -16,6 +16,8 @@ it as stateless peers.
 | C{change_log} | the change log in SQL: written with each change, read, trimmed |
 | C{changes} | L{ChangeFeed}: the change log read for this node's watchers |
 | C{opening} | opening it at startup |
+| C{backup} | online backups: one transaction read a page at a time |
+| C{restore} | a backup loaded into an empty database |
 
 Importing this package needs no C{mysqlclient}; L{open_mysql} says how to
 install it if it is missing.

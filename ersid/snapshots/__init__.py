@@ -10,6 +10,8 @@ other backend.
 | C{fork} | work done in a forked child |
 | C{writer} | L{Snapshotter}: one snapshot at a time, forked or cooperative |
 | C{service} | L{SnapshotService}: the timer |
+| C{streaming} | online backups streamed: L{IBackups}, and the dict backend's, forked |
+| C{restore} | C{ersid restore}: a backup put where a new daemon starts from it |
 """
 
 from ersid.snapshots.atomic import remove_stale_temporaries

@@ -12,7 +12,7 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, NoReturn
 
 from twisted.internet.defer import Deferred
@@ -31,20 +31,23 @@ class ChildFailed(Exception):
 
 
 def in_child(
-    reactor: IReactorThreads, work: Callable[[], dict[str, Any]]
+    reactor: IReactorThreads,
+    work: Callable[[], dict[str, Any]],
+    keep: Collection[int] = (),
 ) -> tuple[int, Deferred[dict[str, Any]]]:
     """
     Run C{work} in a forked child at the lowest priority: the child's
     process ID, and a Deferred firing with what C{work} returns (a JSON
     object), or failing with L{ChildFailed}. The kernel kills the child if
-    the parent dies.
+    the parent dies. The child closes every file it inherits but the
+    descriptors in C{keep} (a backup's socket, say).
     """
     report, report_end = os.pipe()
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         os.close(report)
-        _child(work, parent, report_end)
+        _child(work, parent, report_end, keep)
     os.close(report_end)
     pool = reactor.getThreadPool()
     return pid, deferToThreadPool(reactor, pool, _wait_for_child, pid, report)
@@ -62,7 +65,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _close_inherited(keep: int) -> None:
+def _close_inherited(keep: Collection[int]) -> None:
     """
     Close what the child inherited but the parent owns (sockets, the
     journal, the locks on the data directory): a child the kernel has not
@@ -72,16 +75,24 @@ def _close_inherited(keep: int) -> None:
     most = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if most == resource.RLIM_INFINITY:
         most = 1 << 20
-    os.closerange(3, keep)
-    os.closerange(keep + 1, max(most, keep + 1))
+    start = 3
+    for descriptor in sorted(keep):
+        os.closerange(start, descriptor)
+        start = max(start, descriptor + 1)
+    os.closerange(start, max(most, start))
 
 
-def _child(work: Callable[[], dict[str, Any]], parent: int, report: int) -> NoReturn:
+def _child(
+    work: Callable[[], dict[str, Any]],
+    parent: int,
+    report: int,
+    keep: Collection[int],
+) -> NoReturn:
     """The forked child: do the work, report how it went, and leave."""
     status = 1
     try:
         _die_with_parent(parent)
-        _close_inherited(report)
+        _close_inherited({report, *keep})
         # Background work: on a busy core, serving requests comes first.
         # At nice 10 its time slices pushed the daemon's p99 under load to
         # 2-2.8 times the quiet figure in some benchmark runs; at 19 it gets
