@@ -1,8 +1,17 @@
+import re
+
 from setuptools import find_packages, setup
+
+
+def _version() -> str:
+    """The version in ersid/__init__.py, read without importing the package."""
+    with open("ersid/__init__.py", encoding="utf-8") as f:
+        return re.search(r'^__version__ = "([^"]+)"$', f.read(), re.M)[1]
+
 
 setup(
     name="ersid",
-    version="0.1.0",
+    version=_version(),
     description="A durable HTTP key-value store built on Twisted",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -23,11 +32,14 @@ setup(
         "treq>=24.9",
         "attrs>=23.1",
         "zope.interface>=6",
+        # The metrics of /_metrics, in Prometheus's text format.
+        "prometheus_client>=0.20",
     ],
     entry_points={
         "console_scripts": [
             "ersid = ersid.client.cli:main",
             "ersid-bench = ersid.client.bench:main",
+            "ersid-journal = ersid.embedded.journal_tool:main",
         ]
     },
     extras_require={

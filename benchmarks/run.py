@@ -15,10 +15,12 @@ core 1 loads one at a time, in slices of a few seconds: PUT and GET of
 the limit, Ersid dict, etcd and webdis, with 10 and with 500. Ersid dict also
 runs with tokens (--tokens, every request bearing one with permissions on
 a few prefixes), whose ratio to Ersid dict without is the cost of access
-control. Before that,
+control, and with --no-metrics, Ersid dict's ratio to which is the cost of
+counting for /_metrics. Before that,
 what an idle keep-alive connection costs Ersid dict, etcd and webdis in
 memory; after it, the cost of snapshots with 1,000,000 keys, then what
-watchers cost Ersid dict (watchers.py), then how its keys expire
+watchers cost Ersid dict (watchers.py), then what Prometheus's scrapes
+cost it (metrics.py), then how its keys expire
 (expiry.py), then where writes should go in a Galera cluster and what a
 node's death costs (galera.py). Prints tables and writes
 results/latest.json and results/latest.png. Every figure has its ratio to
@@ -26,7 +28,7 @@ the limit, to etcd, to Ersid dict and to the bare twisted.web.
 
 Usage: bin/dev bench [--duration S] [--rounds N] [--rounds-other N]
 [--idle-connections N] [--idle-watchers N] [--no-scale] [--no-watch]
-[--only-watch] [--no-expiry] [--only-expiry] [--no-galera] [--only-galera]
+[--only-watch] [--no-metrics] [--only-metrics] [--no-expiry] [--only-expiry] [--no-galera] [--only-galera]
 [--galera-rounds N] [--no-mysql] [--targets A,B] [--output DIR]
 (--duration: seconds a slice; --rounds-other: rounds at 10 and 500
 connections, 0 for none)
@@ -75,18 +77,21 @@ OTHER_CONNECTIONS = (10, 500)
 LIMIT = "bare httptools (limit)"
 ERSID = "ersid dict"
 ERSID_TOKENS = "ersid dict tokens"
+ERSID_NO_METRICS = "ersid dict no-metrics"
 ETCD = "etcd"
 WEBDIS = "webdis + redis"
 GALERA = "ersid galera"
 TWISTED_WEB = "twisted.web (bare)"
 # Every figure has a ratio to each of these: "ratio_to_limit", "ratio_to_etcd",
-# "ratio_to_dict" (for the cost of tokens) and "ratio_to_twisted_web" (the
-# ceiling the MySQL backend is held to).
+# "ratio_to_dict" (for the cost of tokens), "ratio_to_twisted_web" (the
+# ceiling the MySQL backend is held to) and "ratio_to_no_metrics" (the cost
+# of counting for /_metrics).
 REFERENCES = {
     "limit": LIMIT,
     "etcd": ETCD,
     "dict": ERSID,
     "twisted_web": TWISTED_WEB,
+    "no_metrics": ERSID_NO_METRICS,
 }
 # Also measured with OTHER_CONNECTIONS.
 PEERS = (LIMIT, ERSID, ETCD, WEBDIS)
@@ -461,6 +466,7 @@ def _targets(
     targets = [
         _bare(LIMIT, "bare_httptools.py"),
         _ersid(ERSID, os.path.join(work, "dict")),
+        _ersid(ERSID_NO_METRICS, os.path.join(work, "dict-no-metrics"), "--no-metrics"),
         _ersid_with_tokens(ERSID_TOKENS, os.path.join(work, "dict-tokens")),
         _etcd(os.path.join(work, "etcd")),
         _webdis(os.path.join(work, "webdis")),
@@ -890,6 +896,8 @@ def main() -> None:
     parser.add_argument("--only-watch", action="store_true", help="only watchers.py")
     parser.add_argument("--no-expiry", action="store_true")
     parser.add_argument("--only-expiry", action="store_true", help="only expiry.py")
+    parser.add_argument("--no-metrics", action="store_true")
+    parser.add_argument("--only-metrics", action="store_true", help="only metrics.py")
     parser.add_argument("--no-galera", action="store_true")
     parser.add_argument("--only-galera", action="store_true", help="only galera.py")
     parser.add_argument(
@@ -901,21 +909,28 @@ def main() -> None:
     # on the path when this file runs as a script, not when tests load it.
     import expiry
     import galera
+    import metrics
     import watchers
 
-    only = arguments.only_watch or arguments.only_expiry or arguments.only_galera
+    only = (
+        arguments.only_watch
+        or arguments.only_expiry
+        or arguments.only_galera
+        or arguments.only_metrics
+    )
     if only:
         arguments.no_throughput = arguments.no_scale = True
         arguments.no_watch |= not arguments.only_watch
         arguments.no_expiry |= not arguments.only_expiry
         arguments.no_galera |= not arguments.only_galera
+        arguments.no_metrics |= not arguments.only_metrics
     if arguments.no_mysql or not os.path.exists(PROVIDER):
         arguments.no_galera = True
     programs = (
         ()
         if arguments.only_expiry
         else ("wrk",)
-        if arguments.only_watch or arguments.only_galera
+        if arguments.only_watch or arguments.only_galera or arguments.only_metrics
         else ("wrk", "etcd", "webdis", "redis-server")
     )
     missing = [program for program in programs if not shutil.which(program)]
@@ -954,6 +969,11 @@ def main() -> None:
         results["watch"] = watchers.benchmark_watch(
             arguments.duration, arguments.rounds, arguments.idle_watchers
         )
+    if not arguments.no_metrics:
+        print("Scrapes of /_metrics:", flush=True)
+        results["metrics"] = metrics.benchmark_metrics(
+            arguments.scale_keys, arguments.idle_watchers, 200
+        )
     if not arguments.no_expiry:
         print("Expiry:", flush=True)
         results["expiry"] = expiry.benchmark_expiry()
@@ -966,6 +986,8 @@ def main() -> None:
         _print_tables(results)
     if "watch" in results:
         watchers.print_watch(results["watch"])
+    if "metrics" in results:
+        metrics.print_metrics(results["metrics"])
     if "expiry" in results:
         expiry.print_expiry(results["expiry"])
     if "galera" in results:

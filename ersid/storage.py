@@ -278,9 +278,13 @@ class OpenedStorage:
     """
     What opening a backend gives the daemon: the storage, ready to serve;
     the services that keep it (a journal, snapshots), to run as long as
-    the daemon; and the facts about them that C{/_health} shows.
+    the daemon; the facts about them that C{/_health} shows; what they
+    count for C{/_metrics} (C{prometheus_client} collectors); and its
+    online backups, for C{/_snapshot} (an L{ersid.snapshots.IBackups}).
     """
 
     storage: IStorage
     services: Sequence[IService] = ()
     health: Callable[[], dict[str, Any]] = dict
+    collectors: Sequence[Any] = ()
+    backups: Any = None

@@ -13,6 +13,7 @@ from twisted.internet import reactor as _global_reactor
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.python import usage
 
+from ersid import __version__
 from ersid.auth import IAccess, OpenAccess, TokenAccess, TokenReloading
 from ersid.embedded import FSYNC_POLICIES, open_embedded
 from ersid.expiry import DEFAULT_REAP_INTERVAL
@@ -24,6 +25,7 @@ from ersid.listening import (
     optional_endpoint_description,
 )
 from ersid.manhole import manhole_factory
+from ersid.metrics import Metrics
 from ersid.mysql import DEFAULT_POLL_INTERVAL, open_mysql
 from ersid.startup import one_line_exit
 from ersid.storage import OpenedStorage
@@ -38,7 +40,7 @@ from ersid.watch import (
     Hub,
     WatchedStore,
 )
-from ersid.web import DEFAULT_MAX_VALUE_SIZE, Service, makeSite
+from ersid.web import DEFAULT_MAX_VALUE_SIZE, Service, Traffic, makeSite
 
 __all__ = ["Options", "makeService"]
 
@@ -69,6 +71,12 @@ class Options(usage.Options):
             None,
             "Serve without tokens on addresses other machines can reach: for a "
             "network you trust.",
+        ],
+        [
+            "no-metrics",
+            None,
+            "Serve no /_metrics (it answers 404), and count no requests; the "
+            "journal, snapshots and queries still count, at a batch's cost.",
         ],
     ]
 
@@ -234,6 +242,11 @@ class Options(usage.Options):
         ],
     ]
 
+    def opt_version(self) -> None:
+        """Print Ersid's version and exit."""
+        print(f"ersid {__version__}")
+        raise SystemExit(0)
+
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
         Parse C{options}. A mistake in them ends the process with one line
@@ -284,8 +297,9 @@ def makeService(options: Options, reactor: Any = _global_reactor) -> IService:
     """
     Compose the daemon: the storage backend, opened from its files or its
     database, and the services that keep it; the hub its changes are
-    published to, for watchers; who may do what (the tokens); the REST
-    API in front of it, over TLS if asked; the SSH manhole into it.
+    published to, for watchers; who may do what (the tokens); what is
+    counted for Prometheus; the REST API in front of it, over TLS if
+    asked; the SSH manhole into it.
     """
     files = claim_files(options["data-dir"], options["dump-file"])
     options["dump-file"] = files.dump_file
@@ -300,16 +314,23 @@ def makeService(options: Options, reactor: Any = _global_reactor) -> IService:
     daemon = LockedServices(files.locks)
     access = _access(options, reactor, daemon)
     opened = _BACKENDS[options["storage"]](options, hub, reactor)
+    traffic = metrics = None
+    if not options["no-metrics"]:
+        traffic = Traffic()
+        collectors = (traffic, *hub.collectors, *opened.collectors)
+        metrics = Metrics(opened.storage, collectors)
     api = Service(
         opened.storage,
         options["max-value-size"],
         health=opened.health,
         hub=hub,
         access=access,
+        metrics=metrics,
+        backups=opened.backups,
     )
     budget = ConnectionBudget.of_this_process(reactor)
     site: IProtocolFactory = makeSite(
-        api, options["access-log"], reactor=reactor, budget=budget
+        api, options["access-log"], reactor=reactor, budget=budget, traffic=traffic
     )
     if options["tls-cert"]:
         tls = server_tls(

@@ -125,7 +125,9 @@ class TokenAccess:
         grants: dict[bytes, Grant] = {}
         for entry in entries:
             digest = bytes.fromhex(entry.sha256)
-            grant = Grant(entry.name, entry.read, entry.write, entry.admin, digest)
+            grant = Grant(
+                entry.name, entry.read, entry.write, entry.admin, digest, entry.metrics
+            )
             kept = self._grants.get(digest)
             if (
                 kept is not None

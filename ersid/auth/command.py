@@ -25,9 +25,15 @@ def run_token_command(arguments: argparse.Namespace) -> int:
     """Do what C{ersid token} was asked; the exit status."""
     try:
         if arguments.action == "add":
-            if not (arguments.read or arguments.write or arguments.admin):
+            if not (
+                arguments.read
+                or arguments.write
+                or arguments.admin
+                or arguments.metrics
+            ):
                 print(
-                    "ersid: a token needs --read PREFIX, --write PREFIX or --admin",
+                    "ersid: a token needs --read PREFIX, --write PREFIX, --metrics "
+                    "or --admin",
                     file=sys.stderr,
                 )
                 return 2
@@ -37,6 +43,7 @@ def run_token_command(arguments: argparse.Namespace) -> int:
                 tuple(arguments.read),
                 tuple(arguments.write),
                 arguments.admin,
+                arguments.metrics,
             )
             print(token)
             print(
@@ -67,4 +74,6 @@ def _describe(entry: TokenEntry) -> str:
         return f"{entry.name}\tadmin"
     parts = [f"write {prefix!r}" for prefix in entry.write]
     parts += [f"read {prefix!r}" for prefix in entry.read if prefix not in entry.write]
+    if entry.metrics:
+        parts.append("metrics")
     return f"{entry.name}\t" + ", ".join(parts or ["nothing"])

@@ -43,7 +43,7 @@ class Grant:
     """
     The permissions of one token: keys under each of C{read} it may read,
     keys under each of C{write} it may read and write; all of them if
-    C{admin}; C{digest} is the SHA-256 of its token. For a key under
+    C{admin}; C{/_metrics} if C{metrics} or C{admin}; C{digest} is the SHA-256 of its token. For a key under
     several prefixes, the longest decides: with C{write=[""]} and
     C{read=["config/"]}, C{config/x} is read-only.
 
@@ -58,9 +58,11 @@ class Grant:
         write: Iterable[str] = (),
         admin: bool = False,
         digest: bytes = b"",
+        metrics: bool = False,
     ) -> None:
         self.name = name
         self.admin = admin
+        self.metrics = metrics or admin
         self.digest = digest
         rules = dict.fromkeys(read, False)
         rules.update(dict.fromkeys(write, True))
@@ -74,9 +76,9 @@ class Grant:
         return f"<Grant {self.name!r}>"
 
     @property
-    def permissions(self) -> tuple[bool, tuple[tuple[str, bool], ...]]:
-        """What the grant allows, for comparing two: C{(admin, rules)}."""
-        return self.admin, tuple(sorted(self._rules))
+    def permissions(self) -> tuple[bool, bool, tuple[tuple[str, bool], ...]]:
+        """What the grant allows, for comparing two: C{(admin, metrics, rules)}."""
+        return self.admin, self.metrics, tuple(sorted(self._rules))
 
     def may_read(self, key: str) -> bool:
         """Whether the token may read C{key}: every rule grants reading."""
@@ -99,6 +101,11 @@ class Grant:
         if not (self.may_write(key) if write else self.may_read(key)):
             what = "write" if write else "read"
             raise NotPermitted(f"token {self.name!r} may not {what} the key {key!r}")
+
+    def require_metrics(self) -> None:
+        """@raise NotPermitted: unless the token may read the daemon's metrics."""
+        if not self.metrics:
+            raise NotPermitted(f"token {self.name!r} may not read the metrics")
 
     def readable_under(self, prefix: str) -> tuple[str, ...] | None:
         """

@@ -4,6 +4,7 @@ name, the SHA-256 of the token (never the token) and its permissions::
 
     {"name": "deploy", "sha256": "9f86d0...", "read": ["config/"], "write": ["app/"]}
     {"name": "root", "sha256": "2c26b4...", "admin": true}
+    {"name": "prometheus", "sha256": "fcde2b...", "metrics": true}
 
 Blank lines and lines starting with C{#} are skipped. The file must be
 mode 0600: who can read it could not log in with it, but who can write it
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
-_FIELDS = {"name", "sha256", "read", "write", "admin"}
+_FIELDS = {"name", "sha256", "read", "write", "admin", "metrics"}
 # The longest name: names appear in logs and errors.
 _MOST_NAME = 64
 
@@ -58,12 +59,15 @@ class TokenEntry:
     read: tuple[str, ...] = ()
     write: tuple[str, ...] = ()
     admin: bool = False
+    metrics: bool = False
 
     def line(self) -> str:
         """The entry as a line of the file."""
         entry: dict[str, Any] = {"name": self.name, "sha256": self.sha256}
         if self.admin:
             entry["admin"] = True
+        if self.metrics:
+            entry["metrics"] = True
         if self.read:
             entry["read"] = list(self.read)
         if self.write:
@@ -171,10 +175,16 @@ def _entry(line: bytes) -> TokenEntry:
     if not (isinstance(digest, str) and _HEX_DIGEST.fullmatch(digest)):
         raise ValueError("'sha256' must be 64 lower-case hex digits")
     admin = fields.get("admin", False)
-    if not isinstance(admin, bool):
-        raise ValueError("'admin' must be true or false")
+    metrics = fields.get("metrics", False)
+    if not isinstance(admin, bool) or not isinstance(metrics, bool):
+        raise ValueError("'admin' and 'metrics' must be true or false")
     return TokenEntry(
-        name, digest, _prefixes(fields, "read"), _prefixes(fields, "write"), admin
+        name,
+        digest,
+        _prefixes(fields, "read"),
+        _prefixes(fields, "write"),
+        admin,
+        metrics,
     )
 
 
@@ -248,6 +258,7 @@ def add_token(
     read: tuple[str, ...] = (),
     write: tuple[str, ...] = (),
     admin: bool = False,
+    metrics: bool = False,
 ) -> str:
     """
     Make a token named C{name} with these permissions, add its entry to
@@ -259,7 +270,8 @@ def add_token(
     """
     token = new_token()
     digest = digest_of(token.encode("ascii")).hex()
-    line = TokenEntry(name, digest, read, write, admin).line().encode("utf-8")
+    entry = TokenEntry(name, digest, read, write, admin, metrics)
+    line = entry.line().encode("utf-8")
     try:
         _entry(line)
     except ValueError as e:

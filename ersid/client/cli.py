@@ -1,6 +1,6 @@
 """
 The C{ersid} command: get, set, delete, list and watch keys of an Ersid
-server, and run a command holding a lock.
+server, run a command holding a lock, and back the store up and restore it.
 
 Exit status: 0 done; 1 no such key; 2 usage error; 3 precondition failed;
 4 request rejected (bad key, value too large); 5 server unreachable or
@@ -24,6 +24,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
+from ersid import __version__
 from ersid.client import (
     DEFAULT_CONTENT_TYPE,
     Client,
@@ -119,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         "still held at --timeout, 10 not allowed; ersid lock: its command's "
         "status, 9 lock lost, 127 command not run.",
     )
+    parser.add_argument("--version", action="version", version=f"ersid {__version__}")
     parser.add_argument(
         "--url",
         type=url_argument,
@@ -181,7 +183,50 @@ def _parser() -> argparse.ArgumentParser:
         help="give up after S seconds (exit 8); 0: try once",
     )
     _add_token_commands(commands)
+    _add_backup_commands(commands)
     return parser
+
+
+def _add_backup_commands(commands: Any) -> None:
+    """C{ersid backup FILE}, from a server; C{ersid restore FILE}, into files."""
+    backup = commands.add_parser(
+        "backup",
+        help="save a snapshot of the whole store (an admin token's) to FILE",
+        description="Save the store as it is at one revision to FILE, in the "
+        "format of the daemon's snapshot file, without stopping the server: "
+        "written under a temporary name, checked whole, synced, then renamed "
+        "(mode 0600). Restore it with ersid restore.",
+    )
+    backup.add_argument("file", metavar="FILE")
+    restore = commands.add_parser(
+        "restore",
+        help="put a backup where a new daemon starts from it",
+        description="Restore FILE, made by ersid backup, for a daemon to start "
+        "from: into an empty data directory (the dict backend; start the "
+        "daemon with the same --data-dir and --dump-file), or into a "
+        "database that holds no key (MySQL). Nothing is changed unless all of "
+        "it is restored. Exit status: 0 done, 2 usage error, 4 refused (a "
+        "target not empty, a file that is not a whole snapshot), 5 database "
+        "unreachable, 6 a file could not be read or written.",
+    )
+    restore.add_argument("file", metavar="FILE")
+    into = restore.add_mutually_exclusive_group(required=True)
+    into.add_argument("--data-dir", metavar="DIR", help="the dict backend's directory")
+    into.add_argument(
+        "--mysql-url",
+        metavar="URL",
+        help="mysql://USER@HOST[:PORT]/DATABASE[?unix_socket=PATH], as the daemon's",
+    )
+    restore.add_argument(
+        "--dump-file",
+        metavar="PATH",
+        help="with --data-dir: the daemon's --dump-file (default: DIR/snapshot.json)",
+    )
+    restore.add_argument(
+        "--mysql-password-file",
+        metavar="FILE",
+        help="with --mysql-url: the password's file; else $ERSID_MYSQL_PASSWORD",
+    )
 
 
 def _add_token_commands(commands: Any) -> None:
@@ -221,6 +266,9 @@ def _add_token_commands(commands: Any) -> None:
         metavar="PREFIX",
         help="may read and write the keys starting with PREFIX",
     )
+    add.add_argument(
+        "--metrics", action="store_true", help="may read /_metrics (for Prometheus)"
+    )
     add.add_argument("--admin", action="store_true", help="may do anything")
     actions.add_parser(
         "list", parents=[files], help="list the tokens' names and permissions"
@@ -257,6 +305,18 @@ async def _run(client: Client, arguments: argparse.Namespace, reactor: Any) -> N
         changes = client.watch(arguments.prefix, arguments.since, arguments.values)
         async for event in changes:
             print(json.dumps(event.data), flush=True)
+    elif arguments.command == "backup":
+        try:
+            backup = await client.backup(arguments.file)
+        except OSError as e:
+            print(
+                f"ersid: cannot write {arguments.file}: {e.strerror}", file=sys.stderr
+            )
+            raise SystemExit(EXIT_LOCAL_IO) from None
+        print(
+            f"{backup.path}: {backup.keys} keys at revision {backup.revision}, "
+            f"{backup.size} bytes"
+        )
     else:
         for key in await client.list(arguments.prefix):
             print(key)
@@ -311,6 +371,10 @@ def main(argv: list[str] | None = None) -> None:
         from ersid.auth.command import run_token_command
 
         raise SystemExit(run_token_command(arguments))
+    if arguments.command == "restore":
+        from ersid.snapshots.restore import run_restore_command
+
+        raise SystemExit(run_restore_command(arguments))
     token = _token(parser, arguments.token_file)
     tls = None
     if arguments.ca_file or arguments.certificate_file:

@@ -12,7 +12,8 @@ acknowledged and by snapshots that let the journal be cut short.
 | C{journal} | L{Journal}: the writer thread, group commit, rotation |
 | C{recovery} | the store as it was: snapshot, then journal replay |
 | C{repair} | cutting off a torn last entry, the one repair made without asking |
-| C{inspect_journal} | C{python -m ersid.embedded.inspect_journal FILE} |
+| C{restore} | a backup put in an empty data directory, with its journal |
+| C{journal_tool} | C{ersid-journal}: check, list and repair the journal |
 
 L{open_embedded} is the one way in: it recovers the store from its files
 and returns it with the service that keeps it durable.
@@ -30,6 +31,8 @@ from ersid.embedded.memory import DictStorage
 from ersid.embedded.recovery import recover
 from ersid.expiry import ExpiryIndex, Reaper
 from ersid.snapshots import SnapshotService, Snapshotter, remove_stale_temporaries
+from ersid.snapshots.fork import CAN_FORK
+from ersid.snapshots.streaming import ForkedBackups
 from ersid.startup import StartupError
 from ersid.storage import OpenedStorage
 from ersid.watch import Hub
@@ -93,7 +96,19 @@ def open_embedded(
 
     durability = _Durability(journal, SnapshotService(dump_interval, snapshotter))
     Reaper(storage.reap, reap_interval, reactor).setServiceParent(durability)
-    return OpenedStorage(storage, [durability], health)
+    collectors = (*storage.collectors, *journal.collectors, *snapshotter.collectors)
+    return OpenedStorage(
+        storage, [durability], health, collectors, _backups(storage, reactor)
+    )
+
+
+def _backups(storage: DictStorage, reactor: Any) -> ForkedBackups | None:
+    """Backups forked, as the snapshots are, from what the journal has written."""
+    if not CAN_FORK:
+        return None
+    return ForkedBackups(
+        lambda: (storage.written_revision, storage.durable_records()), reactor
+    )
 
 
 class _Durability(MultiService):

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import attrs
+from prometheus_client import Counter, Histogram
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -59,13 +60,6 @@ class _Task:
 
 # What the journal's thread is handed: entries to write, or one task.
 _Batch = list[_Pending] | list[_Task]
-
-
-def _sync_and_close(descriptor: int) -> None:
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _reason(error: OSError) -> str:
@@ -113,6 +107,31 @@ class Journal:
         if not existing:
             sync_directory(directory)
         self._good_size = self._size = os.fstat(self._descriptor).st_size
+        self.appends = Counter(
+            "ersid_journal_appends", "Entries written to the journal.", registry=None
+        )
+        self.fsyncs = Counter(
+            "ersid_journal_fsyncs", "Flushes of the journal to disk.", registry=None
+        )
+        self.fsync_seconds = Histogram(
+            "ersid_journal_fsync_duration_seconds",
+            "Seconds a flush of the journal to disk took.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=None,
+        )
+        self.collectors = (self.appends, self.fsyncs, self.fsync_seconds)
+
+    def _fsync(self, descriptor: int) -> None:
+        """In a thread: flush C{descriptor} to disk, counted and timed."""
+        with self.fsync_seconds.time():
+            os.fsync(descriptor)
+        self.fsyncs.inc()
+
+    def _sync_and_close(self, descriptor: int) -> None:
+        try:
+            self._fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
     def start(self) -> None:
         if self.fsync == "everysec":
@@ -181,7 +200,7 @@ class Journal:
             descriptor = open_private(new_path, os.O_WRONLY | os.O_APPEND)
             try:
                 sync_directory(self.directory)
-                os.fsync(self._descriptor)
+                self._fsync(self._descriptor)
             except OSError:
                 os.close(descriptor)
                 raise
@@ -226,7 +245,7 @@ class Journal:
             # A copy of its own: a rotation may close the journal's meanwhile.
             copy = os.dup(self._descriptor)
         pool = self._reactor.getThreadPool()
-        synced = deferToThreadPool(self._reactor, pool, _sync_and_close, copy)
+        synced = deferToThreadPool(self._reactor, pool, self._sync_and_close, copy)
         synced.addErrback(self._sync_failed)
 
     def _sync_failed(self, failure: Failure) -> None:
@@ -244,7 +263,7 @@ class Journal:
             self._closed = True
         try:
             self._cut_back()  # refused entries must not outlive the daemon
-            os.fsync(self._descriptor)
+            self._fsync(self._descriptor)
         finally:
             os.close(self._descriptor)
 
@@ -303,9 +322,10 @@ class Journal:
             while data:
                 data = data[os.write(self._descriptor, data) :]
             if self.fsync == "always":
-                os.fsync(self._descriptor)
+                self._fsync(self._descriptor)
             else:
                 self._unsynced = True
+            self.appends.inc(len(batch))
             self._good_size = self._size
             return None
         except OSError as e:

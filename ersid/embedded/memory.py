@@ -14,16 +14,22 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from operator import itemgetter
 from typing import Any, TypeVar
 
+from prometheus_client import Gauge
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from ersid.embedded.journal import Journal
 from ersid.embedded.journal_format import encode_delete, encode_set
-from ersid.embedded.packing import pack_record, packed_expired, unpack_record
+from ersid.embedded.packing import (
+    pack_record,
+    packed_expired,
+    packed_expiry,
+    unpack_record,
+)
 from ersid.embedded.records import PackedRecords
 from ersid.embedded.undo import ChangeUndo, ExpiriesUndo
-from ersid.expiry import DEFAULT_REAP_INTERVAL, ExpiryIndex
+from ersid.expiry import DEFAULT_REAP_INTERVAL, ExpiryIndex, ReapCounts
 from ersid.storage import (
     DEFAULT_CONTENT_TYPE,
     MAX_TTL,
@@ -113,6 +119,14 @@ class DictStorage:
         if journal is not None:
             journal.when_settled(self._settled)
         self._closed = False
+        self.reaping = ReapCounts()
+        size = Gauge(
+            "ersid_store_bytes",
+            "Bytes of the records held (values, content types, versions).",
+            registry=None,
+        )
+        size.set_function(lambda: records.bytes)
+        self.collectors = (size, *self.reaping.collectors)
 
     def __repr__(self) -> str:
         return f"<DictStorage: {len(self._records)} keys, revision {self._revision}>"
@@ -165,15 +179,18 @@ class DictStorage:
         changes: list[Change] = []
         removed: list[bytes] = []
         more = False
+        earliest = now
         while (key := next_due(now)) is not None:
             packed = get_packed(key)
             # Records rewritten since their entry was made are skipped:
             # without an expiry now, or a later one with an entry of its own.
             if packed is not None and packed_expired(packed, now):
+                earliest = min(earliest, packed_expiry(packed) or now)
                 self._remove_expired(key, packed, changes, removed)
             if not len(changes) % 8 and time.perf_counter() > deadline:
                 more = True
                 break
+        self.reaping.reaped(len(changes), now - earliest)
         if changes:
             written = self._journal_expiries(changes, removed)
             if written is not None:

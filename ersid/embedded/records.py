@@ -82,6 +82,7 @@ class PackedRecords(MutableMapping[str, Record]):
     Records by key, packed, in key order: iteration and L{items_from} go
     from the least key up.
 
+    @ivar bytes: the bytes of the packed records held, for C{/_metrics}.
     @ivar highest_version: the highest version stored through this mapping
         (a L{DictStorage} given it writes past it), which the store's
         revision must not fall below.
@@ -99,6 +100,7 @@ class PackedRecords(MutableMapping[str, Record]):
         self._firsts: list[str] = []
         self._blocks: list[_Block] = []
         self._count = 0
+        self.bytes = 0
         self._greatest: str | None = None
         # Records read lately, unpacked (small ones, a bounded number): the
         # keys read most are read without unpacking again.
@@ -139,6 +141,7 @@ class PackedRecords(MutableMapping[str, Record]):
         C{None} if the key is new.
         """
         self._unpacked.pop(key, None)
+        self.bytes += len(packed)
         greatest = self._greatest
         if greatest is None or key > greatest:
             self._append(key, packed)
@@ -154,6 +157,7 @@ class PackedRecords(MutableMapping[str, Record]):
             if index >= 0:
                 previous = block.records[index]
                 block.records[index] = packed
+                self.bytes -= len(previous)
                 return previous
         self._insert(i, encoded, packed)
         return None
@@ -180,6 +184,7 @@ class PackedRecords(MutableMapping[str, Record]):
         for key in keys if self._unpacked else ():
             self._unpacked.pop(key, None)
         self._count += len(keys)
+        self.bytes += sum(map(len, packed))
         self._greatest = keys[-1]
         encoded = [_encode(key) for key in keys]
         start = 0
@@ -222,6 +227,7 @@ class PackedRecords(MutableMapping[str, Record]):
             return None
         self._count -= 1
         previous = block.records.pop(index)
+        self.bytes -= len(previous)
         keys = block.key_list()
         del keys[index]
         if not keys:
@@ -275,6 +281,7 @@ class PackedRecords(MutableMapping[str, Record]):
         for block, keys in zip(self._blocks, blocks, strict=True):
             assert 1 <= len(keys) == len(block.records) <= self._block_size
         assert self._count == sum(map(len, blocks))
+        assert self.bytes == sum(len(r) for b in self._blocks for r in b.records)
         assert self._greatest == (blocks[-1][-1] if blocks else None)
         return blocks
 

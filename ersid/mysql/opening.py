@@ -13,6 +13,7 @@ import MySQLdb
 from twisted.logger import Logger
 
 from ersid.expiry import Reaper
+from ersid.mysql.backup import MySQLBackups
 from ersid.mysql.changes import ChangeFeed
 from ersid.mysql.errors import UNREACHABLE, error_code
 from ersid.mysql.schema import SchemaError, check_schema
@@ -56,7 +57,11 @@ def open_database(
     snapshots = SnapshotService(dump_interval, snapshotter)
     feed = ChangeFeed(storage, hub, poll_interval, reactor, history_age)
     reaper = Reaper(storage.reap, reap_interval, reactor)
-    return OpenedStorage(storage, [snapshots, feed, reaper], snapshotter.health)
+    collectors = (*storage.collectors, *snapshotter.collectors)
+    backups = MySQLBackups(storage, reactor)
+    return OpenedStorage(
+        storage, [snapshots, feed, reaper], snapshotter.health, collectors, backups
+    )
 
 
 def _check(settings: MySQLSettings) -> None:

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, TypeVar
 
 import MySQLdb
+from prometheus_client import Counter, Gauge, Histogram
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import deferLater
@@ -29,10 +31,16 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ersid.expiry import ReapCounts
 from ersid.mysql import transactions
 from ersid.mysql.batching import Batches
 from ersid.mysql.change_log import ChangeLog, select_changes, trim_changes
-from ersid.mysql.errors import DEAD_CONNECTION, RETRY_TRANSACTION, error_code
+from ersid.mysql.errors import (
+    DEAD_CONNECTION,
+    RETRY_TRANSACTION,
+    UNREACHABLE,
+    error_code,
+)
 from ersid.mysql.settings import MySQLSettings
 from ersid.mysql.writes import Outcome, Write, apply_writes, batch_size
 from ersid.storage import (
@@ -136,6 +144,49 @@ class MySQLStorage:
             cp_reactor=reactor,
             **settings.connect_arguments(),
         )
+        self.reaping = ReapCounts()
+        self._queries = Counter(
+            "ersid_mysql_queries",
+            "Transactions, and reads of one statement, run on the database.",
+            registry=None,
+        )
+        self._query_seconds = Histogram(
+            "ersid_mysql_query_duration_seconds",
+            "Seconds a transaction or read took, from taking a connection to "
+            "its commit.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5),
+            registry=None,
+        )
+        self._retries = Counter(
+            "ersid_mysql_retries",
+            "Transactions run again, by the MySQL error number that made them.",
+            ["errno"],
+            registry=None,
+        )
+        self._failures = Counter(
+            "ersid_mysql_failures",
+            "Work given up on, by its MySQL error number (0: none).",
+            ["errno"],
+            registry=None,
+        )
+        self._in_use = Gauge(
+            "ersid_mysql_pool_connections_in_use",
+            "Pooled connections in use now.",
+            registry=None,
+        )
+        # Shown as 0 until they happen, so that dashboards and alerts see them.
+        for code in sorted(RETRY_TRANSACTION | DEAD_CONNECTION):
+            self._retries.labels(str(code))
+        for code in sorted(UNREACHABLE):
+            self._failures.labels(str(code))
+        self.collectors = (
+            self._queries,
+            self._query_seconds,
+            self._retries,
+            self._failures,
+            self._in_use,
+            *self.reaping.collectors,
+        )
 
     def __repr__(self) -> str:
         return f"<MySQLStorage {self.settings.describe()}>"
@@ -147,31 +198,35 @@ class MySQLStorage:
         transaction: bool,
         attempt: _Attempt,
         now: float | None,
+        timed: bool,
     ) -> _T:
         """
         In a pool thread: C{work(cursor, *args)}, as a transaction or, for a
         read of one statement, alone (the connections autocommit, so that
-        such a read is one round trip).
+        such a read is one round trip); its duration counted if C{timed}.
         """
-        try:
-            connection = self._pool.connect()
-        except MySQLdb.Error as e:
-            raise _NoServer(e) from None
-        try:
-            cursor = connection.cursor()
-            if now is not None:
-                cursor.execute("SET timestamp = %s", (now,))
-            if transaction:
-                cursor.execute("START TRANSACTION")
-            result = work(cursor, *args)
-            if transaction:
-                attempt.committing = True
-                connection.commit()
-            return result
-        except BaseException as e:
-            if error_code(e) in DEAD_CONNECTION or not _rolled_back(connection):
-                self._pool.disconnect(connection)
-            raise
+        self._queries.inc()
+        timing = self._query_seconds.time() if timed else nullcontext()
+        with self._in_use.track_inprogress(), timing:
+            try:
+                connection = self._pool.connect()
+            except MySQLdb.Error as e:
+                raise _NoServer(e) from None
+            try:
+                cursor = connection.cursor()
+                if now is not None:
+                    cursor.execute("SET timestamp = %s", (now,))
+                if transaction:
+                    cursor.execute("START TRANSACTION")
+                result = work(cursor, *args)
+                if transaction:
+                    attempt.committing = True
+                    connection.commit()
+                return result
+            except BaseException as e:
+                if error_code(e) in DEAD_CONNECTION or not _rolled_back(connection):
+                    self._pool.disconnect(connection)
+                raise
 
     async def _run(
         self,
@@ -179,6 +234,7 @@ class MySQLStorage:
         *args: Any,
         transaction: bool = True,
         idempotent: bool,
+        timed: bool = True,
     ) -> _T:
         """
         Run C{work(cursor, *args)} on a pooled connection. A connection that
@@ -210,22 +266,27 @@ class MySQLStorage:
                     transaction,
                     attempt,
                     now,
+                    timed,
                 )
             except _NoServer as e:
                 # Every server was tried already: no use trying again now.
+                self._failures.labels(str(error_code(e.error) or 0)).inc()
                 raise self._unavailable(e.error) from None
             except (MySQLdb.OperationalError, MySQLdb.InterfaceError) as e:
                 code = error_code(e)
                 if code in RETRY_TRANSACTION and conflicts:
                     if self._reactor.seconds() < give_up:
                         conflicts -= 1
+                        self._retries.labels(str(code)).inc()
                         pause = random.uniform(0, _CONFLICT_PAUSE)
                         await deferLater(self._reactor, pause)
                         continue
                 if code in DEAD_CONNECTION and reconnects:
                     if idempotent or not attempt.committing:
                         reconnects -= 1
+                        self._retries.labels(str(code)).inc()
                         continue
+                self._failures.labels(str(code or 0)).inc()
                 if attempt.committing and not idempotent:
                     raise self._unavailable(
                         e, " (lost during its commit: it may have been made)"
@@ -300,7 +361,12 @@ class MySQLStorage:
         reaped = Deferred.fromCoroutine(
             self._run(transactions.reap, _REAP_BATCH, idempotent=False)
         )
-        return reaped.addCallback(self._committed)
+        return reaped.addCallback(self._committed).addCallback(self._reaped)
+
+    def _reaped(self, outcome: tuple[int, float]) -> bool:
+        keys, most_late = outcome
+        self.reaping.reaped(keys, most_late)
+        return keys == _REAP_BATCH
 
     def delete(
         self, key: str, precondition: Precondition | None = None
@@ -343,6 +409,18 @@ class MySQLStorage:
                 transaction=False,
                 idempotent=True,
             )
+        )
+
+    def read_alone(self, work: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        """
+        C{work(cursor, *args)} on a pooled connection of its own until it
+        returns, outside the transactions this storage begins: for a
+        backup's one long transaction, which C{work} begins and ends. Run
+        again on another connection if that one turns out dead, as a read.
+        """
+        # Untimed: minutes of a backup are no query's latency.
+        return Deferred.fromCoroutine(
+            self._run(work, *args, transaction=False, idempotent=True, timed=False)
         )
 
     def close(self) -> Deferred[None]:

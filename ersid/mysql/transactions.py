@@ -52,15 +52,21 @@ def _record(value: Any, content_type: str, version: Any, expires: Any) -> Record
     )
 
 
-def reap(cursor: Any, batch: int) -> bool:
+def reap(cursor: Any, batch: int) -> tuple[int, float]:
+    """
+    Remove up to C{batch} expired rows: how many, and how many seconds the
+    most overdue outlived its expiry.
+    """
     cursor.execute(
-        "SELECT ersid_key FROM ersid_data WHERE expires_at <= NOW(6) "
+        "SELECT ersid_key, TIMESTAMPDIFF(MICROSECOND, expires_at, NOW(6)) "
+        "FROM ersid_data WHERE expires_at <= NOW(6) "
         "ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED",
         (batch,),
     )
-    keys = [bytes(row[0]) for row in cursor.fetchall()]
+    rows = cursor.fetchall()
+    keys = [bytes(row[0]) for row in rows]
     if not keys:
-        return False
+        return 0, 0.0
     cursor.execute(
         "UPDATE ersid_revision SET revision = LAST_INSERT_ID(revision + %s) "
         "WHERE id = 1",
@@ -70,7 +76,7 @@ def reap(cursor: Any, batch: int) -> bool:
     marks = ", ".join(["%s"] * len(keys))
     cursor.execute(f"DELETE FROM ersid_data WHERE ersid_key IN ({marks})", keys)
     log_expiries(cursor, first, keys)
-    return len(keys) == batch
+    return len(keys), int(rows[0][1]) / 1e6
 
 
 def _like_prefix(prefix: bytes) -> bytes:

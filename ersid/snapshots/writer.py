@@ -11,10 +11,11 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import attrs
+from prometheus_client import Counter, Gauge, Histogram
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
 from twisted.internet.task import deferLater
@@ -26,7 +27,7 @@ from ersid.snapshots.fork import CAN_FORK, in_child
 from ersid.snapshots.format import Layout
 from ersid.storage import IStorage, Record
 
-__all__ = ["SnapshotOutcome", "Snapshotter", "write_snapshot"]
+__all__ = ["SnapshotOutcome", "Snapshotter", "write_layout", "write_snapshot"]
 
 _PAGE_SIZE = 1000
 _WRITE_CHUNK = 1024 * 1024
@@ -73,19 +74,39 @@ def write_snapshot(
 
     @return: the number of keys and of bytes written.
     """
-    layout = Layout(revision)
     target = AtomicFile(path)
     try:
-        size = target.write(layout.header())
-        iterator = iter(items)
-        while page := list(itertools.islice(iterator, _PAGE_SIZE)):
-            size += target.write(layout.page(page))
-        size += target.write(layout.footer())
+        written = write_layout(target.write, revision, items)
         target.commit()
     except BaseException:
         target.abort()
         raise
+    return written
+
+
+def write_layout(
+    write: Callable[[bytes], Any], revision: int, items: Iterable[tuple[str, Record]]
+) -> tuple[int, int]:
+    """
+    Write the snapshot document of C{items} at C{revision} with C{write}, a
+    page at a time, blocking: into a file, or a backup's socket.
+
+    @return: the number of keys and of bytes written.
+    """
+    layout = Layout(revision)
+    size = 0
+    for piece in _pieces(layout, items):
+        write(piece)
+        size += len(piece)
     return layout.count, size
+
+
+def _pieces(layout: Layout, items: Iterable[tuple[str, Record]]) -> Iterator[bytes]:
+    yield layout.header()
+    iterator = iter(items)
+    while page := list(itertools.islice(iterator, _PAGE_SIZE)):
+        yield layout.page(page)
+    yield layout.footer()
 
 
 class Snapshotter:
@@ -124,6 +145,42 @@ class Snapshotter:
         self._running: Deferred[SnapshotOutcome] | None = None
         self._waiting: list[Deferred[SnapshotOutcome]] = []
         self._child: int | None = None
+        self.durations = Histogram(
+            "ersid_snapshot_duration_seconds",
+            "Seconds a snapshot took to write.",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=None,
+        )
+        self.outcomes = Counter(
+            "ersid_snapshots",
+            "Snapshots written, by outcome.",
+            ["outcome"],
+            registry=None,
+        )
+        self.size = Gauge(
+            "ersid_snapshot_size_bytes",
+            "Bytes of the last snapshot written.",
+            registry=None,
+        )
+        self.last_success = Gauge(
+            "ersid_snapshot_last_success_timestamp_seconds",
+            "Unix time the last snapshot was written.",
+            registry=None,
+        )
+        self.last_failure = Gauge(
+            "ersid_snapshot_last_failure_timestamp_seconds",
+            "Unix time a snapshot last failed (0: never).",
+            registry=None,
+        )
+        self.collectors = (
+            self.durations,
+            self.outcomes,
+            self.size,
+            self.last_success,
+            self.last_failure,
+        )
+        for outcome in ("written", "failed"):
+            self.outcomes.labels(outcome)  # shown as 0 until one happens
 
     def health(self) -> dict[str, Any]:
         """The last snapshot, for C{/_health}."""
@@ -163,6 +220,7 @@ class Snapshotter:
             keys, revision = await self.storage.stats()
             if not force and revision == self._written_revision:
                 return None
+            started = self._reactor.seconds()
             covered = await self._covering(revision) if self._covering else None
             if self._fork_with is not None and CAN_FORK:
                 keys, size = await self._write_in_child(revision)
@@ -181,6 +239,8 @@ class Snapshotter:
             self.last = SnapshotOutcome(
                 self.path, self._reactor.seconds(), ok=False, error=reason
             )
+            self.outcomes.labels("failed").inc()
+            self.last_failure.set(self.last.finished_at)
             return self.last
         self._written_revision = revision
         if covered is not None:
@@ -194,6 +254,10 @@ class Snapshotter:
         self.last = SnapshotOutcome(
             self.path, self._reactor.seconds(), True, keys, size, revision
         )
+        self.outcomes.labels("written").inc()
+        self.durations.observe(self.last.finished_at - started)
+        self.size.set(size)
+        self.last_success.set(self.last.finished_at)
         return self.last
 
     def _in_thread(self, f: Callable[..., _T], *args: Any) -> Deferred[_T]:

@@ -6,9 +6,11 @@ dictionary lookup per prefix length in use), not by testing every watcher.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from prometheus_client import Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall, deferLater
@@ -111,6 +113,16 @@ class Hub(Service):
         self._next_telling = float("-inf")
         self._ticks = LoopingCall(self._tick)
         self._ticks.clock = clock
+        self.told_events = 0
+        self._pending_since = 0.0
+        self.lag = Histogram(
+            "ersid_watch_delivery_lag_seconds",
+            "Seconds from a change's publication in this daemon to its telling "
+            "to the watchers.",
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=None,
+        )
+        self.collectors = (self.lag, _Counts(self))
 
     @property
     def revision(self) -> int:
@@ -154,6 +166,8 @@ class Hub(Service):
             history.append(change)
         if not self._watchers:
             return
+        if not self._pending:
+            self._pending_since = self.clock.seconds()
         self._pending.extend(changes)
         if self._flush is None:
             wait = self._next_telling - self.clock.seconds()
@@ -175,6 +189,8 @@ class Hub(Service):
             self._flush.cancel()
         self._flush = None
         started = self.clock.seconds()
+        if self._pending:
+            self.lag.observe(max(0.0, started - self._pending_since))
         changes, self._pending = self._pending, []
         by_prefix = self._by_prefix
         lengths = self._lengths
@@ -194,7 +210,9 @@ class Hub(Service):
                         same.append(change)
         for prefix, same in matched.items():
             batch = Batch(same)
-            for watcher in list(by_prefix.get(prefix, ())):
+            watchers = list(by_prefix.get(prefix, ()))
+            self.told_events += len(same) * len(watchers)
+            for watcher in watchers:
                 # A failing watcher must not fail the writes it is told of.
                 try:
                     watcher.deliver(batch)
@@ -304,6 +322,27 @@ class Hub(Service):
                 "bytes": self.history.bytes,
             },
         }
+
+
+class _Counts:
+    """The hub's watchers and what they were told, for C{/_metrics}."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self._hub
+        yield GaugeMetricFamily("ersid_watchers", "Watchers held now.", len(hub))
+        yield CounterMetricFamily(
+            "ersid_watchers_dropped",
+            "Watchers ended for reading too slowly.",
+            hub.dropped,
+        )
+        yield CounterMetricFamily(
+            "ersid_watch_events",
+            "Changes handed to watchers (one per change and watcher).",
+            hub.told_events,
+        )
 
 
 class WatchedStore(MultiService):

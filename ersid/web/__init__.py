@@ -15,10 +15,12 @@ The HTTP side of Ersid: the API and the site that serves it.
 | C{exchange} | a request as read, and the light request of the fast path |
 | C{slowpath} | requests handed to twisted.web and Klein |
 | C{site} | the factory of connections: shared limits, access log |
+| C{traffic} | what the connections count for C{/_metrics}, cheaply |
 | C{openapi.json} | the API's OpenAPI 3 description |
 """
 
 from ersid.web.app import DEFAULT_MAX_VALUE_SIZE, Service
 from ersid.web.site import makeSite
+from ersid.web.traffic import Traffic
 
-__all__ = ["DEFAULT_MAX_VALUE_SIZE", "Service", "makeSite"]
+__all__ = ["DEFAULT_MAX_VALUE_SIZE", "Service", "Traffic", "makeSite"]

@@ -4,7 +4,8 @@ one definition of the API.
 
 Keys live at C{/<key>} (their routes are L{ersid.web.keys.KEY_ROUTES});
 paths whose first segment starts with C{_} belong to the API itself
-(C{/_keys}, C{/_watch}, C{/_health}, C{/_openapi.json}). Every error is JSON (see
+(C{/_keys}, C{/_watch}, C{/_health}, C{/_metrics}, C{/_snapshot},
+C{/_openapi.json}). Every error is JSON (see
 L{ersid.web.errors}).
 """
 
@@ -22,6 +23,8 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ersid.auth import Grant, IAccess, NotAuthenticated, NotPermitted, OpenAccess
+from ersid.metrics import CONTENT_TYPE, Metrics
+from ersid.snapshots.streaming import IBackups
 from ersid.storage import (
     IImmediateReads,
     IStorage,
@@ -30,6 +33,7 @@ from ersid.storage import (
     StorageUnavailable,
 )
 from ersid.watch.hub import Hub
+from ersid.web.backup import SnapshotRoute
 from ersid.web.conditions import etag
 from ersid.web.errors import ApiError, access_refused, json_body
 from ersid.web.fastpath import FastPath
@@ -57,6 +61,9 @@ class Service:
     @ivar hub: where the storage's changes are published, for C{/_watch};
         without one, there is no C{/_watch}.
     @ivar access: who may do what (L{IAccess}); anyone anything, by default.
+    @ivar metrics: what C{/_metrics} shows; without it, there is none.
+    @param backups: the backend's online backups, for C{/_snapshot};
+        without them, there is none.
     """
 
     app = Klein()
@@ -68,8 +75,12 @@ class Service:
         health: Callable[[], dict[str, Any]] = dict,
         hub: Hub | None = None,
         access: IAccess | None = None,
+        metrics: Metrics | None = None,
+        backups: IBackups | None = None,
     ) -> None:
         self.storage = storage
+        self._snapshots = SnapshotRoute(backups)
+        self.metrics = metrics
         self.hub = hub
         self.access: IAccess = OpenAccess() if access is None else access
         self.max_value_size = max_value_size
@@ -161,6 +172,31 @@ class Service:
         if not details:
             document = {"status": document["status"]}
         return json_body(request, status, document)
+
+    @app.route("/_metrics", methods=["GET"])
+    async def scrape(self, request: IRequest) -> bytes:
+        """The daemon's metrics, in Prometheus's text format."""
+        if self.metrics is None:
+            raise ApiError(
+                404, "not_found", "this server counts nothing (--no-metrics)"
+            )
+        self.grant_of(request).require_metrics()
+        body = await self.metrics.render()
+        request.setHeader(b"Content-Type", CONTENT_TYPE)
+        request.setHeader(b"Content-Length", b"%d" % (len(body),))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return body
+
+    @app.route("/_snapshot", methods=["GET"])
+    async def snapshot(self, request: IRequest) -> bytes:
+        """
+        Stream a backup to an admin: the store at one revision, as the
+        snapshot file the daemon loads at startup. Not a HEAD, which
+        werkzeug routes with GET: it would take a backup for nothing.
+        """
+        if request.method != b"GET":
+            raise MethodNotAllowed(valid_methods=["GET"])
+        return await self._snapshots.serve(request, self.grant_of(request))
 
     @app.route("/_openapi.json", methods=["GET"])
     def openapi(self, request: IRequest) -> bytes:

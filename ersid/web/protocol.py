@@ -27,6 +27,7 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
     IPushProducer,
+    ITCPTransport,
 )
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -96,6 +97,9 @@ class Connection(Protocol):
     peer: IAddress
     host: IAddress
     stream_producer: IPushProducer | None = None
+    # Whether the request being answered streams (a watch): its duration
+    # is how long the client watched, not how fast it was answered.
+    streamed = False
 
     _now = 0.0
     _version = "1.1"
@@ -121,6 +125,8 @@ class Connection(Protocol):
     _answering: object | None = None
     _timer: IDelayedCall | None = None
     _send_timer: IDelayedCall | None = None
+    _started = 0.0
+    _refused_method = b"other"
 
     def __init__(self, factory: ApiSite) -> None:
         self.factory = factory
@@ -129,6 +135,8 @@ class Connection(Protocol):
         self._max_body = factory.service.max_value_size
         self._date = factory.date_header
         self._logging = factory.logging
+        self._traffic = factory.traffic
+        self._started = 0.0
         self._parser = HttpRequestParser(self)
         self._grant = RememberedGrant(factory.service.access).grant
         self._waiting: deque[Head | ApiError] = deque()
@@ -139,12 +147,19 @@ class Connection(Protocol):
     # The connection.
 
     def connectionMade(self) -> None:
+        if ITCPTransport.providedBy(self.transport):
+            # A response twisted.web writes in pieces (head, then body)
+            # would otherwise wait for the client's delayed ACK, 40 ms, on
+            # a kept-alive connection: Nagle's algorithm holds the body.
+            self.transport.setTcpNoDelay(True)
         self._write = writer(self.transport)
         self.peer = self.transport.getPeer()
         self.host = self.transport.getHost()
         self.transport.registerProducer(self, True)
         if self.factory.budget is not None:
             self.factory.budget.opened(self)
+        if self._traffic is not None:
+            self._traffic.opened += 1
         self._idle_since = self._clock.seconds()
         self._arm(min(self.factory.idle_timeout, self._shortest_deadline()))
 
@@ -152,6 +167,8 @@ class Connection(Protocol):
         if self._reading_done:
             return
         self._now = self._clock.seconds()
+        if self._traffic is not None:
+            self._traffic.received += len(data)
         if self._head_since is not None:  # in a head
             self._head_received += len(data)
         elif self._chunk_empty:
@@ -206,7 +223,13 @@ class Connection(Protocol):
         self._waiting.clear()
         answering, self._answering = self._answering, None
         if isinstance(answering, Request):
+            if self._traffic is not None:
+                self._traffic.closed += 1
+                if answering.startedWriting:  # a stream, answered all along
+                    self._count_slow(answering)
             answering.connectionLost(reason)
+        elif self._traffic is not None:
+            self._traffic.closed += 1
         self.factory.unread.pop(self, None)
         if self.factory.budget is not None:
             self.factory.budget.closed(self)
@@ -393,8 +416,11 @@ class Connection(Protocol):
             # Its earlier requests answered, this one may send its body.
             self._continue_owed = False
             self.transport.write(_CONTINUE)
+            if self._traffic is not None:
+                self._traffic.sent += len(_CONTINUE)
 
     def _answer(self, head: Head) -> None:
+        self._started = self._now
         target = head.target
         if target[:1] == b"/":
             path = target.partition(b"?")[0]
@@ -450,16 +476,33 @@ class Connection(Protocol):
         self._answer_waiting()
 
     def _send(self, request: KeyRequest, body: bytes, keep_alive: bool) -> None:
-        self._write(request.response(body, self._date(), not keep_alive))
+        date = self._date
+        response = request.response(body, date(), not keep_alive)
+        self._write(response)
+        if self._traffic is not None:
+            seconds = date.now - self._started
+            self._traffic.answered(request.method, request.code, seconds, len(response))
         if self._logging:
             self.factory.log(request)
 
     def slow_done(self, request: Request) -> None:
         """A request rendered by twisted.web is answered."""
         if self._answering in (request, _RENDERING):
+            self._count_slow(request)
+            self.streamed = False
             self._answering = None
             self._now = self._clock.seconds()
             self._answer_waiting()
+
+    def _count_slow(self, request: Request) -> None:
+        """Count a request rendered by twisted.web, a stream without its duration."""
+        if self._traffic is None:
+            return
+        if self.streamed:
+            self._traffic.untimed(request.method, request.code)
+        else:
+            seconds = self._clock.seconds() - self._started
+            self._traffic.answered(request.method, request.code, seconds)
 
     # Refusals: requests that cannot be answered, and end the connection.
 
@@ -477,9 +520,15 @@ class Connection(Protocol):
         self._continue_owed = False
         self._head_since = self._body_since = None
         self._waiting.append(error)
+        if self._target:  # llhttp read the method before it
+            self._refused_method = self._parser.get_method()
 
     def _write_refusal(self, error: ApiError) -> None:
-        self.transport.write(refusal(error, self.factory.date_header()))
+        response = refusal(error, self.factory.date_header())
+        self.transport.write(response)
+        if self._traffic is not None:
+            self._traffic.sent += len(response)
+            self._traffic.untimed(self._refused_method, error.status)
         self._waiting.clear()
         self._waiting_bytes = 0
         self._close()

@@ -21,6 +21,7 @@ from ersid.listening import ConnectionBudget
 from ersid.startup import StartupError
 from ersid.web.app import Service
 from ersid.web.protocol import Connection
+from ersid.web.traffic import Traffic
 
 __all__ = [
     "DEFAULT_ABORT_TIMEOUT",
@@ -47,16 +48,21 @@ _log = Logger()
 
 
 class _Once:
-    """A text of the time, formatted once a second instead of once a request."""
+    """
+    A text of the time, formatted once a second instead of once a request;
+    C{now}, the time it was last asked at (a response's time, for free).
+    """
 
     def __init__(self, clock: IReactorTime, format: Any) -> None:
         self._clock = clock
         self._format = format
         self._second = -1
         self._value: Any = None
+        self.now = 0.0
 
     def __call__(self) -> Any:
-        second = int(self._clock.seconds())
+        self.now = now = self._clock.seconds()
+        second = int(now)
         if second != self._second:
             self._second = second
             self._value = self._format(second)
@@ -92,8 +98,10 @@ class ApiSite(Factory):
         body_timeout: float,
         reactor: IReactorTime,
         budget: ConnectionBudget | None,
+        traffic: Traffic | None = None,
     ) -> None:
         self.service = service
+        self.traffic = traffic
         self.resource: IResource = service.resource()
         self.reactor = reactor
         self.body_timeout = body_timeout
@@ -145,11 +153,12 @@ def makeSite(
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     reactor: IReactorTime | None = None,
     budget: ConnectionBudget | None = None,
+    traffic: Traffic | None = None,
 ) -> ApiSite:
     """
     The connections serving C{service}, with request bodies capped at the
     service's maximum value size and C{body_timeout} seconds, counted in
-    C{budget}, and an access log in the combined format only if asked for
+    C{budget} and in C{traffic} (for C{/_metrics}), and an access log in the combined format only if asked for
     (C{"-"} for the daemon's log; the file is made mode 0600).
     """
     if reactor is None:
@@ -161,4 +170,4 @@ def makeSite(
             create_private(access_log)
         except OSError as e:
             raise StartupError(f"access log {access_log}: {e.strerror}") from None
-    return ApiSite(service, access_log, body_timeout, reactor, budget)
+    return ApiSite(service, access_log, body_timeout, reactor, budget, traffic)

@@ -60,6 +60,7 @@ class _Stream:
         # small writes, each of which would otherwise cost two epoll_ctl.
         self._send = writer(self.transport)
         self.site = self.factory = connection.factory
+        self._traffic = connection.factory.traffic
         self._keep_alive = keep_alive
 
     def getPeer(self) -> IAddress:
@@ -81,18 +82,21 @@ class _Stream:
         if not self._keep_alive:
             lines.append(b"Connection: close\r\n")
         lines.append(b"\r\n")
-        self._send(b"".join(lines))
+        self.write(b"".join(lines))
 
     def write(self, data: bytes) -> None:
         self._send(data)
+        if self._traffic is not None:
+            self._traffic.sent += len(data)
 
     def writeSequence(self, data: list[bytes]) -> None:
-        self._send(b"".join(data))
+        self.write(b"".join(data))
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
         if not streaming:
             raise ValueError("the API streams with push producers only")
         self.connection.stream_producer = producer
+        self.connection.streamed = True
 
     def unregisterProducer(self) -> None:
         self.connection.stream_producer = None

@@ -89,6 +89,13 @@ class GrantTests(TestCase):
             self.assertTrue(grant.may_write("any"))
             self.assertIsNone(grant.readable_under("x/"))
 
+    def test_metrics_need_the_permission_or_admin(self):
+        Grant("prom", metrics=True).require_metrics()
+        Grant("root", admin=True).require_metrics()
+        ANYONE.require_metrics()
+        self.assertRaises(NotPermitted, Grant("t", write=[""]).require_metrics)
+        self.assertFalse(Grant("prom", metrics=True).may_read("any"))
+
     def test_nothing_readable_under_a_prefix(self):
         grant = Grant("t", read=["app/"])
         self.assertRaises(NotPermitted, grant.require_some, "config/")

@@ -65,14 +65,16 @@ class TokenCommandTests(TestCase):
             "token", "add", "b", "--tokens", self.path, "--read", "x/", "--write", "x/"
         )
         third = ersid("token", "add", "root", "--tokens", self.path, "--admin")
+        fourth = ersid("token", "add", "prom", "--tokens", self.path, "--metrics")
         self.assertNotEqual(first.stdout, second.stdout)
         self.assertEqual(third.returncode, 0)
+        self.assertEqual(fourth.returncode, 0)
         listed = ersid("token", "list", "--tokens", self.path)
         self.assertEqual(
             listed.stdout,
-            "a\tread 'config/'\nb\twrite 'x/'\nroot\tadmin\n",
+            "a\tread 'config/'\nb\twrite 'x/'\nroot\tadmin\nprom\tmetrics\n",
         )
-        for token in (first.stdout, second.stdout, third.stdout):
+        for token in (first.stdout, second.stdout, third.stdout, fourth.stdout):
             self.assertNotIn(token.strip(), listed.stdout)
 
     def test_a_name_has_one_token(self):
@@ -193,12 +195,15 @@ class TokenFileTests(TestCase):
                 {"name": "ci", "sha256": digest, "read": ["c/"], "write": ["a/"]}
             ),
             json.dumps({"name": "root", "sha256": "cd" * 32, "admin": True}),
+            json.dumps({"name": "prom", "sha256": "ef" * 32, "metrics": True}),
         )
-        ci, root = read_token_file(self.path)
+        ci, root, prom = read_token_file(self.path)
         self.assertEqual(
             (ci.name, ci.sha256, ci.read, ci.write), ("ci", digest, ("c/",), ("a/",))
         )
         self.assertTrue(root.admin)
+        self.assertFalse(ci.metrics or root.metrics)
+        self.assertEqual((prom.metrics, prom.admin, prom.read), (True, False, ()))
 
     def test_bad_lines_are_named(self):
         good = json.dumps({"name": "a", "sha256": "ab" * 32})
@@ -210,6 +215,9 @@ class TokenFileTests(TestCase):
             json.dumps({"name": "", "sha256": "cd" * 32}): "'name'",
             json.dumps({"name": "b", "sha256": "cd" * 32, "read": "a/"}): "'read'",
             json.dumps({"name": "b", "sha256": "cd" * 32, "admin": 1}): "'admin'",
+            json.dumps(
+                {"name": "b", "sha256": "cd" * 32, "metrics": "yes"}
+            ): "'metrics'",
             json.dumps({"name": "a", "sha256": "cd" * 32}): "a second token named 'a'",
             json.dumps({"name": "b", "sha256": "ab" * 32}): "another's too",
             json.dumps(["a"]): "JSON object",

@@ -28,6 +28,7 @@ from twisted.web.http_headers import Headers
 
 from ersid.auth import TokenAccess, add_token, remove_token
 from ersid.embedded.memory import DictStorage
+from ersid.metrics import Metrics
 from ersid.watch.history import History
 from ersid.watch.hub import Hub
 from ersid.web.app import Service
@@ -54,6 +55,7 @@ _KINDS = {
     "other": {"read": ("other/",)},
     "read": {"read": ("app/",)},
     "write": {"write": ("app/",)},
+    "metrics": {"metrics": True},
     "admin": {"admin": True},
 }
 
@@ -72,6 +74,7 @@ _ENDPOINTS = {
     "list": ("GET", "/_keys?prefix=app/", {}, None, "read"),
     "poll": ("GET", "/_watch?prefix=app/&since=0&wait=0", {}, None, "read"),
     "health": ("GET", "/_health", {}, None, None),
+    "metrics": ("GET", "/_metrics", {}, None, "metrics"),
 }
 
 
@@ -79,6 +82,10 @@ def _expected(kind: str, needs: str | None) -> int:
     """The table: the status class each kind of token gets."""
     if kind in ("none", "wrong"):
         return 200 if (needs is None and kind == "none") else 401
+    if needs == "metrics":
+        return 200 if kind in ("metrics", "admin") else 403
+    if kind == "metrics":
+        return 200 if needs is None else 403
     if needs is None or kind == "admin" or kind == "write":
         return 200
     if kind == "read" and needs == "read":
@@ -102,7 +109,14 @@ class _Tokens(TestCase):
         self.clock = Clock()
         self.hub = Hub(History(), self.clock)
         self.storage = DictStorage(publish=self.hub.publish)
-        self.service = Service(self.storage, hub=self.hub, access=self.access)
+        self.service = Service(
+            self.storage,
+            hub=self.hub,
+            access=self.access,
+            # No figures of the process, read in a thread: StubTreq would
+            # need flushing for them.
+            metrics=Metrics(self.storage, self.hub.collectors, process=False),
+        )
 
     def headers(self, kind: str, **more: str) -> dict[str, str]:
         token = self.tokens[kind]
@@ -507,7 +521,11 @@ class ReloadTests(_Tokens):
         grant = self.access.grant([f"Bearer {self.tokens['admin']}".encode()])
         self.assertFalse(grant.revoked)
         self.assertTrue(
-            any("Tokens not reloaded" in m and "line 5" in m for m in log), log
+            any(
+                "Tokens not reloaded" in m and f"line {len(_KINDS) - 1}" in m
+                for m in log
+            ),
+            log,
         )
         os.chmod(self.path, 0o644)
         self.access.reload()

@@ -886,3 +886,33 @@ class MemoryTests(TestCase):
             self.assertIsNone(built[0]())
 
         return Deferred.fromCoroutine(check())
+
+
+class NagleTests(TestCase):
+    def test_a_response_in_pieces_is_not_held_for_the_clients_ack(self):
+        """
+        A response twisted.web writes in pieces (head, then body) must not
+        wait on a kept-alive connection for the client's delayed ACK: the
+        connection's socket has TCP_NODELAY.
+        """
+        import socket
+
+        async def check():
+            site = makeSite(Service(DictStorage()))
+            built = []
+            build = site.buildProtocol
+            site.buildProtocol = lambda addr: built.append(build(addr)) or built[-1]
+            endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+            port = await endpoint.listen(site)
+            self.addCleanup(port.stopListening)
+            client = socket.create_connection(("127.0.0.1", port.getHost().port))
+            self.addCleanup(client.close)
+            for _ in range(1000):
+                if built:
+                    break
+                await deferLater(reactor, 0.001, lambda: None)
+            (connection,) = built
+            handle = connection.transport.getHandle()
+            self.assertTrue(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        return Deferred.fromCoroutine(check())
