@@ -141,14 +141,24 @@ class TrafficTests(TestCase):
             port = await _serve(self, self.service, self.traffic)
             clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
             await _turns(lambda: self.traffic.opened == 3)
+            # Bytes read by connections still open count too.
+            partial = b"GET /k HTTP/1.1\r\nHost:"
+            clients[0].sendall(partial)
+            await _turns(lambda: self.traffic.received == len(partial))
             samples = await scrape(self.metrics)
             self.assertEqual(value(samples, "ersid_http_open_connections"), 3)
+            self.assertEqual(
+                value(samples, "ersid_http_received_bytes_total"), len(partial)
+            )
             for client in clients:
                 client.close()
             await _turns(lambda: self.traffic.closed == 3)
             samples = await scrape(self.metrics)
             self.assertEqual(value(samples, "ersid_http_open_connections"), 0)
             self.assertEqual(value(samples, "ersid_http_connections_total"), 3)
+            self.assertEqual(
+                value(samples, "ersid_http_received_bytes_total"), len(partial)
+            )
 
         return Deferred.fromCoroutine(check())
 
