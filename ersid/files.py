@@ -19,18 +19,23 @@ from twisted.logger import Logger
 from ersid.startup import StartupError
 
 __all__ = [
+    "DATA_DIR_LOCK",
     "ClaimedFiles",
     "FileLock",
     "LockedServices",
     "claim_files",
     "create_private",
     "default_data_dir",
+    "lock_holder",
     "open_private",
     "refuse_if_exposed",
     "sync_directory",
 ]
 
 _log = Logger()
+
+# The lock file in the data directory that keeps a second daemon off it.
+DATA_DIR_LOCK = "ersid.lock"
 
 
 def default_data_dir() -> str:
@@ -176,6 +181,30 @@ class FileLock:
     __del__ = release
 
 
+def lock_holder(path: str) -> str | None:
+    """
+    The process ID, as the lock file C{path} says, of the process holding
+    that L{FileLock}, or C{None} if none does (or the file does not exist).
+    It only tests the lock, writing nothing: a tool may ask beside a daemon.
+
+    @raise OSError: if the file cannot be opened or locked for another reason.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip()
+        return holder or "unknown"
+    finally:
+        os.close(descriptor)  # which gives up the lock, had it been taken
+    return None
+
+
 class LockedServices(MultiService):
     """
     Services that run holding L{FileLock}s, given up once all of them have
@@ -256,7 +285,7 @@ def claim_files(data_dir: str, dump_file: str) -> ClaimedFiles:
         except OSError as e:
             raise StartupError(str(e)) from None
     locks = [
-        FileLock(os.path.join(data_dir, "ersid.lock"), f"data directory {data_dir}"),
+        FileLock(os.path.join(data_dir, DATA_DIR_LOCK), f"data directory {data_dir}"),
         FileLock(dump_file + ".lock", f"snapshot {dump_file}"),
     ]
     _check_snapshot_file(dump_file)

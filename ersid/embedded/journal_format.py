@@ -19,6 +19,7 @@ import attrs
 from ersid.storage import Record
 
 __all__ = [
+    "SEGMENT_PREFIX",
     "JournalEntry",
     "SegmentDamage",
     "encode_delete",
@@ -33,7 +34,8 @@ _FRAME = struct.Struct(">II")
 _FIXED = struct.Struct(">BQHH")
 _EXPIRY = struct.Struct(">d")
 _SET, _DELETE, _SET_EXPIRING, _EXPIRE = 1, 2, 3, 4
-_PREFIX = "journal."
+# Segments are named this and their first revision, zero-padded.
+SEGMENT_PREFIX = "journal."
 _MAX_ENTRY = 1 << 31
 
 
@@ -111,14 +113,14 @@ class JournalEntry:
 
 def segment_path(directory: str, revision: int) -> str:
     """The segment holding the changes after C{revision}."""
-    return os.path.join(directory, f"{_PREFIX}{revision:020d}")
+    return os.path.join(directory, f"{SEGMENT_PREFIX}{revision:020d}")
 
 
 def segments(directory: str) -> list[str]:
     """The journal's segment files in C{directory}, oldest first."""
     numbered = []
     for name in os.listdir(directory):
-        number = name.removeprefix(_PREFIX)
+        number = name.removeprefix(SEGMENT_PREFIX)
         if number != name and number.isascii() and number.isdigit():
             numbered.append((int(number), os.path.join(directory, name)))
     return [path for _, path in sorted(numbered)]
@@ -126,7 +128,7 @@ def segments(directory: str) -> list[str]:
 
 def segment_start(path: str) -> int:
     """The revision after which the segment at C{path} begins."""
-    return int(os.path.basename(path).removeprefix(_PREFIX))
+    return int(os.path.basename(path).removeprefix(SEGMENT_PREFIX))
 
 
 @attrs.frozen

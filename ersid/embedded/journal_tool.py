@@ -15,8 +15,6 @@ standard error, C{ersid-journal: <why>}.
 from __future__ import annotations
 
 import argparse
-import errno
-import fcntl
 import os
 import shutil
 import stat
@@ -28,13 +26,21 @@ from typing import NoReturn
 import attrs
 
 from ersid.embedded.journal_format import (
+    SEGMENT_PREFIX,
     JournalEntry,
     SegmentDamage,
     read_segment,
     segment_start,
     segments,
 )
-from ersid.files import FileLock, open_private, sync_directory
+from ersid.embedded.repair import cut_segment
+from ersid.files import (
+    DATA_DIR_LOCK,
+    FileLock,
+    lock_holder,
+    open_private,
+    sync_directory,
+)
 from ersid.startup import StartupError
 
 __all__ = ["EXIT_DAMAGED", "EXIT_INTACT", "EXIT_UNUSABLE", "main"]
@@ -43,8 +49,6 @@ EXIT_INTACT, EXIT_DAMAGED, EXIT_UNUSABLE = 0, 1, 2
 
 _PROG = "ersid-journal"
 # The daemon's lock on its data directory, as ersid.files.claim_files names it.
-_LOCK_NAME = "ersid.lock"
-_SEGMENT_PREFIX = "journal."
 
 
 class _Refusal(Exception):
@@ -106,7 +110,7 @@ def _read(
         raise _Vanished(f"{path}: no such file or directory") from None
     except OSError as e:
         raise _Refusal(f"cannot read {path}: {e.strerror}") from None
-    named = os.path.basename(path).startswith(_SEGMENT_PREFIX)
+    named = os.path.basename(path).startswith(SEGMENT_PREFIX)
     if damage is not None and damage.offset == 0 and not named:
         # Any file reads as a journal damaged at its first byte: one not
         # named as a segment (nor a copy of one) is some other file.
@@ -164,27 +168,13 @@ def _segments_at(path: str) -> list[str]:
 
 def _daemon_on(directory: str) -> str | None:
     """
-    The process ID (as its lock file says) of a daemon holding the data
-    directory C{directory}, or C{None} if none does. It only tests the
-    lock, writing nothing, so that C{check} may run beside a daemon.
+    The process ID of a daemon holding the data directory C{directory}, or
+    C{None}: only tested, so that C{check} may run beside a daemon.
     """
-    path = os.path.join(directory, _LOCK_NAME)
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None  # no daemon ever ran on it
+        return lock_holder(os.path.join(directory, DATA_DIR_LOCK))
     except OSError as e:
         raise _Refusal(f"cannot tell whether a daemon uses {directory}: {e}") from None
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise _Refusal(f"cannot lock {path}: {e.strerror}") from None
-        holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip()
-        return holder or "unknown"
-    finally:
-        os.close(descriptor)  # which gives up the lock, had it been taken
-    return None
 
 
 def _neighbours(path: str) -> tuple[list[str], int | None]:
@@ -311,14 +301,9 @@ def _backup(path: str, backup: str) -> None:
 
 
 def _cut(path: str, offset: int) -> None:
-    """Truncate the segment at C{path} to C{offset} bytes, durably."""
+    """L{cut_segment}, its failure a refusal."""
     try:
-        descriptor = open_private(path, os.O_RDWR, follow=True)
-        try:
-            os.ftruncate(descriptor, offset)
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        cut_segment(path, offset)
     except OSError as e:
         raise _Refusal(f"cannot cut {path}: {e.strerror}") from None
 
@@ -346,11 +331,11 @@ def _hold(directory: str) -> FileLock | None:
 
     @raise _Refusal: if a daemon holds it.
     """
-    if not os.path.exists(os.path.join(directory, _LOCK_NAME)):
+    if not os.path.exists(os.path.join(directory, DATA_DIR_LOCK)):
         return None
     try:
         return FileLock(
-            os.path.join(directory, _LOCK_NAME), f"data directory {directory}"
+            os.path.join(directory, DATA_DIR_LOCK), f"data directory {directory}"
         )
     except StartupError as e:
         raise _Refusal(str(e)) from None

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 
 from ersid.embedded.journal_format import SegmentDamage
 
-__all__ = ["cut_torn_tail"]
+__all__ = ["cut_segment", "cut_torn_tail"]
 
 _log = Logger()
 
@@ -27,6 +27,11 @@ def cut_torn_tail(damage: SegmentDamage) -> None:
         offset=damage.offset,
         problem=damage.problem,
     )
-    with open(damage.path, "r+b") as f:
-        f.truncate(damage.offset)
+    cut_segment(damage.path, damage.offset)
+
+
+def cut_segment(path: str, offset: int) -> None:
+    """Truncate the segment at C{path} to C{offset} bytes, durably."""
+    with open(path, "r+b") as f:
+        f.truncate(offset)
         os.fsync(f.fileno())
