@@ -7,7 +7,8 @@ scrape is rendered in one reactor turn (the dict backend's figures need
 no I/O), so its time is the longest it holds the reactor; a lone client's
 GETs meanwhile (wrk, one connection) show the stall as clients see it.
 The hot path's cost, GET and PUT with and without counting, is measured
-by run.py (target "ersid dict no-metrics"). run.py calls
+by run.py (target "ersid dict no-metrics") and, in instructions, by
+counting.py. run.py calls
 L{benchmark_metrics}; run alone, this file writes results/metrics.json.
 
 Usage: benchmarks/metrics.py [--keys N] [--watchers N] [--scrapes N]

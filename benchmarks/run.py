@@ -20,7 +20,8 @@ counting for /_metrics. Before that,
 what an idle keep-alive connection costs Ersid dict, etcd and webdis in
 memory; after it, the cost of snapshots with 1,000,000 keys, then what
 watchers cost Ersid dict (watchers.py), then what Prometheus's scrapes
-cost it (metrics.py), then how its keys expire
+cost it (metrics.py) and what counting costs a request in instructions
+(counting.py, when valgrind is there), then how its keys expire
 (expiry.py), then where writes should go in a Galera cluster and what a
 node's death costs (galera.py). Prints tables and writes
 results/latest.json and results/latest.png. Every figure has its ratio to
@@ -907,6 +908,7 @@ def main() -> None:
     arguments = parser.parse_args()
     # Not at the top: they import this file as "run", from this folder,
     # on the path when this file runs as a script, not when tests load it.
+    import counting
     import expiry
     import galera
     import metrics
@@ -974,6 +976,9 @@ def main() -> None:
         results["metrics"] = metrics.benchmark_metrics(
             arguments.scale_keys, arguments.idle_watchers, 200
         )
+        if shutil.which("callgrind_control"):
+            print("Counting, in instructions (valgrind):", flush=True)
+            results["counting"] = counting.benchmark_counting(10_000)
     if not arguments.no_expiry:
         print("Expiry:", flush=True)
         results["expiry"] = expiry.benchmark_expiry()
@@ -988,6 +993,8 @@ def main() -> None:
         watchers.print_watch(results["watch"])
     if "metrics" in results:
         metrics.print_metrics(results["metrics"])
+    if "counting" in results:
+        metrics.print_metrics(results["counting"])
     if "expiry" in results:
         expiry.print_expiry(results["expiry"])
     if "galera" in results:

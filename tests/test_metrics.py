@@ -17,6 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from ersid.embedded import open_embedded
@@ -91,7 +92,7 @@ class TrafficTests(TestCase):
                 b"BREW /k HTTP/1.1\r\nHost: x\r\n\r\n"
             )
             received = await raw_exchange(port, sent)
-            await _turns(lambda: self.traffic.closed == 1)
+            await _turns(lambda: self.traffic.accepted == 1 and self.traffic.open == 0)
             samples = await scrape(self.metrics)
             self.assertEqual(
                 value(samples, "ersid_http_received_bytes_total"), len(sent)
@@ -143,7 +144,7 @@ class TrafficTests(TestCase):
         async def check():
             port = await _serve(self, self.service, self.traffic)
             clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
-            await _turns(lambda: self.traffic.opened == 3)
+            await _turns(lambda: self.traffic.accepted == 3)
             # Bytes read by connections still open count too.
             partial = b"GET /k HTTP/1.1\r\nHost:"
             clients[0].sendall(partial)
@@ -155,7 +156,7 @@ class TrafficTests(TestCase):
             )
             for client in clients:
                 client.close()
-            await _turns(lambda: self.traffic.closed == 3)
+            await _turns(lambda: self.traffic.open == 0)
             samples = await scrape(self.metrics)
             self.assertEqual(value(samples, "ersid_http_open_connections"), 0)
             self.assertEqual(value(samples, "ersid_http_connections_total"), 3)
@@ -182,7 +183,7 @@ class TrafficTests(TestCase):
             client.sendall(b"GET /_watch?prefix=a/ HTTP/1.1\r\nHost: x\r\n\r\n")
             await _turns(lambda: len(hub) == 1)
             client.close()
-            await _turns(lambda: self.traffic.closed == 1)
+            await _turns(lambda: self.traffic.accepted == 1 and self.traffic.open == 0)
             samples = await scrape(metrics)
             requests = "ersid_http_requests_total"
             self.assertEqual(value(samples, requests, method="GET", code="200"), 1)
@@ -201,12 +202,50 @@ class TrafficTests(TestCase):
             )
             await _turns(lambda: self.traffic.received > 0)
             client.close()
-            await _turns(lambda: self.traffic.closed == 1)
+            await _turns(lambda: self.traffic.accepted == 1 and self.traffic.open == 0)
             samples = await scrape(metrics)
             counted = [n for (n, _) in samples if n == "ersid_http_requests_total"]
             self.assertEqual(counted, [])
 
         return Deferred.fromCoroutine(check())
+
+    def test_key_requests_are_timed_by_the_connection_clock(self):
+        """
+        The connections count key requests themselves (the fast path, not
+        Traffic.answered): from the request read to its answer written.
+        """
+        clock = Clock()
+
+        class Late(DictStorage):
+            def get(self, key):
+                return deferLater(clock, 0.003, DictStorage.get, self, key)
+
+        traffic = Traffic()
+        metrics = Metrics(Late(), [traffic], process=False)
+        service = Service(Late(), metrics=metrics)
+        service.read_now = None  # reads go through get, late
+        site = makeSite(service, reactor=clock, traffic=traffic)
+        connection = site.buildProtocol(None)
+        transport = StringTransport()
+        connection.makeConnection(transport)
+        connection.dataReceived(b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n")
+        clock.advance(0.003)
+        connection.dataReceived(
+            b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv"
+        )
+        samples = self.successResultOf(Deferred.fromCoroutine(scrape(metrics)))
+        bucket = "ersid_http_request_duration_seconds_bucket"
+        self.assertEqual(value(samples, bucket, method="GET", le="0.0025"), 0)
+        self.assertEqual(value(samples, bucket, method="GET", le="0.005"), 1)
+        self.assertEqual(value(samples, bucket, method="PUT", le="0.0001"), 1)
+        durations = "ersid_http_request_duration_seconds_sum"
+        self.assertAlmostEqual(value(samples, durations, method="GET"), 0.003)
+        self.assertEqual(value(samples, durations, method="PUT"), 0)
+        requests = "ersid_http_requests_total"
+        self.assertEqual(value(samples, requests, method="GET", code="404"), 1)
+        self.assertEqual(value(samples, requests, method="PUT", code="201"), 1)
+        sent = value(samples, "ersid_http_sent_bytes_total")
+        self.assertEqual(sent, len(transport.value()))
 
     def test_durations_fall_in_the_bucket_of_their_upper_bound(self):
         """Prometheus's buckets hold what is less than or equal to their bound."""

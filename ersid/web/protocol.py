@@ -54,6 +54,7 @@ from ersid.web.reading import (
     target_too_long,
 )
 from ersid.web.sending import writer
+from ersid.web.traffic import FASTEST, SUM, bucket
 
 if TYPE_CHECKING:
     from ersid.web.site import ApiSite
@@ -107,12 +108,10 @@ class Connection(Protocol):
     _head_since: float | None = None
     _body_since: float | None = None
     _idle_since: float | None = None
-    _head_received = 0
     _head_size = 0
     _field_count = 0
     _body_size = 0
     _chunk_empty = False
-    _trailer_received = 0
     _waiting_bytes = 0
     _paused_at: float | None = None
     _abort_timer: IDelayedCall | None = None
@@ -127,6 +126,11 @@ class Connection(Protocol):
     _send_timer: IDelayedCall | None = None
     _started = 0.0
     _refused_method = b"other"
+    # Bytes read so far, and where the head or trailer being read began:
+    # llhttp buffers a head without bound, and says nothing until it ends.
+    received = 0
+    _head_start = 0
+    _trailer_start = 0
 
     def __init__(self, factory: ApiSite) -> None:
         self.factory = factory
@@ -159,7 +163,7 @@ class Connection(Protocol):
         if self.factory.budget is not None:
             self.factory.budget.opened(self)
         if self._traffic is not None:
-            self._traffic.opened += 1
+            self._traffic.opened(self)
         self._idle_since = self._clock.seconds()
         self._arm(min(self.factory.idle_timeout, self._shortest_deadline()))
 
@@ -167,12 +171,7 @@ class Connection(Protocol):
         if self._reading_done:
             return
         self._now = self._clock.seconds()
-        if self._traffic is not None:
-            self._traffic.received += len(data)
-        if self._head_since is not None:  # in a head
-            self._head_received += len(data)
-        elif self._chunk_empty:
-            self._trailer_received += len(data)
+        self.received += len(data)
         try:
             self._parser.feed_data(data)
         except HttpParserCallbackError:
@@ -187,8 +186,12 @@ class Connection(Protocol):
             self._refuse(refused_by_llhttp(e, self._max_body))
         else:
             if (
-                self._head_since is not None and self._head_received > MAX_HEAD_BYTES
-            ) or (self._chunk_empty and self._trailer_received > MAX_HEAD_BYTES):
+                self._head_since is not None
+                and self.received - self._head_start > MAX_HEAD_BYTES
+            ) or (
+                self._chunk_empty
+                and self.received - self._trailer_start > MAX_HEAD_BYTES
+            ):
                 self._refuse(fields_too_large())
         self._answer_waiting()
         self._read_or_not()
@@ -222,14 +225,12 @@ class Connection(Protocol):
         self._body = bytearray()
         self._waiting.clear()
         answering, self._answering = self._answering, None
+        if self._traffic is not None:
+            self._traffic.closed(self)
         if isinstance(answering, Request):
-            if self._traffic is not None:
-                self._traffic.closed += 1
-                if answering.startedWriting:  # a stream, answered all along
-                    self._count_slow(answering)
+            if answering.startedWriting:  # a stream, answered all along
+                self._count_slow(answering)
             answering.connectionLost(reason)
-        elif self._traffic is not None:
-            self._traffic.closed += 1
         self.factory.unread.pop(self, None)
         if self.factory.budget is not None:
             self.factory.budget.closed(self)
@@ -261,7 +262,8 @@ class Connection(Protocol):
         self._target = b""
         self._fields = Fields()
         self._body = bytearray()
-        self._head_received = self._head_size = self._field_count = 0
+        self._head_start = self.received
+        self._head_size = self._field_count = 0
 
     def on_url(self, part: bytes) -> None:
         self._target += part
@@ -335,7 +337,7 @@ class Connection(Protocol):
         # Until a byte of it comes, this may be the last chunk, after which
         # llhttp buffers trailer fields: they are counted as they come.
         self._chunk_empty = True
-        self._trailer_received = 0
+        self._trailer_start = self.received
 
     def on_chunk_complete(self) -> None:
         self._chunk_empty = False
@@ -479,9 +481,17 @@ class Connection(Protocol):
         date = self._date
         response = request.response(body, date(), not keep_alive)
         self._write(response)
-        if self._traffic is not None:
+        traffic = self._traffic
+        if traffic is not None:
+            # Traffic.answered, written out: the call would cost as much.
+            traffic.sent += len(response)
             seconds = date.now - self._started
-            self._traffic.answered(request.method, request.code, seconds, len(response))
+            try:
+                counts = traffic.answers[request.code][request.method]
+            except KeyError:
+                counts = traffic.tally(request.method, request.code)
+            counts[0 if seconds <= FASTEST else bucket(seconds)] += 1
+            counts[SUM] += seconds
         if self._logging:
             self.factory.log(request)
 

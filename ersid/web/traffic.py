@@ -3,12 +3,20 @@ What the API's connections count: requests by method and status, how long
 they took, bytes in and out, connections open. Plain numbers on the hot
 path, where a C{prometheus_client} counter's lock would cost more than
 the rest of the counting; Prometheus reads them through L{Traffic.collect}.
+
+A I{tally} holds the counts of one method and status: one per bucket of
+L{DURATION_BUCKETS} and one for C{+Inf}, then the sum of the durations
+(at L{SUM}), then the count of answers not timed. Connections add to
+tallies themselves on their fast path, as L{Traffic.answered} does: a
+call would cost as much as the counting.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from functools import partial
+from typing import Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -17,7 +25,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-__all__ = ["DURATION_BUCKETS", "Traffic"]
+__all__ = ["DURATION_BUCKETS", "FASTEST", "SUM", "Reading", "Traffic", "bucket"]
 
 # Upper bounds, in seconds, of the buckets of request durations.
 DURATION_BUCKETS = (
@@ -38,9 +46,12 @@ DURATION_BUCKETS = (
     5.0,
     10.0,
 )
-_SUM = len(DURATION_BUCKETS) + 1
-_UNTIMED = _SUM + 1
-_FIRST = DURATION_BUCKETS[0]
+SUM = len(DURATION_BUCKETS) + 1
+_UNTIMED = SUM + 1
+# Most requests take less than the first bound: no search for them.
+FASTEST = DURATION_BUCKETS[0]
+# The index in a tally of a duration's bucket (a C call: no frame).
+bucket = partial(bisect_left, DURATION_BUCKETS)
 _BOUNDS = (*(repr(bound) for bound in DURATION_BUCKETS), "+Inf")
 
 # Methods counted by name; any other is counted as "other", so that a
@@ -50,6 +61,12 @@ _METHODS = frozenset(
 )
 
 
+class Reading(Protocol):
+    """A connection, which counts the bytes it reads: it needs that count anyway."""
+
+    received: int
+
+
 class Traffic:
     """
     The counts of one site's connections. A request's duration runs from
@@ -57,47 +74,71 @@ class Traffic:
     its response is handed to the socket, by the reactor's clock, which
     the connection reads for those anyway; a stream (C{/_watch}) is
     counted when it ends, without one: it lasts as long as its client
-    watches.
+    watches. Bytes read are counted by the connections, which need the
+    count to bound heads: summed here when scraped or closed.
+
+    @ivar answers: the tallies, by status and method.
     """
 
     def __init__(self) -> None:
-        self.received = 0
         self.sent = 0
-        self.opened = 0
-        self.closed = 0
-        # (method, status) -> the counts of each bucket, the sum, and the
-        # count of streams, which are not timed.
-        self._answers: dict[tuple[bytes, int], list[float]] = {}
+        self.accepted = 0
+        self._open: set[Reading] = set()
+        self._received_closed = 0
+        # Status -> method -> tally. Status first: an int is hashed for
+        # free, a method read from a request is not.
+        self.answers: dict[int, dict[bytes, list[float]]] = {}
+
+    @property
+    def received(self) -> int:
+        """Bytes read from clients, by connections open or closed."""
+        return self._received_closed + sum(c.received for c in self._open)
+
+    @property
+    def open(self) -> int:
+        """Connections open now."""
+        return len(self._open)
+
+    def opened(self, connection: Reading) -> None:
+        """Count a connection accepted."""
+        self.accepted += 1
+        self._open.add(connection)
+
+    def closed(self, connection: Reading) -> None:
+        """Count a connection closed, and what it read."""
+        if connection in self._open:  # once, however often it is told
+            self._open.remove(connection)
+            self._received_closed += connection.received
 
     def answered(self, method: bytes, code: int, seconds: float, sent: int = 0) -> None:
         """Count a request answered with status C{code} in C{seconds}, and C{sent} bytes."""
         self.sent += sent
         try:
-            counts = self._answers[method, code]
+            counts = self.answers[code][method]
         except KeyError:
-            counts = self._counts_of(method, code)
-        # Most requests take less than the first bound: no search for them.
-        if seconds <= _FIRST:
-            counts[0] += 1
-        else:
-            counts[bisect_left(DURATION_BUCKETS, seconds)] += 1
-        counts[_SUM] += seconds
+            counts = self.tally(method, code)
+        counts[0 if seconds <= FASTEST else bucket(seconds)] += 1
+        counts[SUM] += seconds
 
     def untimed(self, method: bytes, code: int) -> None:
         """Count a request answered whose time was its client's: a stream, a refusal."""
         try:
-            counts = self._answers[method, code]
+            counts = self.answers[code][method]
         except KeyError:
-            counts = self._counts_of(method, code)
+            counts = self.tally(method, code)
         counts[_UNTIMED] += 1
 
-    def _counts_of(self, method: bytes, code: int) -> list[float]:
-        """The counts of a method and status first seen: those of "other" if unusual."""
+    def tally(self, method: bytes, code: int) -> list[float]:
+        """
+        The tally of a method and status not in L{answers}: those of
+        "other" if the method is unusual, made if new.
+        """
         if method not in _METHODS:
             method = b"other"
-        counts = self._answers.get((method, code))
+        by_method = self.answers.setdefault(code, {})
+        counts = by_method.get(method)
         if counts is None:
-            counts = self._answers[method, code] = [0] * _SUM + [0.0, 0]
+            counts = by_method[method] = [0] * SUM + [0.0, 0]
         return counts
 
     def collect(self) -> Iterator[Metric]:
@@ -107,12 +148,15 @@ class Traffic:
             labels=["method", "code"],
         )
         by_method: dict[str, list[float]] = {}
-        for (method, code), counts in sorted(self._answers.items()):
+        answers = (
+            (method, code, counts)
+            for code, by_method in self.answers.items()
+            for method, counts in by_method.items()
+        )
+        for method, code, counts in sorted(answers):
             name = method.decode("ascii")
-            requests.add_metric(
-                [name, str(code)], sum(counts[:_SUM]) + counts[_UNTIMED]
-            )
-            total = by_method.setdefault(name, [0] * _SUM + [0.0])
+            requests.add_metric([name, str(code)], sum(counts[:SUM]) + counts[_UNTIMED])
+            total = by_method.setdefault(name, [0] * SUM + [0.0])
             for i, count in enumerate(counts[:_UNTIMED]):
                 total[i] += count
         yield requests
@@ -124,10 +168,10 @@ class Traffic:
         )
         for name, counts in by_method.items():
             buckets, running = [], 0.0
-            for bound, count in zip(_BOUNDS, counts[:_SUM], strict=True):
+            for bound, count in zip(_BOUNDS, counts[:SUM], strict=True):
                 running += count
                 buckets.append((bound, running))
-            durations.add_metric([name], buckets, counts[_SUM])
+            durations.add_metric([name], buckets, counts[SUM])
         yield durations
         yield CounterMetricFamily(
             "ersid_http_received_bytes", "Bytes read from clients.", self.received
@@ -136,10 +180,8 @@ class Traffic:
             "ersid_http_sent_bytes", "Bytes sent to clients.", self.sent
         )
         yield CounterMetricFamily(
-            "ersid_http_connections", "Connections accepted.", self.opened
+            "ersid_http_connections", "Connections accepted.", self.accepted
         )
         yield GaugeMetricFamily(
-            "ersid_http_open_connections",
-            "Connections open now.",
-            self.opened - self.closed,
+            "ersid_http_open_connections", "Connections open now.", self.open
         )
