@@ -212,37 +212,51 @@ class TrafficTests(TestCase):
     def test_key_requests_are_timed_by_the_connection_clock(self):
         """
         The connections count key requests themselves (the fast path, not
-        Traffic.answered): from the request read to its answer written.
+        Traffic.answered): from the request read to its answer written,
+        whether the storage answers at once or later.
         """
         clock = Clock()
 
-        class Late(DictStorage):
+        class Slow(DictStorage):
+            def get_now(self, key):
+                clock.advance(0.0001)  # the first bucket's bound, exactly
+                return DictStorage.get_now(self, key)
+
             def get(self, key):
-                return deferLater(clock, 0.003, DictStorage.get, self, key)
+                return deferLater(clock, 0.003, DictStorage.get_now, self, key)
+
+            def set(self, *arguments):
+                return deferLater(clock, 0.0003, DictStorage.set, self, *arguments)
 
         traffic = Traffic()
-        metrics = Metrics(Late(), [traffic], process=False)
-        service = Service(Late(), metrics=metrics)
-        service.read_now = None  # reads go through get, late
+        metrics = Metrics(Slow(), [traffic], process=False)
+        service = Service(Slow(), metrics=metrics)
         site = makeSite(service, reactor=clock, traffic=traffic)
         connection = site.buildProtocol(None)
         transport = StringTransport()
         connection.makeConnection(transport)
-        connection.dataReceived(b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n")
+        get = b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n"
+        connection.dataReceived(get)  # read at once, twice
+        connection.dataReceived(get)
+        service.read_now = None  # then through get, late
+        connection.dataReceived(get)
         clock.advance(0.003)
         connection.dataReceived(
             b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nv"
         )
+        clock.advance(0.0003)
         samples = self.successResultOf(Deferred.fromCoroutine(scrape(metrics)))
         bucket = "ersid_http_request_duration_seconds_bucket"
-        self.assertEqual(value(samples, bucket, method="GET", le="0.0025"), 0)
-        self.assertEqual(value(samples, bucket, method="GET", le="0.005"), 1)
-        self.assertEqual(value(samples, bucket, method="PUT", le="0.0001"), 1)
+        self.assertEqual(value(samples, bucket, method="GET", le="0.0001"), 2)
+        self.assertEqual(value(samples, bucket, method="GET", le="0.0025"), 2)
+        self.assertEqual(value(samples, bucket, method="GET", le="0.005"), 3)
+        self.assertEqual(value(samples, bucket, method="PUT", le="0.00025"), 0)
+        self.assertEqual(value(samples, bucket, method="PUT", le="0.0005"), 1)
         durations = "ersid_http_request_duration_seconds_sum"
-        self.assertAlmostEqual(value(samples, durations, method="GET"), 0.003)
-        self.assertEqual(value(samples, durations, method="PUT"), 0)
+        self.assertAlmostEqual(value(samples, durations, method="GET"), 0.0032)
+        self.assertAlmostEqual(value(samples, durations, method="PUT"), 0.0003)
         requests = "ersid_http_requests_total"
-        self.assertEqual(value(samples, requests, method="GET", code="404"), 1)
+        self.assertEqual(value(samples, requests, method="GET", code="404"), 3)
         self.assertEqual(value(samples, requests, method="PUT", code="201"), 1)
         sent = value(samples, "ersid_http_sent_bytes_total")
         self.assertEqual(sent, len(transport.value()))

@@ -160,10 +160,10 @@ class Connection(Protocol):
         self.peer = self.transport.getPeer()
         self.host = self.transport.getHost()
         self.transport.registerProducer(self, True)
+        if self._traffic is not None:  # first: the budget may close it at once
+            self._traffic.opened(self)
         if self.factory.budget is not None:
             self.factory.budget.opened(self)
-        if self._traffic is not None:
-            self._traffic.opened(self)
         self._idle_since = self._clock.seconds()
         self._arm(min(self.factory.idle_timeout, self._shortest_deadline()))
 

@@ -150,8 +150,8 @@ class Traffic:
         by_method: dict[str, list[float]] = {}
         answers = (
             (method, code, counts)
-            for code, by_method in self.answers.items()
-            for method, counts in by_method.items()
+            for code, tallies in self.answers.items()
+            for method, counts in tallies.items()
         )
         for method, code, counts in sorted(answers):
             name = method.decode("ascii")
