@@ -18,7 +18,7 @@ setup(
     python_requires=">=3.11",
     packages=[*find_packages(include=["ersid", "ersid.*"]), "twisted.plugins"],
     package_data={
-        "ersid.web": ["openapi.json"],
+        "ersid.web": ["openapi.json", "ui/*"],
         "ersid.mysql": ["mysql_schema.sql"],
         "twisted.plugins": ["ersid_plugin.py"],
     },

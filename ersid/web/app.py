@@ -38,6 +38,7 @@ from ersid.web.conditions import etag
 from ersid.web.errors import ApiError, access_refused, json_body
 from ersid.web.fastpath import FastPath
 from ersid.web.keys import KEY_ROUTES, KeyRoute
+from ersid.web.pages import UI_PATH, ui_file
 from ersid.web.parsing import list_limit, query_text
 from ersid.web.permitted import readable_keys
 from ersid.web.watch import serve_watch
@@ -205,6 +206,20 @@ class Service:
         request.setHeader(b"Content-Length", b"%d" % (len(_OPENAPI),))
         request.setHeader(b"Cache-Control", b"no-cache")
         return _OPENAPI
+
+    @app.route("/_ui", methods=["GET"])
+    def ui_entry(self, request: IRequest) -> bytes:
+        """The key browser lives at /_ui/, where its files' names resolve."""
+        request.setResponseCode(308)
+        request.setHeader(b"Location", UI_PATH)
+        request.setHeader(b"Content-Length", b"0")
+        return b""
+
+    @app.route("/_ui/", methods=["GET"])
+    @app.route("/_ui/<name>", methods=["GET"])
+    def ui(self, request: IRequest, name: str = "") -> bytes:
+        """The key browser: its page, script and style, public as they hold no data."""
+        return ui_file(request, name)
 
     @app.route("/_keys", methods=["GET"])
     async def list_keys(self, request: IRequest) -> bytes:

@@ -51,6 +51,12 @@ class FastPath(Resource):
             for rule in rules
             if rule.rule.startswith("/_")
         }
+        # And those with a variable part (/_ui/<name>), by what precedes it.
+        self._endpoint_folders = [
+            (path.partition(b"<")[0], methods)
+            for path, methods in self._endpoints.items()
+            if b"<" in path
+        ]
 
     def render(self, request: IRequest) -> bytes | int:
         route = self._service.key_route(request.method, request.path)
@@ -60,7 +66,7 @@ class FastPath(Resource):
             except UnicodeDecodeError:
                 error = ApiError(400, "bad_key", "the path is not valid UTF-8")
                 return error.render(request)
-            allowed = self._endpoints.get(request.path, self._methods)
+            allowed = self._endpoint_methods(request.path) or self._methods
             if request.method not in allowed:
                 return self._not_allowed(request)
             return self._klein.render(request)
@@ -81,13 +87,22 @@ class FastPath(Resource):
         # twisted.web writes it with its Content-Length in one go.
         return body
 
+    def _endpoint_methods(self, path: bytes) -> set[bytes] | None:
+        """The methods of the API's own endpoint at C{path}, if it is one."""
+        methods = self._endpoints.get(path)
+        if methods is None:
+            for folder, in_folder in self._endpoint_folders:
+                if path.startswith(folder):
+                    return in_folder
+        return methods
+
     def _not_allowed(self, request: IRequest) -> bytes:
         """
         405 for a method no route has. Methods are case-sensitive (RFC
         9110), which Klein's routing, upper-casing them, is not.
         """
         path = unquote_to_bytes(request.path).decode("utf-8")
-        methods = self._endpoints.get(request.path)
+        methods = self._endpoint_methods(request.path)
         if methods is None:
             methods = self._routes.allowed_methods(path)
         else:
