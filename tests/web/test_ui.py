@@ -300,6 +300,43 @@ class BrowseTests(_BrowserTestCase):
 
         return Deferred.fromCoroutine(check())
 
+    def test_jump_to_a_key_or_filter_by_a_prefix(self):
+        async def check():
+            self.seed()
+            await self.start()
+            await self.until("document.querySelector('#entries li')", "the root folder")
+            await self.page.evaluate(
+                "document.getElementById('path').value = 'app/config.json';"
+                "document.querySelector('#jump button').click()"
+            )
+            await self.until(
+                "document.getElementById('view').dataset.kind === 'json'", "JSON"
+            )
+            self.assertEqual(await self.text("#key"), "app/config.json")
+            await self.page.evaluate(
+                "document.getElementById('path').value = 'app/service1';"
+                "document.querySelector('#jump button').click()"
+            )
+            await self.until(
+                "document.querySelectorAll('#entries li').length === 11",
+                "the filtered folder",
+            )
+            self.assertEqual(
+                await self.entries(),
+                ["app/"] + [f"app/service1{i}/" for i in range(10)],
+            )
+            self.assertEqual(
+                await self.page.evaluate(
+                    "Array.from(document.querySelectorAll('#entries li button'), b => b.textContent)"
+                ),
+                [".."] + [f"service1{i}/" for i in range(10)],
+            )
+            self.assertTrue(
+                await self.page.evaluate("document.getElementById('value').hidden")
+            )
+
+        return Deferred.fromCoroutine(check())
+
     def test_a_value_with_script_is_only_text(self):
         async def check():
             evil = b'<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'

@@ -80,7 +80,9 @@ function entry({ name, folder }) {
   const item = document.createElement("li");
   const button = document.createElement("button");
   button.type = "button";
-  button.textContent = name.slice(state.folder.length) || name;
+  // Named from the folder: the prefix up to its last "/" when filtering.
+  const base = state.folder.slice(0, state.folder.lastIndexOf("/") + 1);
+  button.textContent = name.slice(base.length) || name;
   button.title = name;
   item.className = folder ? "folder" : "key";
   item.dataset.name = name;
@@ -169,6 +171,7 @@ function showError(message) {
   $("error").hidden = false;
 }
 
+// The key shown, if it exists: false if not.
 async function openKey(key) {
   const response = await api(keyPath(key));
   hideNotes();
@@ -178,12 +181,13 @@ async function openKey(key) {
     state.key = null;
     $("key").textContent = key;
     $("view").textContent = "";
+    $("download").hidden = true;
     showError("There is no such key (any more).");
-    return;
+    return false;
   }
   if (!response.ok) {
     showError(await reason(response));
-    return;
+    return false;
   }
   const bytes = new Uint8Array(await response.arrayBuffer());
   const type = response.headers.get("Content-Type") || "application/octet-stream";
@@ -219,6 +223,7 @@ async function openKey(key) {
   if (!key.startsWith(state.folder) || key.indexOf("/", state.folder.length) !== -1) {
     await openFolder(key.slice(0, key.lastIndexOf("/") + 1));
   }
+  return true;
 }
 
 function newKey() {
@@ -423,8 +428,13 @@ async function start() {
     // Not a folder or a key: the top.
   }
   try {
-    if (path && !path.endsWith("/")) await openKey(path);
-    else await openFolder(path);
+    // A folder; a key; or else the keys and folders that start with it.
+    if (!path || path.endsWith("/")) {
+      await openFolder(path);
+    } else if (!(await openKey(path))) {
+      $("value").hidden = true;
+      await openFolder(path);
+    }
   } catch (error) {
     if (!(error instanceof Refused)) showError(error.message);
   }
