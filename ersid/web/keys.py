@@ -112,6 +112,9 @@ def _render_record(record: Record | None, request: IRequest) -> bytes:
     if record.expires is not None:
         _expiry_headers(request, record.expires)
     request.setHeader(b"X-Content-Type-Options", b"nosniff")
+    # A value a browser shows as a page (text/html, an SVG) runs nothing
+    # and is of no origin: it cannot read what the key browser keeps.
+    request.setHeader(b"Content-Security-Policy", b"sandbox")
     request.setHeader(b"Cache-Control", b"no-cache")
     status = read_condition(request, record)
     if status == 412:

@@ -102,6 +102,10 @@ class RestTests(TestCase):
             self.assertEqual(
                 headers.getRawHeaders("x-content-type-options"), ["nosniff"]
             )
+            # Opened as a page, a value runs nothing and has no origin.
+            self.assertEqual(
+                headers.getRawHeaders("content-security-policy"), ["sandbox"]
+            )
 
         return self.run_async(check())
 

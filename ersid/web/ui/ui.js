@@ -4,8 +4,9 @@
 // the ETag the page loaded; the open folder and key followed live.
 
 const PAGE = 100;
-// Past every key that starts with a folder: /_keys lists in code point order.
-const LAST = "\u{10FFFF}";
+// Past every key that starts with a folder, whatever follows its "/":
+// /_keys lists in code point order, and a key has at most 255 bytes.
+const PAST = "\u{10FFFF}".repeat(64);
 const TOKEN = "ersid-token";
 
 const $ = (id) => document.getElementById(id);
@@ -15,6 +16,10 @@ const state = {
   key: null,
   etag: null,
   creating: false,
+  bytes: null,
+  text: null,
+  // Bumped by every navigation: answers for an earlier one are dropped.
+  generation: 0,
   token: sessionStorage.getItem(TOKEN),
 };
 let follower = null;
@@ -66,7 +71,7 @@ async function children(prefix, after) {
       } else {
         const folder = key.slice(0, slash + 1);
         entries.push({ name: folder, folder: true });
-        cursor = folder + LAST;
+        cursor = folder + PAST;
         skipped = true;
       }
       if (entries.length === PAGE) return { entries, cursor, revision };
@@ -87,17 +92,26 @@ function entry({ name, folder }) {
   item.className = folder ? "folder" : "key";
   item.dataset.name = name;
   if (name === state.key) item.classList.add("open");
-  button.addEventListener("click", () => (folder ? openFolder(name) : openKey(name)));
+  button.addEventListener(
+    "click",
+    guard(() => (folder ? openFolder(name) : openKey(name))),
+  );
   item.append(button);
   return item;
 }
 
-// The folder's first page, or its next; the revision the first reflects.
-async function showPage(append) {
-  const { entries, cursor, revision } = await children(
-    state.folder,
-    append ? state.cursor : null,
-  );
+// The folder's next page; or its first pages, at least C{shown} entries
+// of them: the revision the first reflects. Null if the page has moved on.
+async function showPage(append, shown = 0) {
+  const generation = state.generation;
+  const folder = state.folder;
+  let { entries, cursor, revision } = await children(folder, append ? state.cursor : null);
+  while (cursor !== null && entries.length < shown) {
+    const next = await children(folder, cursor);
+    entries = entries.concat(next.entries);
+    cursor = next.cursor;
+  }
+  if (generation !== state.generation) return null;
   const list = $("entries");
   if (!append) {
     list.replaceChildren();
@@ -114,23 +128,49 @@ async function showPage(append) {
 }
 
 function parent(folder) {
-  const slash = folder.lastIndexOf("/", folder.length - 2);
+  const slash = folder.slice(0, -1).lastIndexOf("/");
   return slash === -1 ? "" : folder.slice(0, slash + 1);
 }
 
+function located(path) {
+  history.replaceState(null, "", `#${encodeURIComponent(path)}`);
+}
+
 async function openFolder(prefix) {
+  const generation = ++state.generation;
   state.folder = prefix;
   $("folder").textContent = prefix || "All keys";
   $("path").value = prefix;
+  located(prefix);
+  if (follower) follower.stop();
   // Followed from the listing's revision: nothing after it is missed.
-  follow(prefix, await showPage(false));
+  const revision = await showPage(false);
+  if (generation === state.generation) follow(prefix, revision);
+}
+
+// The folder listed again and followed, retried until it can be, unless
+// the page has moved on meanwhile.
+async function relist(prefix) {
+  for (let delay = 1000; ; delay = Math.min(delay * 2, 30000)) {
+    const before = state.generation;
+    try {
+      await openFolder(prefix);
+      return;
+    } catch (error) {
+      if (error instanceof Refused || state.generation !== before + 1) return;
+    }
+    live(false, "disconnected: reconnecting…");
+    const after = state.generation;
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    if (state.generation !== after) return;
+  }
 }
 
 // Values
 
 function decoded(bytes) {
   try {
-    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    return new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes);
   } catch {
     return null;
   }
@@ -155,9 +195,10 @@ function shown(type, bytes) {
       // Stored as JSON, but not: shown as the text it is.
     }
   }
-  // Text unless it holds control characters other than tab, CR, LF.
+  // Text unless it holds control characters other than tab, CR, LF;
+  // editable unless a CR, which a text area would turn into LF.
   if (text !== null && !/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/.test(text)) {
-    return { text, editable: text, kind: "text" };
+    return { text, editable: text.includes("\r") ? null : text, kind: "text" };
   }
   return { text: hex(bytes), editable: null, kind: "binary" };
 }
@@ -166,34 +207,48 @@ function hideNotes() {
   for (const id of ["conflict", "error", "changed"]) $(id).hidden = true;
 }
 
+// A handler whose failures are shown, not lost.
+function guard(handler) {
+  return async (...args) => {
+    try {
+      await handler(...args);
+    } catch (error) {
+      if (!(error instanceof Refused)) showError(error.message);
+    }
+  };
+}
+
 function showError(message) {
   $("error").textContent = message;
   $("error").hidden = false;
 }
 
-// The key shown, if it exists: false if not.
+// Show a key: "shown", "missing" (404) or "refused" (another error, shown).
 async function openKey(key) {
+  const generation = ++state.generation;
   const response = await api(keyPath(key));
+  if (generation !== state.generation) return "refused";
   hideNotes();
   $("value").hidden = false;
   state.creating = false;
-  if (response.status === 404) {
+  if (!response.ok) {
     state.key = null;
     $("key").textContent = key;
-    $("view").textContent = "";
+    for (const id of ["type", "size", "version", "expires", "view"]) $(id).textContent = "";
     $("download").hidden = true;
-    showError("There is no such key (any more).");
-    return false;
-  }
-  if (!response.ok) {
-    showError(await reason(response));
-    return false;
+    $("edit").hidden = true;
+    const missing = response.status === 404;
+    showError(missing ? "There is no such key (any more)." : await reason(response));
+    return missing ? "missing" : "refused";
   }
   const bytes = new Uint8Array(await response.arrayBuffer());
   const type = response.headers.get("Content-Type") || "application/octet-stream";
   const value = shown(type, bytes);
   state.key = key;
+  state.bytes = bytes;
+  state.text = value.editable;
   state.etag = response.headers.get("ETag");
+  located(key);
   $("key").textContent = key;
   $("type").textContent = type;
   $("size").textContent = `${bytes.length} bytes`;
@@ -210,6 +265,7 @@ async function openKey(key) {
   download.href = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
   download.download = key.slice(key.lastIndexOf("/") + 1) || "value";
   download.hidden = false;
+  $("edit").hidden = false;
   $("edit-key").value = key;
   $("edit-key").readOnly = true;
   $("edit-value").value = value.editable ?? "";
@@ -220,17 +276,22 @@ async function openKey(key) {
   for (const item of $("entries").children) {
     item.classList.toggle("open", item.dataset.name === key);
   }
-  if (!key.startsWith(state.folder) || key.indexOf("/", state.folder.length) !== -1) {
-    await openFolder(key.slice(0, key.lastIndexOf("/") + 1));
+  const folder = key.slice(0, key.lastIndexOf("/") + 1);
+  if (folder !== state.folder) {
+    await openFolder(folder);
+    located(key);
   }
-  return true;
+  return "shown";
 }
 
 function newKey() {
   hideNotes();
   state.creating = true;
   state.key = null;
+  state.bytes = null;
+  state.text = null;
   $("value").hidden = false;
+  $("edit").hidden = false;
   $("key").textContent = "New key";
   for (const id of ["type", "size", "version", "expires", "view"]) $(id).textContent = "";
   $("download").hidden = true;
@@ -258,7 +319,12 @@ async function save(event) {
   headers[state.creating ? "If-None-Match" : "If-Match"] = state.creating ? "*" : state.etag;
   const ttl = $("edit-ttl").value.trim();
   if (ttl) headers["Ersid-TTL"] = ttl;
-  const response = await api(keyPath(key), { method: "PUT", headers, body: $("edit-value").value });
+  // The bytes loaded, unless the text was edited: a binary value, or one
+  // a text area cannot hold as it is, is written back byte for byte.
+  const text = $("edit-value").value;
+  const edited = state.creating || (state.text !== null && text !== state.text);
+  const body = edited ? text : state.bytes;
+  const response = await api(keyPath(key), { method: "PUT", headers, body });
   if (response.status === 412) {
     conflict(
       state.creating
@@ -272,7 +338,7 @@ async function save(event) {
     return;
   }
   await openKey(key);
-  await showPage(false);
+  await showPage(false, $("entries").children.length - 1);
 }
 
 async function remove() {
@@ -291,7 +357,8 @@ async function remove() {
   }
   state.key = null;
   $("value").hidden = true;
-  await showPage(false);
+  located(state.folder);
+  await showPage(false, $("entries").children.length - 1);
 }
 
 // Live: the open folder's changes, through /_watch. EventSource without a
@@ -315,7 +382,7 @@ async function refresh() {
   try {
     do {
       again = false;
-      await showPage(false);
+      await showPage(false, $("entries").children.length - 1);
       if (again) await new Promise((resolve) => setTimeout(resolve, 500));
     } while (again);
   } finally {
@@ -344,19 +411,20 @@ function stream(prefix, since) {
     live(false, "disconnected: reconnecting…");
     // Refused (history gone, too many watchers): the browser gives up;
     // list the folder again and follow it from there.
-    if (source.readyState === EventSource.CLOSED) {
-      setTimeout(() => follower?.source === source && openFolder(prefix), 1000);
+    if (source.readyState === EventSource.CLOSED && follower?.source === source) {
+      relist(prefix);
     }
   });
   for (const type of ["put", "delete", "expire"]) {
     source.addEventListener(type, (event) => changed(JSON.parse(event.data)));
   }
-  source.addEventListener("compacted", () => openFolder(prefix));
+  source.addEventListener("compacted", () => relist(prefix));
   return { source, stop: () => source.close() };
 }
 
 function poll(prefix, from) {
   let stopped = false;
+  const aborting = new AbortController();
   (async () => {
     let since = from;
     let first = true;
@@ -365,9 +433,9 @@ function poll(prefix, from) {
       const wait = first ? "0" : "25";
       const query = new URLSearchParams({ prefix, since: String(since), wait });
       try {
-        const response = await api(`/_watch?${query}`);
+        const response = await api(`/_watch?${query}`, { signal: aborting.signal });
         if (response.status === 410) {
-          if (!stopped) await openFolder(prefix);
+          if (!stopped) relist(prefix);
           return;
         }
         if (!response.ok) throw new Error(await reason(response));
@@ -378,7 +446,7 @@ function poll(prefix, from) {
         since = answer.revision;
         first = false;
       } catch (error) {
-        if (error instanceof Refused) return;
+        if (error instanceof Refused || stopped) return;
         live(false, "disconnected: reconnecting…");
         await new Promise((resolve) => setTimeout(resolve, 1000));
       }
@@ -387,6 +455,7 @@ function poll(prefix, from) {
   return {
     stop: () => {
       stopped = true;
+      aborting.abort();
     },
   };
 }
@@ -427,12 +496,19 @@ async function start() {
   } catch {
     // Not a folder or a key: the top.
   }
+  await go(path);
+}
+
+// Show a folder; a key; or else the keys and folders that start with it.
+async function go(path) {
+  hideNotes();
   try {
-    // A folder; a key; or else the keys and folders that start with it.
     if (!path || path.endsWith("/")) {
-      await openFolder(path);
-    } else if (!(await openKey(path))) {
       $("value").hidden = true;
+      await openFolder(path);
+    } else if ((await openKey(path)) === "missing") {
+      $("value").hidden = true;
+      hideNotes();
       await openFolder(path);
     }
   } catch (error) {
@@ -442,18 +518,26 @@ async function start() {
 
 function jump(event) {
   event.preventDefault();
-  const path = $("path").value;
-  location.hash = encodeURIComponent(path);
+  go($("path").value);
 }
 
 $("jump").addEventListener("submit", jump);
 $("login").addEventListener("submit", useToken);
 $("forget").addEventListener("click", forget);
-$("more").addEventListener("click", () => showPage(true));
+$("more").addEventListener(
+  "click",
+  guard(() => showPage(true)),
+);
 $("new").addEventListener("click", newKey);
-$("edit").addEventListener("submit", save);
-$("delete").addEventListener("click", remove);
-$("reload").addEventListener("click", () => openKey(state.key ?? $("key").textContent));
-$("reload-changed").addEventListener("click", () => openKey(state.key));
+$("edit").addEventListener("submit", guard(save));
+$("delete").addEventListener("click", guard(remove));
+$("reload").addEventListener(
+  "click",
+  guard(() => openKey(state.creating ? $("edit-key").value : state.key)),
+);
+$("reload-changed").addEventListener(
+  "click",
+  guard(() => openKey(state.key)),
+);
 window.addEventListener("hashchange", start);
 start();
