@@ -159,6 +159,14 @@ class _BrowserTestCase(TestCase):
     async def click(self, selector: str) -> None:
         await self.page.evaluate(f"document.querySelector({selector!r}).click()")
 
+    async def listed(self, name: str, present: bool = True) -> None:
+        """Wait until the folder shown lists C{name}, or no longer does."""
+        found = f"document.querySelector('#entries li[data-name={json.dumps(name)}]')"
+        await self.until(
+            found if present else f"!{found}",
+            f"{name} {'listed' if present else 'gone'}",
+        )
+
     async def click_entry(self, name: str) -> None:
         await self.until(
             f"document.querySelector('#entries li[data-name={json.dumps(name)}] button')",
@@ -547,15 +555,9 @@ class LiveTests(_BrowserTestCase):
                 "document.getElementById('live').textContent === 'live'", "live"
             )
             self.put("app/b", b"2")
-            await self.until(
-                "document.querySelector('#entries li[data-name=\"app/b\"]')",
-                "app/b listed",
-            )
+            await self.listed("app/b")
             self.successResultOf(self.storage.delete("app/a"))
-            await self.until(
-                "!document.querySelector('#entries li[data-name=\"app/a\"]')",
-                "app/a gone",
-            )
+            await self.listed("app/a", present=False)
             await self.screenshot("live.png")
 
         return Deferred.fromCoroutine(check())
@@ -571,10 +573,7 @@ class LiveTests(_BrowserTestCase):
             await self.page.send(
                 "Fetch.continueRequest", requestId=request["requestId"]
             )
-            await self.until(
-                "document.querySelector('#entries li[data-name=\"app/b\"]')",
-                "app/b listed",
-            )
+            await self.listed("app/b")
 
         return Deferred.fromCoroutine(check())
 
@@ -614,10 +613,7 @@ class RestartTests(_BrowserTestCase):
             await self.until(
                 "document.getElementById('live').textContent === 'live'", "live again"
             )
-            await self.until(
-                "document.querySelector('#entries li[data-name=\"app/b\"]')",
-                "app/b listed",
-            )
+            await self.listed("app/b")
 
         return Deferred.fromCoroutine(check())
 
@@ -655,9 +651,6 @@ class TokenTests(_BrowserTestCase):
                 "document.getElementById('live').textContent === 'live'", "live"
             )
             self.put("app/c", b"3")
-            await self.until(
-                "document.querySelector('#entries li[data-name=\"app/c\"]')",
-                "app/c listed",
-            )
+            await self.listed("app/c")
 
         return Deferred.fromCoroutine(check())
