@@ -1,5 +1,5 @@
 """
-C{/_watch} as a browser uses it: a page in a real headless Chromium
+C{/_watch} as a browser uses it: a script in a real headless Chromium
 follows a prefix with its own C{EventSource}, and goes on without a gap
 and without a duplicate after the daemon is restarted, the browser
 resuming with C{Last-Event-ID} as it reconnects.
@@ -16,20 +16,17 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
+from .._chromium import CHROMIUM, Chromium
 from .._helpers import Daemon, http, require
 
-CHROMIUM = "/usr/bin/chromium"
 # The longest the page may take to report what it was asked to.
 DEADLINE = 60.0
 
-# The page follows t/ and writes back every event it receives, in the
+# The script follows t/ and writes back every event it receives, in the
 # order received, under browser/seen/, retrying a write until the daemon
 # takes it; it also counts the EventSource's opens and errors, and says
 # whether it gave up (a reconnect answered other than 200 is final).
-PAGE = b"""<!doctype html>
-<meta charset="utf-8">
-<title>watching t/</title>
-<script>
+SCRIPT = """
 "use strict";
 let received = 0, opens = 0, errors = 0;
 let reports = Promise.resolve();
@@ -62,7 +59,6 @@ for (const name of ["put", "delete"]) {
     report("seen/" + number, e.lastEventId + " " + e.data);
   });
 }
-</script>
 """
 
 
@@ -81,22 +77,16 @@ class BrowserReconnectTests(TestCase):
         self.data_dir = os.path.abspath(self.mktemp())
         self.http = http()
 
-    def start_browser(self, url: str) -> Daemon:
-        """Headless Chromium showing C{url}, killed after the test."""
-        profile = os.path.abspath(self.mktemp())
-        os.makedirs(profile)
-        browser = Daemon(
-            [
-                CHROMIUM,
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                f"--user-data-dir={profile}",
-                url,
-            ]
-        )
-        self.addCleanup(browser.stop, "KILL")
+    async def start_browser(self, url: str) -> Chromium:
+        """
+        Headless Chromium running L{SCRIPT} in a document of the daemon's
+        origin (its OpenAPI description: values are sandboxed, and run
+        nothing), stopped after the test.
+        """
+        browser = Chromium(os.path.abspath(self.mktemp()))
+        self.addCleanup(lambda: Deferred.fromCoroutine(browser.stop()))
+        page = await browser.open(f"{url}/_openapi.json")
+        await page.evaluate(SCRIPT)
         return browser
 
     async def put(self, url: str, key: str, value: bytes, content_type: str) -> int:
@@ -119,7 +109,7 @@ class BrowserReconnectTests(TestCase):
             reported[key.removeprefix("browser/")] = value.decode("utf-8")
         return reported, listing["revision"]
 
-    async def wait_for_page(self, url: str, browser: Daemon, done, what: str):
+    async def wait_for_page(self, url: str, browser: Chromium, done, what: str):
         """
         What the page reported, once C{done} of it: between two looks, a
         long poll for its next report. Fails at the deadline, or as soon as
@@ -171,8 +161,7 @@ class BrowserReconnectTests(TestCase):
             daemon = Daemon.ersid(self, self.data_dir)
             url = await daemon.rest_url()
             port = urlsplit(url).port
-            await self.put(url, "page.html", PAGE, "text/html")
-            browser = self.start_browser(f"{url}/page.html")
+            browser = await self.start_browser(url)
             reported = await self.wait_for_page(
                 url, browser, lambda reported: "opens" in reported, "open stream"
             )
