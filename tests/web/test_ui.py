@@ -578,6 +578,39 @@ class LiveTests(_BrowserTestCase):
         return Deferred.fromCoroutine(check())
 
 
+class NavigationTests(_BrowserTestCase):
+    def test_a_folder_left_before_its_listing_came_is_not_shown(self):
+        """An answer for a folder the page has left is dropped, and not followed."""
+
+        async def check():
+            self.put("f1/k", b"1")
+            self.put("f2/k", b"2")
+            await self.start("", pause="*prefix=f1%2F*")
+            await self.click_entry("f1/")
+            request = await self.paused  # f1/'s listing, held
+            await self.click_entry("f2/")
+            await self.listed("f2/k")
+            await self.page.send(
+                "Fetch.continueRequest", requestId=request["requestId"]
+            )
+            await self.until(
+                "performance.getEntriesByType('resource')"
+                ".some(e => e.name.includes('prefix=f1%2F') && e.responseEnd > 0)",
+                "f1/'s listing answered",
+            )
+            # Its body read and handled: a few turns of the page's loop.
+            await self.page.evaluate(
+                "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
+            )
+            self.assertEqual(await self.entries(), ["", "f2/k"])
+            self.put("f2/new", b"3")
+            await self.listed("f2/new")
+            self.assertEqual(await self.entries(), ["", "f2/k", "f2/new"])
+            self.assertEqual(await self.text("#folder"), "f2/")
+
+        return Deferred.fromCoroutine(check())
+
+
 class RestartTests(_BrowserTestCase):
     def test_shows_the_daemon_gone_and_follows_again_when_back(self):
         """
